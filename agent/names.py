@@ -1,0 +1,137 @@
+"""The metric vocabulary: every signal spikewatch streams, its unit, and where it comes from.
+
+Shared by the agent (what it emits), the server (rules, Prometheus export, partial-sum combining)
+and the dashboards. Importable without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Combine(StrEnum):
+    """How the server turns per-rank partial sums of a sharded job into one exact global value."""
+
+    RATIO = "ratio"  # Σ num / Σ den
+    SQRT_RATIO = "sqrt_ratio"  # √(Σ num / Σ den), e.g. ‖g‖/‖√v̂‖ from Σg² and Σv̂
+    SUM = "sum"
+    MAX = "max"
+    MIN = "min"
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One streamed signal. `export` marks the few exported to Prometheus per active run."""
+
+    name: str
+    unit: str
+    description: str
+    source: str
+    export: bool = False
+    combine: Combine | None = None
+
+
+# --- training scalars --------------------------------------------------------------------------
+LOSS = "loss"
+GRAD_NORM = "grad_norm"
+LR = "lr"
+BETA1 = "beta1"
+BETA2 = "beta2"
+# --- preconditioned curvature (seed 000) --------------------------------------------------------
+LAMBDA_GRAD = "lambda_grad"
+LAMBDA_MAX = "lambda_max"
+LAMBDA_SECANT = "lambda_secant"
+STABILITY_RATIO = "stability_ratio"
+STABILITY_RATIO_MAX = "stability_ratio_max"
+STABILITY_RATIO_SECANT = "stability_ratio_secant"
+GRAD_TOP_EIG_COS = "grad_top_eig_cos"
+# --- preconditioner decay (seed 000) ------------------------------------------------------------
+RHO = "rho"
+SQRT_V_NORM = "sqrt_v_norm"
+SQRT_V_DECAY = "sqrt_v_decay"
+PHASE = "phase"
+# --- spectral alignment (seed 003) --------------------------------------------------------------
+SA_MEAN = "sa_mean"
+SA_SIGN_DIVERSITY = "sa_sign_diversity"
+SA_HIST = "sa_hist"
+# --- gradient spectrum (seed 001) ---------------------------------------------------------------
+GRAD_SPIKE_SHARE = "grad_spike_share"
+# --- output over-confidence (seed 004) ----------------------------------------------------------
+MAX_PROB = "max_prob"
+ENTROPY = "entropy"
+PROB_IMPURITY = "prob_impurity"
+LOGIT_NORM = "logit_norm"
+# --- agent self-report --------------------------------------------------------------------------
+AGENT_OVERHEAD = "agent_overhead"
+AGENT_STEP_TIME = "agent_step_time_seconds"
+AGENT_CADENCE = "agent_cadence"
+AGENT_QUEUED = "agent_queued"
+AGENT_SENT = "agent_sent"
+AGENT_ACKED = "agent_acked"
+AGENT_SPOOLED = "agent_spooled"
+AGENT_DROPPED = "agent_dropped"
+
+_S0 = "arXiv:2506.04805 (Adaptive preconditioners trigger loss spikes in Adam)"
+_S1 = "Spectra (gradient spike-tail spectrum)"
+_S3 = "arXiv:2510.04202 (Spectral alignment predicts loss explosion)"
+_S4 = "arXiv:2502.02407 (spurious sharpness via logits)"
+_OWN = "spikewatch"
+
+CATALOGUE: tuple[Metric, ...] = (
+    Metric(LOSS, "1", "training loss as logged", "user", export=True),
+    Metric(GRAD_NORM, "1", "global L2 norm of the gradient", "prior art", True, Combine.SQRT_RATIO),
+    Metric(LR, "1", "learning rate of parameter group 0", "optimizer", export=True),
+    Metric(BETA1, "1", "Adam beta1 / SGD momentum of group 0", "optimizer"),
+    Metric(BETA2, "1", "Adam beta2 of group 0", "optimizer"),
+    Metric(LAMBDA_GRAD, "1/lr", "gradient-directional preconditioned curvature gᵀĤg/‖g‖²", _S0,
+           combine=Combine.RATIO),
+    Metric(LAMBDA_MAX, "1/lr", "largest eigenvalue of the preconditioned Hessian Ĥ", _S0),
+    Metric(LAMBDA_SECANT, "1/lr", "secant curvature along the last update (no extra pass)", _S0,
+           combine=Combine.RATIO),
+    Metric(STABILITY_RATIO, "1", "η·λ_grad/2; ≥ 1 is beyond the edge of stability", _S0,
+           export=True, combine=Combine.RATIO),
+    Metric(STABILITY_RATIO_MAX, "1", "η·λ_max/2", _S0, export=True),
+    Metric(STABILITY_RATIO_SECANT, "1", "η·λ_secant/2", _S0, export=True, combine=Combine.RATIO),
+    Metric(GRAD_TOP_EIG_COS, "1", "|cos| between gradient and Ĥ's top eigenvector", _S0),
+    Metric(RHO, "1", "‖g‖/‖√v̂‖; ≪ 1 means v decays like β2 per step", _S0, True,
+           Combine.SQRT_RATIO),
+    Metric(SQRT_V_NORM, "1", "‖√v̂‖ over all parameters", _S0, combine=Combine.SQRT_RATIO),
+    Metric(SQRT_V_DECAY, "1", "per-step decay of ‖√v̂‖ in units of √β2 (1 = pure β2 decay)", _S0,
+           export=True),
+    Metric(PHASE, "1", "five-phase label: 1 stable, 2 v-decay, 3 onset, 4 v-growth, 5 recovery",
+           _S0, export=True),
+    Metric(SA_MEAN, "1", "mean spectral alignment cos(x, v₁) over sampled rows", _S3),
+    Metric(SA_SIGN_DIVERSITY, "1", "1 − |p₊ − p₋| of alignment signs (min over layers)", _S3,
+           export=True, combine=Combine.MIN),
+    Metric(SA_HIST, "count", "histogram of cos(x, v₁) over [-1, 1]", _S3),
+    Metric(GRAD_SPIKE_SHARE, "1", "energy share of the top ~1.5% singular directions of G", _S1,
+           export=True, combine=Combine.MAX),
+    Metric(MAX_PROB, "1", "mean max-probability of the output distribution", _S4, export=True),
+    Metric(ENTROPY, "nat", "mean entropy of the output distribution", _S4),
+    Metric(PROB_IMPURITY, "1", "mean 1 − ‖p‖² of the output distribution", _S4),
+    Metric(LOGIT_NORM, "1", "mean L2 norm of the logits", _S4),
+    Metric(AGENT_OVERHEAD, "1", "agent time as a fraction of step time", _OWN, export=True),
+    Metric(AGENT_STEP_TIME, "s", "wall time of one training step", _OWN, export=True),
+    Metric(AGENT_CADENCE, "steps", "current cadence of each probe (per-probe layer scalar)", _OWN),
+    Metric(AGENT_QUEUED, "1", "batches waiting in the agent's memory queue", _OWN),
+    Metric(AGENT_SENT, "1", "batches sent (cumulative)", _OWN),
+    Metric(AGENT_ACKED, "1", "batches acknowledged by the server (cumulative)", _OWN),
+    Metric(AGENT_SPOOLED, "1", "batches written to the on-disk spool (cumulative)", _OWN),
+    Metric(AGENT_DROPPED, "1", "batches dropped under back-pressure (cumulative)", _OWN),
+)
+
+BY_NAME: dict[str, Metric] = {m.name: m for m in CATALOGUE}
+EXPORTED: tuple[str, ...] = tuple(m.name for m in CATALOGUE if m.export)
+
+
+class EventType(StrEnum):
+    """Discrete things that happened at a step."""
+
+    HPARAM_CHANGE = "hparam_change"  # lr/betas/eps/weight decay changed between steps
+    MOMENTUM_JUMP = "momentum_jump"  # beta1/momentum changed (seed 002); data: rescaled or not
+    NONFINITE = "nonfinite"  # NaN/Inf loss or gradient
+    LOSS_SPIKE = "loss_spike"  # a reactive rule (Megatron / llm-foundry / OLMo-core) fired
+    PHASE_CHANGE = "phase_change"
+    RESUMED = "resumed"
+    PROBE_ERROR = "probe_error"  # a probe failed; the agent disabled or backed it off

@@ -1,0 +1,448 @@
+"""The wire format between agent and server, defined once. Importable without torch.
+
+A frame is a 4-byte header followed by a JSON document:
+
+    b"SW" | version (1 byte) | flags (1 byte, bit 0 = zlib-compressed body)
+
+JSON was chosen over a binary codec so the format is inspectable and needs no extra dependency;
+there is no pickle anywhere. JSON has no NaN/Inf, so non-finite floats travel explicitly as the
+strings "nan", "inf" and "-inf" and come back as floats: a blow-up is data, never silently lost.
+
+Messages (agent → server): ``hello`` (run metadata) and ``batch`` (records), both carrying the agent
+session id and a per-session sequence number starting at 1, so the server can deduplicate resent
+messages and acknowledge each one after a durable write. Replies (server → agent): ``ack`` for
+stored messages and ``nack`` for messages that will never be accepted (the agent must drop them).
+
+`decode` validates everything against fixed limits and raises `WireError` with a short, bounded
+`reason` code (usable as a metric label); nothing unvalidated reaches the store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeAlias
+
+from agent.names import Combine
+
+VERSION: Final = 1
+MAGIC: Final = b"SW"
+FLAG_ZLIB: Final = 0x01
+HEADER_LEN: Final = 4
+COMPRESS_ABOVE: Final = 4096  # bytes of JSON above which the agent compresses
+
+# Limits: anything beyond them is rejected whole (reason codes in parentheses).
+MAX_FRAME_BYTES: Final = 1 << 20  # compressed frame ("oversize")
+MAX_BODY_BYTES: Final = 8 << 20  # decompressed body ("oversize")
+MAX_DEPTH: Final = 8  # JSON nesting ("too_deep")
+MAX_RECORDS: Final = 1024
+MAX_METRICS_PER_RECORD: Final = 256
+MAX_LAYERS_PER_METRIC: Final = 4096
+MAX_BINS: Final = 512
+MAX_EVENTS_PER_RECORD: Final = 64
+MAX_META_KEYS: Final = 256
+MAX_STR_LEN: Final = 1024
+
+METRIC_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+LAYER_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/\-\[\]]{0,127}$")
+RUN_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}$")
+SESSION_RE: Final = re.compile(r"^[0-9a-f]{32}$")
+KEY_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+
+Scalar: TypeAlias = float | int | str | bool | None
+
+
+class WireError(ValueError):
+    """A frame that cannot be accepted. `reason` is a short code from a fixed set."""
+
+    REASONS: Final = frozenset(
+        {"bad_header", "bad_version", "oversize", "bad_compression", "bad_json", "too_deep",
+         "bad_schema", "bad_name", "too_many", "bad_value"}
+    )
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in self.REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# --- message types -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Fixed-width bins over [lo, hi]; values outside go to the end bins, non-finite are counted."""
+
+    lo: float
+    hi: float
+    counts: tuple[int, ...]
+    nonfinite: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """One rank's share of a sharded metric; the server combines ranks with `op`."""
+
+    op: Combine
+    num: float
+    den: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    data: Mapping[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Everything measured at one training step."""
+
+    step: int
+    time: float
+    scalars: Mapping[str, float] = field(default_factory=dict)
+    layers: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    hists: Mapping[str, Mapping[str, Histogram]] = field(default_factory=dict)
+    partials: Mapping[str, Partial] = field(default_factory=dict)
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    session: str
+    seq: int
+    run: str
+    rank: int = 0
+    world_size: int = 1
+    sent_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Run metadata: model size, optimizer and hyperparameters, world size, rank, resumed step."""
+
+    header: Header
+    meta: Mapping[str, Scalar]
+    type: Literal["hello"] = "hello"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    header: Header
+    records: tuple[Record, ...]
+    type: Literal["batch"] = "batch"
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    session: str
+    seqs: tuple[int, ...]
+    type: Literal["ack"] = "ack"
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    session: str
+    seq: int
+    reason: str
+    type: Literal["nack"] = "nack"
+
+
+Message: TypeAlias = Hello | Batch
+Reply: TypeAlias = Ack | Nack
+
+
+# --- encoding ----------------------------------------------------------------------------------
+
+
+def _num(x: float) -> float | str:
+    x = float(x)
+    if math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _scalar_out(x: Scalar) -> Any:
+    if isinstance(x, float):
+        return _num(x)
+    return x
+
+
+def _header_out(h: Header) -> dict[str, Any]:
+    return {"session": h.session, "seq": h.seq, "run": h.run, "rank": h.rank,
+            "world_size": h.world_size, "sent_at": _num(h.sent_at)}
+
+
+def _record_out(r: Record) -> dict[str, Any]:
+    out: dict[str, Any] = {"step": r.step, "time": _num(r.time)}
+    if r.scalars:
+        out["scalars"] = {k: _num(v) for k, v in r.scalars.items()}
+    if r.layers:
+        out["layers"] = {k: {n: _num(v) for n, v in d.items()} for k, d in r.layers.items()}
+    if r.hists:
+        out["hists"] = {
+            k: {n: {"lo": _num(h.lo), "hi": _num(h.hi), "counts": list(h.counts),
+                    "nonfinite": h.nonfinite} for n, h in d.items()}
+            for k, d in r.hists.items()
+        }
+    if r.partials:
+        out["partials"] = {k: {"op": p.op.value, "num": _num(p.num), "den": _num(p.den)}
+                           for k, p in r.partials.items()}
+    if r.events:
+        out["events"] = [{"type": e.type, "data": {k: _scalar_out(v) for k, v in e.data.items()}}
+                         for e in r.events]
+    return out
+
+
+def _frame(doc: dict[str, Any]) -> bytes:
+    body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    if len(body) > COMPRESS_ABOVE:
+        return MAGIC + bytes((VERSION, FLAG_ZLIB)) + zlib.compress(body, 1)
+    return MAGIC + bytes((VERSION, 0)) + body
+
+
+def encode(msg: Message | Reply) -> bytes:
+    """Serialise a message or reply to one frame. Raises ValueError if it would exceed limits."""
+    doc: dict[str, Any]
+    if isinstance(msg, Hello):
+        doc = {"type": "hello", **_header_out(msg.header),
+               "meta": {k: _scalar_out(v) for k, v in msg.meta.items()}}
+    elif isinstance(msg, Batch):
+        doc = {"type": "batch", **_header_out(msg.header),
+               "records": [_record_out(r) for r in msg.records]}
+    elif isinstance(msg, Ack):
+        doc = {"type": "ack", "session": msg.session, "seqs": list(msg.seqs)}
+    else:
+        doc = {"type": "nack", "session": msg.session, "seq": msg.seq, "reason": msg.reason}
+    frame = _frame(doc)
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+    return frame
+
+
+# --- decoding and validation -------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> float:
+    raise WireError("bad_value", f"bare {name} is not allowed; use the string form")
+
+
+def _body(frame: bytes) -> Any:
+    if len(frame) > MAX_FRAME_BYTES:
+        raise WireError("oversize", f"frame of {len(frame)} bytes")
+    if len(frame) < HEADER_LEN or frame[:2] != MAGIC:
+        raise WireError("bad_header", "missing SW magic")
+    if frame[2] != VERSION:
+        raise WireError("bad_version", f"version {frame[2]} (this side speaks {VERSION})")
+    flags, raw = frame[3], frame[HEADER_LEN:]
+    if flags & ~FLAG_ZLIB:
+        raise WireError("bad_header", f"unknown flags {flags:#x}")
+    if flags & FLAG_ZLIB:
+        d = zlib.decompressobj()
+        try:
+            raw = d.decompress(raw, MAX_BODY_BYTES)
+        except zlib.error as e:
+            raise WireError("bad_compression", str(e)) from None
+        if d.unconsumed_tail or not d.eof:
+            raise WireError("oversize" if d.unconsumed_tail else "bad_compression",
+                            "body too large or truncated")
+    if len(raw) > MAX_BODY_BYTES:
+        raise WireError("oversize", f"body of {len(raw)} bytes")
+    _check_depth(raw)
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise WireError("bad_json", str(e)[:200]) from None
+
+
+def _check_depth(raw: bytes) -> None:
+    """Reject deep nesting before the JSON parser recurses into it."""
+    depth = 0
+    in_str = esc = False
+    for b in raw:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:
+                esc = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise WireError("too_deep", f"nesting deeper than {MAX_DEPTH}")
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+
+
+def _obj(
+    x: Any, what: str, required: set[str], optional: frozenset[str] | set[str] = frozenset()
+) -> dict[str, Any]:
+    if not isinstance(x, dict):
+        raise WireError("bad_schema", f"{what} must be an object")
+    keys = set(x)
+    if missing := required - keys:
+        raise WireError("bad_schema", f"{what} lacks {sorted(missing)}")
+    if unknown := keys - required - optional:
+        raise WireError("bad_schema", f"{what} has unknown fields {sorted(unknown)[:5]}")
+    return x
+
+
+def _int(x: Any, what: str, lo: int = 0, hi: int = 2**62) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi:
+        raise WireError("bad_value", f"{what} must be an integer in [{lo}, {hi}]")
+    return x
+
+
+def _float(x: Any, what: str) -> float:
+    if isinstance(x, bool):
+        raise WireError("bad_value", f"{what} must be a number")
+    if isinstance(x, int | float):
+        return float(x)
+    if x == "nan":
+        return math.nan
+    if x == "inf":
+        return math.inf
+    if x == "-inf":
+        return -math.inf
+    raise WireError("bad_value", f"{what} must be a number or 'nan'/'inf'/'-inf'")
+
+
+def _name(x: Any, pattern: re.Pattern[str], what: str) -> str:
+    if not isinstance(x, str) or not pattern.match(x):
+        raise WireError("bad_name", f"{what} {str(x)[:80]!r} does not match {pattern.pattern}")
+    return x
+
+
+def _bounded(d: Any, limit: int, what: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise WireError("bad_schema", f"{what} must be an object")
+    if len(d) > limit:
+        raise WireError("too_many", f"{what} has {len(d)} entries (limit {limit})")
+    return d
+
+
+def _scalar_in(x: Any, what: str) -> Scalar:
+    if x is None or isinstance(x, bool | int):
+        return x
+    if isinstance(x, float):
+        return x
+    if isinstance(x, str):
+        if x in ("nan", "inf", "-inf"):
+            return _float(x, what)
+        if len(x) > MAX_STR_LEN:
+            raise WireError("bad_value", f"{what} longer than {MAX_STR_LEN}")
+        return x
+    raise WireError("bad_value", f"{what} must be a scalar")
+
+
+def _header_in(d: dict[str, Any]) -> Header:
+    return Header(
+        session=_name(d["session"], SESSION_RE, "session"),
+        seq=_int(d["seq"], "seq", lo=1),
+        run=_name(d["run"], RUN_RE, "run"),
+        rank=_int(d["rank"], "rank", hi=1 << 20),
+        world_size=_int(d["world_size"], "world_size", lo=1, hi=1 << 20),
+        sent_at=_float(d["sent_at"], "sent_at"),
+    )
+
+
+def _hist_in(x: Any, what: str) -> Histogram:
+    d = _obj(x, what, {"lo", "hi", "counts"}, {"nonfinite"})
+    counts = d["counts"]
+    if not isinstance(counts, list) or not 1 <= len(counts) <= MAX_BINS:
+        raise WireError("too_many" if isinstance(counts, list) else "bad_schema",
+                        f"{what}.counts must be a list of 1..{MAX_BINS} integers")
+    lo, hi = _float(d["lo"], f"{what}.lo"), _float(d["hi"], f"{what}.hi")
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise WireError("bad_value", f"{what} needs finite lo < hi")
+    return Histogram(lo, hi, tuple(_int(c, f"{what}.counts") for c in counts),
+                     _int(d.get("nonfinite", 0), f"{what}.nonfinite"))
+
+
+def _record_in(x: Any, i: int) -> Record:
+    w = f"records[{i}]"
+    d = _obj(x, w, {"step", "time"}, {"scalars", "layers", "hists", "partials", "events"})
+    raw_scalars = _bounded(d.get("scalars", {}), MAX_METRICS_PER_RECORD, "scalars")
+    scalars = {_name(k, METRIC_RE, "metric"): _float(v, f"{w}.scalars.{k}")
+               for k, v in raw_scalars.items()}
+    layers = {
+        _name(k, METRIC_RE, "metric"): {
+            _name(n, LAYER_RE, "layer"): _float(v, f"{w}.layers.{k}")
+            for n, v in _bounded(per, MAX_LAYERS_PER_METRIC, f"layers.{k}").items()
+        }
+        for k, per in _bounded(d.get("layers", {}), MAX_METRICS_PER_RECORD, "layers").items()
+    }
+    hists = {
+        _name(k, METRIC_RE, "metric"): {
+            _name(n, LAYER_RE, "layer"): _hist_in(h, f"{w}.hists.{k}")
+            for n, h in _bounded(per, MAX_LAYERS_PER_METRIC, f"hists.{k}").items()
+        }
+        for k, per in _bounded(d.get("hists", {}), MAX_METRICS_PER_RECORD, "hists").items()
+    }
+    partials: dict[str, Partial] = {}
+    for k, p in _bounded(d.get("partials", {}), MAX_METRICS_PER_RECORD, "partials").items():
+        pd = _obj(p, f"{w}.partials", {"op", "num"}, {"den"})
+        try:
+            op = Combine(pd["op"])
+        except ValueError:
+            raise WireError("bad_value", f"unknown combine op {str(pd['op'])[:20]!r}") from None
+        partials[_name(k, METRIC_RE, "metric")] = Partial(
+            op, _float(pd["num"], "num"), _float(pd.get("den", 1.0), "den"))
+    raw_events = d.get("events", [])
+    if not isinstance(raw_events, list) or len(raw_events) > MAX_EVENTS_PER_RECORD:
+        raise WireError("too_many", f"{w}.events must be a list of ≤ {MAX_EVENTS_PER_RECORD}")
+    events = []
+    for e in raw_events:
+        ed = _obj(e, f"{w}.events", {"type"}, {"data"})
+        data = _bounded(ed.get("data", {}), MAX_META_KEYS, "event data")
+        events.append(Event(_name(ed["type"], METRIC_RE, "event type"),
+                            {_name(k, KEY_RE, "key"): _scalar_in(v, k) for k, v in data.items()}))
+    return Record(_int(d["step"], f"{w}.step"), _float(d["time"], f"{w}.time"),
+                  scalars, layers, hists, partials, tuple(events))
+
+
+_HEADER_KEYS = {"type", "session", "seq", "run", "rank", "world_size", "sent_at"}
+
+
+def decode(frame: bytes) -> Message:
+    """Validate and parse an agent → server frame. Raises `WireError`."""
+    doc = _body(frame)
+    if not isinstance(doc, dict) or doc.get("type") not in ("hello", "batch"):
+        raise WireError("bad_schema", "expected a hello or batch object")
+    if doc["type"] == "hello":
+        d = _obj(doc, "hello", _HEADER_KEYS | {"meta"})
+        meta = {_name(k, KEY_RE, "meta key"): _scalar_in(v, k)
+                for k, v in _bounded(d["meta"], MAX_META_KEYS, "meta").items()}
+        return Hello(_header_in(d), meta)
+    d = _obj(doc, "batch", _HEADER_KEYS | {"records"})
+    recs = d["records"]
+    if not isinstance(recs, list) or len(recs) > MAX_RECORDS:
+        raise WireError("too_many", f"records must be a list of ≤ {MAX_RECORDS}")
+    return Batch(_header_in(d), tuple(_record_in(r, i) for i, r in enumerate(recs)))
+
+
+def decode_reply(frame: bytes) -> Reply:
+    """Parse a server → agent reply. Raises `WireError`."""
+    doc = _body(frame)
+    if not isinstance(doc, dict):
+        raise WireError("bad_schema", "reply must be an object")
+    if doc.get("type") == "ack":
+        d = _obj(doc, "ack", {"type", "session", "seqs"})
+        if not isinstance(d["seqs"], list) or len(d["seqs"]) > 4096:
+            raise WireError("bad_schema", "ack.seqs must be a list")
+        return Ack(_name(d["session"], SESSION_RE, "session"),
+                   tuple(_int(s, "seq", lo=1) for s in d["seqs"]))
+    if doc.get("type") == "nack":
+        d = _obj(doc, "nack", {"type", "session", "seq", "reason"})
+        reason = d["reason"] if isinstance(d["reason"], str) else "unknown"
+        return Nack(_name(d["session"], SESSION_RE, "session"), _int(d["seq"], "seq", lo=1),
+                    reason[:200])
+    raise WireError("bad_schema", "expected an ack or nack")

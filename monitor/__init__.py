@@ -1,0 +1,1 @@
+"""spikewatch signal library: estimators of training instability over tensors. No I/O."""

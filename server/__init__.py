@@ -1,0 +1,1 @@
+"""spikewatch server: collector, SQL store, rules, notifiers, Prometheus exporter, HTTP API."""

@@ -1,0 +1,401 @@
+"""Writes the Grafana dashboards in deploy/grafana/dashboards/ from the panel lists below.
+
+The JSON files are what Grafana provisions and what users edit; this script only keeps their layout
+(ids, grid positions, datasource references) consistent. Run it after changing a panel:
+
+    python deploy/grafana/build_dashboards.py
+
+tests/deploy checks that the committed JSON equals what this script produces.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DATASOURCE_UID = "spikewatch-prometheus"  # provisioning/datasources/prometheus.yml
+SCHEMA_VERSION = 39
+DS = {"type": "prometheus", "uid": "${datasource}"}
+OUT = Path(__file__).resolve().parent / "dashboards"
+RUN_LINK = "/d/spikewatch-run/spikewatch-run-detail?var-run="
+
+PHASES = {1: ("stable", "green"), 2: ("v decay", "yellow"), 3: ("onset", "red"),
+          4: ("v growth", "orange"), 5: ("recovery", "blue")}
+ALERT_STATES = {1: ("pending", "yellow"), 2: ("firing", "red")}
+
+Json = dict[str, Any]
+
+
+@dataclass
+class Target:
+    """One PromQL query of a panel."""
+
+    expr: str
+    legend: str = ""
+    instant: bool = False
+    table: bool = False
+
+
+@dataclass
+class Panel:
+    """A panel before layout: kind, size, queries and field options."""
+
+    kind: str
+    title: str
+    targets: list[Target]
+    w: int = 12
+    h: int = 8
+    unit: str = "none"
+    description: str = ""
+    thresholds: list[tuple[float | None, str]] = field(default_factory=list)
+    threshold_line: bool = False
+    mappings: dict[int, tuple[str, str]] = field(default_factory=dict)
+    decimals: int | None = None
+    log_scale: bool = False
+    links: list[Json] = field(default_factory=list)
+    extra_options: Json = field(default_factory=dict)
+    transformations: list[Json] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    """A row header spanning the full width."""
+
+    title: str
+
+
+def _mappings(m: dict[int, tuple[str, str]]) -> list[Json]:
+    if not m:
+        return []
+    return [{"type": "value", "options": {str(k): {"text": t, "color": c, "index": i}
+                                          for i, (k, (t, c)) in enumerate(sorted(m.items()))}}]
+
+
+def _thresholds(p: Panel) -> Json:
+    steps = p.thresholds or [(None, "green")]
+    return {"mode": "absolute", "steps": [{"value": v, "color": c} for v, c in steps]}
+
+
+def _target(t: Target, ref: str) -> Json:
+    out: Json = {"refId": ref, "datasource": DS, "expr": t.expr, "legendFormat": t.legend,
+                 "range": not t.instant, "instant": t.instant}
+    if t.table:
+        out["format"] = "table"
+    return out
+
+
+def _panel(p: Panel, pid: int, x: int, y: int) -> Json:
+    custom: Json = {}
+    options: Json = {}
+    if p.kind == "timeseries":
+        custom = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 0, "showPoints": "never",
+                  "spanNulls": True,
+                  "thresholdsStyle": {"mode": "dashed" if p.threshold_line else "off"},
+                  "scaleDistribution": ({"type": "log", "log": 10} if p.log_scale
+                                        else {"type": "linear"})}
+        options = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                   "tooltip": {"mode": "multi", "sort": "desc"}}
+    elif p.kind == "state-timeline":
+        custom = {"fillOpacity": 80, "lineWidth": 0}
+        options = {"showValue": "never", "mergeValues": True, "rowHeight": 0.8,
+                   "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                   "tooltip": {"mode": "single"}}
+    elif p.kind == "stat":
+        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                   "colorMode": "background", "graphMode": "none", "textMode": "auto",
+                   "justifyMode": "auto", "orientation": "auto"}
+    elif p.kind == "table":
+        custom = {"align": "auto", "cellOptions": {"type": "auto"}}
+        options = {"showHeader": True, "cellHeight": "sm"}
+    options.update(p.extra_options)
+    defaults: Json = {"unit": p.unit, "custom": custom, "thresholds": _thresholds(p),
+                      "mappings": _mappings(p.mappings),
+                      "color": {"mode": "thresholds" if p.kind in ("stat", "table",
+                                                                   "state-timeline")
+                                else "palette-classic"}}
+    if p.decimals is not None:
+        defaults["decimals"] = p.decimals
+    if p.links:
+        defaults["links"] = p.links
+    refs = "ABCDEFGHIJ"
+    out: Json = {"id": pid, "type": p.kind, "title": p.title, "description": p.description,
+                 "datasource": DS, "gridPos": {"x": x, "y": y, "w": p.w, "h": p.h},
+                 "targets": [_target(t, refs[i]) for i, t in enumerate(p.targets)],
+                 "fieldConfig": {"defaults": defaults, "overrides": []}, "options": options}
+    if p.transformations:
+        out["transformations"] = p.transformations
+    return out
+
+
+def _layout(items: list[Panel | Row]) -> list[Json]:
+    """Left-to-right, top-to-bottom packing on Grafana's 24-column grid."""
+    panels: list[Json] = []
+    x = y = row_h = 0
+    for pid, item in enumerate(items, start=1):
+        if isinstance(item, Row):
+            if x:
+                y, x, row_h = y + row_h, 0, 0
+            panels.append({"id": pid, "type": "row", "title": item.title, "collapsed": False,
+                           "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": []})
+            y += 1
+            continue
+        if x + item.w > 24:
+            y, x, row_h = y + row_h, 0, 0
+        panels.append(_panel(item, pid, x, y))
+        x += item.w
+        row_h = max(row_h, item.h)
+    return panels
+
+
+def _variables(run: bool) -> list[Json]:
+    out: list[Json] = [{
+        "name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
+        "current": {"text": "Prometheus", "value": DATASOURCE_UID}, "hide": 0,
+        "refresh": 1, "regex": "", "options": [],
+    }]
+    if run:
+        q = "label_values(spikewatch_run_last_step, run)"
+        out.append({
+            "name": "run", "label": "Run", "type": "query", "datasource": DS,
+            "query": {"query": q, "refId": "run"}, "definition": q, "refresh": 2,
+            "sort": 1, "multi": False, "includeAll": False, "hide": 0, "regex": "",
+            "current": {}, "options": [],
+        })
+    return out
+
+
+def dashboard(uid: str, title: str, description: str, items: list[Panel | Row],
+              run_variable: bool = False) -> Json:
+    """A complete dashboard document."""
+    return {
+        "uid": uid, "title": title, "description": description, "tags": ["spikewatch"],
+        "schemaVersion": SCHEMA_VERSION, "version": 1, "editable": True, "graphTooltip": 1,
+        "time": {"from": "now-1h", "to": "now"}, "refresh": "10s", "timezone": "",
+        "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
+        "timepicker": {},
+        "annotations": {"list": [{
+            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+            "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
+            "name": "Annotations & Alerts", "type": "dashboard"}]},
+        "links": [{"title": "spikewatch", "type": "dashboards", "tags": ["spikewatch"],
+                   "asDropdown": True, "includeVars": False, "keepTime": True}],
+        "templating": {"list": _variables(run_variable)},
+        "panels": _layout(items),
+    }
+
+
+EDGE = [(None, "green"), (0.8, "yellow"), (1.0, "red")]
+RUN_DATA_LINK = [{"title": "Run detail",
+                  "url": RUN_LINK + "${__field.labels.run}&${__url_time_range}"}]
+HIDDEN = {"Time": True, "__name__": True, "job": True, "instance": True}
+
+
+def fleet() -> Json:
+    """All active runs at a glance."""
+    items: list[Panel | Row] = [
+        Panel("stat", "Active runs", [Target("spikewatch_active_runs", instant=True)], w=4, h=4),
+        Panel("stat", "Runs beyond the edge (r ≥ 1)",
+              [Target("count(spikewatch_run_stability_ratio >= 1) or vector(0)", instant=True)],
+              w=5, h=4, thresholds=[(None, "green"), (1, "red")]),
+        Panel("stat", "Firing pages",
+              [Target('sum(spikewatch_alerts_firing{severity="page"}) or vector(0)',
+                      instant=True)], w=5, h=4, thresholds=[(None, "green"), (1, "red")]),
+        Panel("stat", "Firing warnings",
+              [Target('sum(spikewatch_alerts_firing{severity="warning"}) or vector(0)',
+                      instant=True)], w=5, h=4, thresholds=[(None, "green"), (1, "orange")]),
+        Panel("stat", "Server", [Target('up{job="spikewatch"}', "{{instance}}", instant=True)],
+              w=5, h=4, mappings={0: ("down", "red"), 1: ("up", "green")}),
+        Row("Runs"),
+        Panel("table", "Active runs", [
+            Target("spikewatch_run_last_step", instant=True, table=True),
+            Target("spikewatch_run_stability_ratio", instant=True, table=True),
+            Target("spikewatch_run_rho", instant=True, table=True),
+            Target("spikewatch_run_phase", instant=True, table=True),
+            Target("time() - spikewatch_run_last_seen_timestamp_seconds", instant=True,
+                   table=True),
+        ], w=12, h=9, description="One row per active run: last step, stability ratio, ρ, phase "
+              "and seconds since last heard from.",
+              extra_options={"sortBy": [{"displayName": "stability ratio", "desc": True}]},
+              transformations=[{"id": "merge", "options": {}}, {"id": "organize", "options": {
+                  "excludeByName": HIDDEN, "renameByName": {
+                      "Value #A": "last step", "Value #B": "stability ratio", "Value #C": "ρ",
+                      "Value #D": "phase", "Value #E": "seconds since seen"}}}],
+              links=[{"title": "Run detail",
+                      "url": RUN_LINK + "${__data.fields.run}&${__url_time_range}"}]),
+        Panel("table", "Pending and firing alerts",
+              [Target("spikewatch_run_alert_state", instant=True, table=True)], w=12, h=9,
+              mappings=ALERT_STATES, description="Alerts spikewatch holds per run (1 pending, "
+              "2 firing); pages are also pushed to Alertmanager.",
+              thresholds=[(None, "yellow"), (2, "red")],
+              transformations=[{"id": "organize", "options": {
+                  "excludeByName": HIDDEN, "renameByName": {"Value": "state"}}}],
+              links=[{"title": "Run detail",
+                      "url": RUN_LINK + "${__data.fields.run}&${__url_time_range}"}]),
+        Panel("timeseries", "Stability ratio of every run (≥ 1: beyond the edge)",
+              [Target("spikewatch_run_stability_ratio", "{{run}}")], w=24, h=9,
+              thresholds=EDGE, threshold_line=True, links=RUN_DATA_LINK,
+              description="η·λ_grad/2 per run. A sustained crossing of 1 precedes loss spikes."),
+        Panel("state-timeline", "Phases",
+              [Target("spikewatch_run_phase", "{{run}}")], w=24, h=7, mappings=PHASES,
+              description="Five-phase label from ρ and the stability ratio: stable, v decay, "
+              "onset, v growth, recovery."),
+        Panel("timeseries", "ρ = ‖g‖/‖√v̂‖ of every run",
+              [Target("spikewatch_run_rho", "{{run}}")], w=12, h=8, log_scale=True,
+              links=RUN_DATA_LINK),
+        Panel("timeseries", "Loss of every run",
+              [Target("spikewatch_run_loss", "{{run}}")], w=12, h=8, log_scale=True,
+              links=RUN_DATA_LINK),
+    ]
+    return dashboard("spikewatch-fleet", "spikewatch / Fleet overview",
+                     "All active training runs, their stability and alerts.", items)
+
+
+def _run(metric: str) -> str:
+    return f'spikewatch_run_{metric}{{run="$run"}}'
+
+
+def run_detail() -> Json:
+    """Everything spikewatch knows about one run, templated by $run."""
+    items: list[Panel | Row] = [
+        Panel("stat", "Last step", [Target(_run("last_step"), instant=True)], w=4, h=4),
+        Panel("stat", "Stability ratio", [Target(_run("stability_ratio"), instant=True)],
+              w=5, h=4, thresholds=EDGE, decimals=3),
+        Panel("stat", "Phase", [Target(_run("phase"), instant=True)], w=5, h=4,
+              mappings=PHASES),
+        Panel("stat", "Firing alerts",
+              [Target(f"count({_run('alert_state')} == 2) or vector(0)", instant=True)],
+              w=5, h=4, thresholds=[(None, "green"), (1, "red")]),
+        Panel("stat", "Last heard from",
+              [Target(f"time() - {_run('last_seen_timestamp_seconds')}", instant=True)],
+              w=5, h=4, unit="s", thresholds=[(None, "green"), (120, "yellow"), (600, "red")]),
+        Row("Edge of stability"),
+        Panel("timeseries", "Stability ratio vs threshold 1", [
+            Target(_run("stability_ratio"), "λ_grad (gradient direction)"),
+            Target(_run("stability_ratio_max"), "λ_max (top eigenvalue)"),
+            Target(_run("stability_ratio_secant"), "secant (update direction)"),
+        ], w=24, h=9, thresholds=EDGE, threshold_line=True,
+            description="r = η·λ/2 for three curvature estimates; r ≥ 1 sustained is beyond "
+            "the edge of stability."),
+        Panel("state-timeline", "Alert states",
+              [Target(f"max by (rule, severity) ({_run('alert_state')})",
+                      "{{rule}} ({{severity}})")], w=24, h=6, mappings=ALERT_STATES,
+              thresholds=[(None, "yellow"), (2, "red")]),
+        Panel("state-timeline", "Phase", [Target(_run("phase"), "phase")], w=24, h=3,
+              mappings=PHASES),
+        Row("Preconditioner"),
+        Panel("timeseries", "ρ = ‖g‖/‖√v̂‖", [Target(_run("rho"), "ρ")], w=12, h=8,
+              log_scale=True, description="ρ ≪ 1: v decays like β2 per step and η/√v̂ grows."),
+        Panel("timeseries", "‖√v̂‖ decay per step (units of √β2)",
+              [Target(_run("sqrt_v_decay"), "decay")], w=12, h=8,
+              description="1 means v decays purely by β2 (no gradient signal)."),
+        Row("Spectra"),
+        Panel("timeseries", "Spectral alignment sign diversity",
+              [Target(_run("sa_sign_diversity"), "sign diversity")], w=12, h=8,
+              unit="percentunit", thresholds=[(None, "red"), (0.1, "green")],
+              threshold_line=True,
+              description="1 − |p₊ − p₋| of alignment signs; a collapse to 0 precedes explosion."),
+        Panel("timeseries", "Gradient spike share", [Target(_run("grad_spike_share"), "share")],
+              w=12, h=8, unit="percentunit",
+              description="Energy share of the top ~1.5% singular directions of the gradients."),
+        Row("Training"),
+        Panel("timeseries", "Loss", [Target(_run("loss"), "loss")], w=12, h=8, log_scale=True),
+        Panel("timeseries", "Max probability", [Target(_run("max_prob"), "max prob")],
+              w=12, h=8, unit="percentunit"),
+        Panel("timeseries", "Gradient norm", [Target(_run("grad_norm"), "‖g‖")], w=12, h=8,
+              log_scale=True),
+        Panel("timeseries", "Learning rate", [Target(_run("lr"), "lr")], w=12, h=8),
+        Row("Agent"),
+        Panel("timeseries", "Agent overhead (fraction of step time)",
+              [Target(_run("agent_overhead"), "overhead")], w=12, h=8, unit="percentunit",
+              thresholds=[(None, "green"), (0.01, "red")], threshold_line=True),
+        Panel("timeseries", "Step time", [Target(_run("agent_step_time_seconds"), "step")],
+              w=12, h=8, unit="s"),
+    ]
+    return dashboard("spikewatch-run", "spikewatch / Run detail",
+                     "Leading indicators of loss spikes for one run.", items, run_variable=True)
+
+
+def _rate(metric: str, by: str = "") -> str:
+    group = f" by ({by})" if by else ""
+    return f"sum{group} (rate({metric}[$__rate_interval]))"
+
+
+def _quantile(q: float) -> str:
+    return (f"histogram_quantile({q}, sum by (le) "
+            "(rate(spikewatch_write_latency_seconds_bucket[$__rate_interval])))")
+
+
+def server_health() -> Json:
+    """The daemon's own health: ingest, store, notifications."""
+    items: list[Panel | Row] = [
+        Panel("stat", "Server", [Target('up{job="spikewatch"}', "{{instance}}", instant=True)],
+              w=4, h=4, mappings={0: ("down", "red"), 1: ("up", "green")}),
+        Panel("stat", "Version", [Target("spikewatch_build_info", "{{version}}", instant=True)],
+              w=4, h=4, extra_options={"textMode": "name", "colorMode": "none"}),
+        Panel("stat", "Active runs", [Target("spikewatch_active_runs", instant=True)], w=4, h=4),
+        Panel("stat", "Ingest queue depth",
+              [Target("spikewatch_ingest_queue_depth", instant=True)], w=4, h=4,
+              thresholds=[(None, "green"), (100, "yellow"), (1000, "red")]),
+        Panel("stat", "Refused series (range)",
+              [Target("sum(increase(spikewatch_refused_series_total[$__range]))", instant=True)],
+              w=4, h=4, thresholds=[(None, "green"), (1, "red")]),
+        Panel("stat", "Failed notifications (range)",
+              [Target('sum(increase(spikewatch_notifications_total{outcome="failed"}[$__range]))'
+                      " or vector(0)", instant=True)],
+              w=4, h=4, thresholds=[(None, "green"), (1, "red")]),
+        Row("Ingest"),
+        Panel("timeseries", "Messages received",
+              [Target(_rate("spikewatch_messages_received_total", "type"), "{{type}}")],
+              w=8, h=8, unit="reqps"),
+        Panel("timeseries", "Invalid messages by reason",
+              [Target(_rate("spikewatch_messages_invalid_total", "reason"), "{{reason}}")],
+              w=8, h=8, unit="reqps"),
+        Panel("timeseries", "Deduplicated messages",
+              [Target(_rate("spikewatch_messages_deduplicated_total"), "duplicates")],
+              w=8, h=8, unit="reqps",
+              description="Re-sent batches the server had already committed (harmless)."),
+        Row("Store"),
+        Panel("timeseries", "Points written",
+              [Target(_rate("spikewatch_points_written_total"), "points/s")], w=8, h=8,
+              unit="short"),
+        Panel("timeseries", "Write latency", [Target(_quantile(0.5), "p50"),
+                                              Target(_quantile(0.99), "p99")],
+              w=8, h=8, unit="s", thresholds=[(None, "green"), (0.5, "red")],
+              threshold_line=True),
+        Panel("timeseries", "Ingest queue depth",
+              [Target("spikewatch_ingest_queue_depth", "{{instance}}")], w=8, h=8,
+              thresholds=[(None, "green"), (1000, "red")], threshold_line=True),
+        Row("Alerts and notifications"),
+        Panel("timeseries", "Alerts firing by severity",
+              [Target("sum by (severity) (spikewatch_alerts_firing)", "{{severity}}")],
+              w=12, h=8),
+        Panel("timeseries", "Notifications",
+              [Target(_rate("spikewatch_notifications_total", "notifier, outcome"),
+                      "{{notifier}} {{outcome}}")], w=12, h=8, unit="reqps"),
+    ]
+    return dashboard("spikewatch-server", "spikewatch / Server health",
+                     "The spikewatch daemon: ingest, store latency, queue, notifications.", items)
+
+
+DASHBOARDS = {"fleet-overview.json": fleet, "run-detail.json": run_detail,
+              "server-health.json": server_health}
+
+
+def render(name: str) -> str:
+    """The exact text of one dashboard file."""
+    return json.dumps(DASHBOARDS[name](), indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in DASHBOARDS:
+        (OUT / name).write_text(render(name), encoding="utf-8")
+        print(f"wrote {OUT / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Dockerfile, docker-compose, Kubernetes manifests and the systemd unit.
+
+No container engine or cluster runs here: Kubernetes objects are built with the real kustomize
+(`kubectl kustomize`) and validated against the Kubernetes API schemas (kubernetes-validate); the
+systemd unit is checked by the real `systemd-analyze`; compose and the Dockerfile are checked for
+consistency with the rest of the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import DEPLOY, ROOT, program
+
+K8S = DEPLOY / "kubernetes"
+K8S_VERSION = "1.30"
+SERVE = ["spikewatch", "serve", "--zmq", "tcp://0.0.0.0:5557", "--http-host", "0.0.0.0"]
+
+
+# --- Dockerfile --------------------------------------------------------------------------------
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", path.read_text(encoding="utf-8"))
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            out.append((op.upper(), rest.strip()))
+    return out
+
+
+def _exec_form(value: str) -> list[str]:
+    parsed = yaml.safe_load(value)  # a JSON array is valid YAML
+    assert isinstance(parsed, list), value
+    return [str(v) for v in parsed]
+
+
+def test_dockerfile() -> None:
+    ins = _instructions(DEPLOY / "docker" / "Dockerfile")
+
+    def get(op: str) -> list[str]:
+        return [v for o, v in ins if o == op]
+
+    assert all(v.split()[0] == "python:3.11-slim" for v in get("FROM"))
+    [user] = get("USER")
+    assert user.split(":")[0] not in ("0", "root")
+    assert get("EXPOSE") == ["5557 8000"]
+    [health] = get("HEALTHCHECK")
+    assert "http://127.0.0.1:8000/healthz" in health
+    [entry], [cmd] = get("ENTRYPOINT"), get("CMD")
+    assert _exec_form(entry) + _exec_form(cmd) == SERVE
+    installs = " ".join(v for v in get("RUN") if "pip " in v)
+    assert '".[postgres]"' in installs
+    assert '"spikewatch[postgres]"' in installs
+    assert "agent]" not in installs
+    assert "torch" not in installs.replace("find_spec('torch')", "")
+    ignore = (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text(encoding="utf-8")
+    for value in get("COPY"):
+        if value.startswith("--from"):
+            continue
+        *sources, _ = value.split()
+        for src in sources:
+            assert (ROOT / src).exists(), f"COPY {src}: missing from the repository"
+            assert f"!{src.rstrip('/')}" in ignore, f"{src} is excluded by the .dockerignore"
+
+
+def test_server_installs_without_torch() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["postgres"]
+    assert not [d for d in wanted if re.match(r"torch\b", d)]
+
+
+# --- docker compose ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(
+        (DEPLOY / "compose" / "docker-compose.yml").read_text(encoding="utf-8"))
+    return doc
+
+
+def test_compose_services_and_healthchecks(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"spikewatch", "postgres", "prometheus", "alertmanager", "grafana"}
+    for name, svc in services.items():
+        assert svc["healthcheck"]["test"], f"{name} has no healthcheck"
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown {dep}"
+    sw = services["spikewatch"]
+    assert sw["command"] == SERVE[1:]
+    assert "/healthz" in " ".join(sw["healthcheck"]["test"])
+    assert sw["environment"]["SPIKEWATCH_DB"].startswith("postgresql+psycopg://")
+    assert "@postgres:5432/" in sw["environment"]["SPIKEWATCH_DB"]
+    assert sw["depends_on"]["postgres"]["condition"] == "service_healthy"
+    build = sw["build"]
+    assert (DEPLOY / "compose" / build["context"] / build["dockerfile"]).is_file()
+
+
+def test_compose_mounts_exist_and_volumes_are_declared(compose: dict[str, Any]) -> None:
+    base = DEPLOY / "compose"
+    for name, svc in compose["services"].items():
+        for mount in svc.get("volumes", []):
+            source = mount.split(":")[0]
+            if source.startswith("."):
+                assert (base / source).exists(), f"{name}: {source} does not exist"
+            else:
+                assert source in compose["volumes"], f"{name}: volume {source} not declared"
+
+
+def test_prometheus_targets_match_compose(compose: dict[str, Any]) -> None:
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    [job] = [j for j in prom["scrape_configs"] if j["job_name"] == "spikewatch"]
+    assert job["static_configs"][0]["targets"] == ["spikewatch:8000"]
+    assert "8000:8000" in compose["services"]["spikewatch"]["ports"]
+    [am] = prom["alerting"]["alertmanagers"][0]["static_configs"]
+    assert am["targets"] == ["alertmanager:9093"]
+    assert "9093:9093" in compose["services"]["alertmanager"]["ports"]
+    ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert ds["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+# --- Kubernetes --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def objects() -> dict[str, dict[str, Any]]:
+    """The objects `kubectl kustomize deploy/kubernetes` builds, by kind."""
+    r = subprocess.run([program("kubectl"), "kustomize", str(K8S)], capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    return {d["kind"]: d for d in yaml.safe_load_all(r.stdout)}
+
+
+def _validate(obj: dict[str, Any]) -> None:
+    kv = pytest.importorskip("kubernetes_validate",
+                             reason="kubernetes-validate not installed (dev extra)")
+    kv.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_kustomize_builds_and_objects_match_the_api_schemas(
+        objects: dict[str, dict[str, Any]]) -> None:
+    assert set(objects) == {"Namespace", "ConfigMap", "Service", "Deployment"}
+    for obj in objects.values():
+        _validate(obj)
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == "spikewatch"
+    secret = yaml.safe_load((K8S / "secret.example.yaml").read_text(encoding="utf-8"))
+    _validate(secret)
+    assert secret["stringData"]["SPIKEWATCH_DB"].startswith("postgresql+psycopg://")
+
+
+def test_schema_validation_can_fail(objects: dict[str, dict[str, Any]]) -> None:
+    kv = pytest.importorskip("kubernetes_validate",
+                             reason="kubernetes-validate not installed (dev extra)")
+    bad = yaml.safe_load(yaml.safe_dump(objects["Deployment"]))
+    bad["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "5557"
+    with pytest.raises(kv.ValidationError):
+        kv.validate(bad, K8S_VERSION, strict=True)
+
+
+def test_deployment_service_and_probes(objects: dict[str, dict[str, Any]]) -> None:
+    dep, svc, cm = objects["Deployment"], objects["Service"], objects["ConfigMap"]
+    pod = dep["spec"]["template"]
+    [c] = pod["spec"]["containers"]
+    assert ["spikewatch", *c["args"]] == SERVE
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"zmq": 5557, "http": 8000}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8000"
+    assert {p["targetPort"]: p["port"] for p in svc["spec"]["ports"]} == ports
+    labels = pod["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    [secret_ref] = c["envFrom"]
+    assert secret_ref["secretRef"]["name"] == "spikewatch-db"
+    # The rules volume refers to the generated (hash-suffixed) ConfigMap, mounted where
+    # SPIKEWATCH_RULES points.
+    [rules_vol] = [v for v in pod["spec"]["volumes"] if v["name"] == "rules"]
+    assert rules_vol["configMap"]["name"] == cm["metadata"]["name"]
+    [mount] = [m for m in c["volumeMounts"] if m["name"] == "rules"]
+    assert env["SPIKEWATCH_RULES"] == f"{mount['mountPath']}/rules.yaml"
+    assert "rules.yaml" in cm["data"]
+
+
+def test_rules_configmap_is_a_valid_complete_rule_pack(
+        objects: dict[str, dict[str, Any]]) -> None:
+    rules = pytest.importorskip("server.rules", reason="server.rules not importable")
+    deployed = {r.name for r in rules.parse_rules(objects["ConfigMap"]["data"]["rules.yaml"])}
+    default = {r.name for r in rules.load_rules()}
+    assert default <= deployed, f"rules missing from the deployed pack: {default - deployed}"
+
+
+def test_servicemonitor_selects_the_service(objects: dict[str, dict[str, Any]]) -> None:
+    sm = yaml.safe_load((K8S / "servicemonitor.yaml").read_text(encoding="utf-8"))
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["kind"] == "ServiceMonitor"
+    svc = objects["Service"]
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    port_names = {p["name"] for p in svc["spec"]["ports"]}
+    assert {e["port"] for e in sm["spec"]["endpoints"]} <= port_names
+    # The job label is the Service name: the rules select up{job="spikewatch"}.
+    assert svc["metadata"]["name"] == "spikewatch"
+
+
+# --- systemd -----------------------------------------------------------------------------------
+
+UNIT = DEPLOY / "systemd" / "spikewatch.service"
+
+
+def _runnable_copy(tmp_path: Path, text: str | None = None) -> Path:
+    """The unit with ExecStart pointing at an existing binary (verify checks it exists)."""
+    unit = tmp_path / "spikewatch.service"
+    body = text if text is not None else UNIT.read_text(encoding="utf-8")
+    unit.write_text(body.replace("/opt/spikewatch/bin/spikewatch", shutil.which("true") or
+                                 "/bin/true"), encoding="utf-8")
+    return unit
+
+
+def _analyze(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([program("systemd-analyze"), *map(str, args)], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_systemd_unit_verifies_cleanly(tmp_path: Path) -> None:
+    r = _analyze("verify", _runnable_copy(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (r.stdout + r.stderr).strip()
+
+
+def test_systemd_verify_reports_mistakes(tmp_path: Path) -> None:
+    text = UNIT.read_text(encoding="utf-8").replace("Restart=on-failure", "Restart=sometimes")
+    r = _analyze("verify", _runnable_copy(tmp_path, text))
+    assert "sometimes" in r.stdout + r.stderr
+
+
+def test_systemd_unit_is_hardened(tmp_path: Path) -> None:
+    r = _analyze("security", "--offline=yes", _runnable_copy(tmp_path))
+    m = re.search(r"Overall exposure level for spikewatch.service: ([0-9.]+)", r.stdout)
+    assert m, r.stdout + r.stderr
+    assert float(m.group(1)) <= 2.0, r.stdout
+    text = UNIT.read_text(encoding="utf-8")
+    for line in ("ProtectSystem=strict", "StateDirectory=spikewatch", "Restart=on-failure",
+                 "TimeoutStopSec=", "NoNewPrivileges=yes"):
+        assert line in text
+    assert "DynamicUser=yes" in text or "User=spikewatch" in text
+
+
+def _systemd_env() -> dict[str, str]:
+    """KEY=VALUE lines of the example env file, quoted values unquoted as systemd does."""
+    env = {}
+    for line in (DEPLOY / "systemd" / "spikewatch.env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            else:
+                assert not set(value) & {'"', "'"}, f"{key}: systemd strips inner quotes"
+            env[key] = value
+    return env
+
+
+def test_systemd_env_example() -> None:
+    assert "EnvironmentFile=/etc/spikewatch/spikewatch.env" in UNIT.read_text()
+    assert _systemd_env()["SPIKEWATCH_DB"].startswith("postgresql+psycopg://")
+
+
+# --- the server reads what the deployments set -------------------------------------------------
+
+
+def _compose_env() -> dict[str, str]:
+    doc = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text(encoding="utf-8"))
+    env: dict[str, str] = doc["services"]["spikewatch"]["environment"]
+    # Compose interpolation of ${VAR:?message} with the value from env.example.
+    return {k: re.sub(r"\$\{POSTGRES_PASSWORD:\?[^}]*\}", "change-me", v) for k, v in env.items()}
+
+
+def _kubernetes_env() -> dict[str, str]:
+    dep = yaml.safe_load((K8S / "deployment.yaml").read_text(encoding="utf-8"))
+    [c] = dep["spec"]["template"]["spec"]["containers"]
+    secret = yaml.safe_load((K8S / "secret.example.yaml").read_text(encoding="utf-8"))
+    return {**{e["name"]: e["value"] for e in c["env"]}, **secret["stringData"]}
+
+
+@pytest.mark.parametrize("environment", [_compose_env, _kubernetes_env, _systemd_env],
+                         ids=["compose", "kubernetes", "systemd"])
+def test_server_settings_take_the_deployment_environment(
+        environment: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = pytest.importorskip("server._settings", reason="server settings not importable")
+    for key in [k for k in os.environ if k.startswith("SPIKEWATCH_")]:
+        monkeypatch.delenv(key)
+    env: dict[str, str] = environment()
+    assert env, "no environment"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s = settings.load_settings()
+    assert s.db == env["SPIKEWATCH_DB"]
+    assert s.db.startswith("postgresql+psycopg://")
+    assert s.alertmanager_urls, "SPIKEWATCH_ALERTMANAGER_URLS not taken"
+    assert all(u.startswith("http://") for u in s.alertmanager_urls)
+    if "SPIKEWATCH_RULES" in env:
+        assert str(s.rules) == env["SPIKEWATCH_RULES"]

@@ -1,0 +1,227 @@
+"""Hyper-parameter discontinuities between steps (lr, betas/momentum, eps, weight decay).
+
+Call `after_step(optimizer)` from a post-step hook and `before_step(optimizer, step)` from the next
+pre-step hook; `before_step` returns the events for changes made in between (by a scheduler or by
+hand). Supports Adam/AdamW (and subclasses) and SGD, per parameter group.
+
+Discontinuity, not change: smooth schedules move lr every step. A value is reported when it moved
+by more than `rel_tol` of itself in one step *and* that move departs from the previous step's move
+by more than the same amount (|Δ_t| and |Δ_t − Δ_{t−1}| > rel_tol·max|x|; for betas/momentum
+x = 1 − β). Cosine decay and the corner between warm-up and decay stay silent, a linear ramp is
+reported once where it starts (no trend known yet: the previous move counts as 0), a StepLR drop
+or a hand-set β1 is reported at the step it takes effect.
+
+Momentum jumps (seed 002). Whether the buffer was rescaled is tested by comparing the norm of the
+momentum buffers (Adam exp_avg, SGD momentum_buffer; at most `sample_tensors` per group) recorded
+after step t−1 with the norm at the pre-step hook of step t: nothing else touches them in between,
+so the ratio is exactly the factor the user applied (1 when untouched). `rescaled` is True when it
+matches the seed note's factor (1−β_old)/(1−β_new) within `rescale_tol` (relative).
+Checked against the math rather than the note: that factor is right for SGD's summing buffer
+(buf ← μ·buf + (1−d)·g, steady state ∝ 1/(1−μ)), so it is the advised factor there; Adam's exp_avg
+is an average (m ← β1·m + (1−β1)·g, steady state ≈ E[g] for any β1), so the advised factor for
+Adam is 1 and rescaling by the note's factor would multiply the next updates by it.
+
+Stability threshold at the step of the change (DESIGN.md): Adam's is 2/(η·c_t) on D⁻¹H, i.e.
+2(1+β1)(1−β1^t)/((1−β1)η) → 2(1+β1)/((1−β1)η) for large t, so *lowering* β1 (or raising η) lowers
+it at once; SGD-momentum's is 2(1+μ)/((1−d)η) on H (None for Nesterov). Events carry the threshold
+before and after and `ratio_factor`, the factor by which the stability ratio r = λ/threshold changes
+at that step (and r itself before/after when the caller passes the last measured r).
+
+Host synchronisation: `after_step` only launches reductions; `before_step` reads hyper-parameters
+(Python numbers unless a group holds tensor hyper-parameters) and syncs once, only when a momentum
+jump needs the buffer ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from agent.names import EventType
+from monitor.adam_state import UnsupportedOptimizer, adam_view, c_t
+
+__all__ = ["HparamEvent", "HparamWatch", "stability_threshold"]
+
+EventValue = float | int | str | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class HparamEvent:
+    """A discrete event at `step` (the agent turns it into a wire Event)."""
+
+    type: EventType
+    step: int
+    data: dict[str, EventValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    kind: str  # "adam" | "sgd"
+    values: dict[str, float]  # lr, beta1 (β1 or μ), beta2, eps, weight_decay, dampening
+    nesterov: bool
+    buf_sq: Tensor | None  # Σ‖buffer‖² over the sampled tensors (device), None if no buffer
+
+
+def stability_threshold(
+    kind: str,
+    lr: float,
+    beta1: float,
+    step: int = 0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+) -> float | None:
+    """Curvature threshold of the update rule: Adam 2/(η·c_t) (large-t form when step < 1),
+    SGD 2(1+μ)/((1−d)η); None where undefined (η = 0, Nesterov)."""
+    if lr <= 0.0:
+        return None
+    if kind == "adam":
+        scale = c_t(beta1, step) if step >= 1 else (1.0 - beta1) / (1.0 + beta1)
+        return 2.0 / (lr * scale)
+    if nesterov or dampening >= 1.0:
+        return None
+    return 2.0 * (1.0 + beta1) / ((1.0 - dampening) * lr)
+
+
+def _num(x: Any) -> float:
+    return float(x.item()) if isinstance(x, Tensor) else float(x)
+
+
+class HparamWatch:
+    """Detects hyper-parameter discontinuities per parameter group across step boundaries."""
+
+    def __init__(self, rel_tol: float = 0.01, rescale_tol: float = 0.05,
+                 sample_tensors: int = 4) -> None:
+        if rel_tol <= 0 or rescale_tol <= 0 or sample_tensors < 1:
+            raise ValueError("rel_tol, rescale_tol > 0 and sample_tensors >= 1 required")
+        self.rel_tol = rel_tol
+        self.rescale_tol = rescale_tol
+        self.sample_tensors = sample_tensors
+        self._last: list[_Group] | None = None
+        self._delta: dict[tuple[int, str], float] = {}
+
+    # --- hooks ---------------------------------------------------------------------------------
+    def after_step(self, optimizer: object) -> None:
+        """Record hyper-parameters and momentum-buffer norms as step t−1 left them."""
+        self._last = self._read(optimizer, with_buffers=True)
+
+    def before_step(
+        self, optimizer: object, step: int, last_ratio: float | None = None
+    ) -> list[HparamEvent]:
+        """Events for changes since `after_step`; `last_ratio` is the last measured r, if any."""
+        now = self._read(optimizer, with_buffers=False)
+        last = self._last
+        if last is None or len(last) != len(now):
+            self._delta.clear()
+            return []
+        events: list[HparamEvent] = []
+        for gi, (old, new) in enumerate(zip(last, now, strict=True)):
+            changed = self._discontinuities(gi, old, new)
+            if not changed:
+                continue
+            t = self._adam_step(optimizer, gi) if new.kind == "adam" else 0
+            before = stability_threshold(old.kind, old.values["lr"], old.values["beta1"], t,
+                                         old.values["dampening"], old.nesterov)
+            after = stability_threshold(new.kind, new.values["lr"], new.values["beta1"], t,
+                                        new.values["dampening"], new.nesterov)
+            factor = before / after if before is not None and after is not None else None
+            common: dict[str, EventValue] = {
+                "group": gi,
+                "threshold_before": before,
+                "threshold_after": after,
+                "ratio_factor": factor,
+                "stability_ratio_before": last_ratio,
+                "stability_ratio_after": (
+                    last_ratio * factor if last_ratio is not None and factor is not None else None
+                ),
+            }
+            for name in changed:
+                data = dict(common, hparam=name, old=old.values[name], new=new.values[name])
+                events.append(HparamEvent(EventType.HPARAM_CHANGE, step, data))
+            if "beta1" in changed and (old.values["beta1"] > 0 or new.values["beta1"] > 0):
+                events.append(self._momentum_event(optimizer, gi, step, old, new, common))
+        return events
+
+    # --- internals -----------------------------------------------------------------------------
+    def _read(self, optimizer: object, *, with_buffers: bool) -> list[_Group]:
+        if isinstance(optimizer, torch.optim.Adam):
+            kind = "adam"
+        elif isinstance(optimizer, torch.optim.SGD):
+            kind = "sgd"
+        else:
+            raise UnsupportedOptimizer(
+                f"hyper-parameter watch supports Adam/AdamW and SGD, not {type(optimizer).__name__}"
+            )
+        groups: list[_Group] = []
+        for group in optimizer.param_groups:
+            if kind == "adam":
+                b1, b2 = group["betas"]
+                vals = {"beta1": _num(b1), "beta2": _num(b2), "eps": _num(group["eps"]),
+                        "dampening": 0.0}
+            else:
+                vals = {"beta1": _num(group.get("momentum", 0.0)), "beta2": 0.0, "eps": 0.0,
+                        "dampening": _num(group.get("dampening", 0.0))}
+            vals["lr"] = _num(group["lr"])
+            vals["weight_decay"] = _num(group.get("weight_decay", 0.0))
+            buf = self._buffer_sq(optimizer, group, kind) if with_buffers else None
+            groups.append(_Group(kind, vals, bool(group.get("nesterov", False)), buf))
+        return groups
+
+    def _buffer_sq(self, optimizer: Any, group: dict[str, Any], kind: str) -> Tensor | None:
+        key = "exp_avg" if kind == "adam" else "momentum_buffer"
+        bufs: list[Tensor] = []
+        for p in group["params"]:
+            b = optimizer.state.get(p, {}).get(key)
+            if isinstance(b, Tensor):
+                bufs.append(b)
+                if len(bufs) == self.sample_tensors:
+                    break
+        if not bufs:
+            return None
+        return torch.stack(torch._foreach_norm(bufs, 2, dtype=torch.float32)).square().sum()
+
+    def _discontinuities(self, gi: int, old: _Group, new: _Group) -> list[str]:
+        changed: list[str] = []
+        for name in ("lr", "beta1", "beta2", "eps", "weight_decay", "dampening"):
+            a, b = old.values[name], new.values[name]
+            if name in ("beta1", "beta2"):
+                a, b = 1.0 - a, 1.0 - b
+            delta = b - a
+            prev = self._delta.get((gi, name), 0.0)
+            self._delta[(gi, name)] = delta
+            scale = max(abs(a), abs(b))
+            tol = self.rel_tol * scale
+            if delta != 0.0 and (scale == 0.0 or (abs(delta) > tol and abs(delta - prev) > tol)):
+                changed.append(name)
+        return changed
+
+    def _adam_step(self, optimizer: object, gi: int) -> int:
+        steps = [v.step for v in adam_view(optimizer) if v.group_index == gi]
+        return max(steps, default=0) + 1
+
+    def _momentum_event(self, optimizer: Any, gi: int, step: int, old: _Group, new: _Group,
+                        common: dict[str, EventValue]) -> HparamEvent:
+        b_old, b_new = old.values["beta1"], new.values["beta1"]
+        note = (1.0 - b_old) / (1.0 - b_new) if b_new < 1.0 else math.inf
+        advised = note if new.kind == "sgd" else 1.0
+        ratio: float | None = None
+        now = self._buffer_sq(optimizer, optimizer.param_groups[gi], new.kind)
+        if old.buf_sq is not None and now is not None:
+            pair = torch.stack((now, old.buf_sq)).tolist()  # the one sync, only on a jump
+            ratio = math.sqrt(pair[0] / pair[1]) if pair[1] > 0 else None
+        rescaled = ratio is not None and abs(ratio - note) <= self.rescale_tol * abs(note)
+        data = dict(
+            common,
+            hparam="beta1",
+            old=b_old,
+            new=b_new,
+            buffer_ratio=ratio,
+            rescaled=rescaled,
+            note_factor=note,
+            advised_factor=advised,
+            needs_rescale=(ratio is not None and abs(ratio - advised) > self.rescale_tol * advised),
+        )
+        return HparamEvent(EventType.MOMENTUM_JUMP, step, data)

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install system-deps lint typecheck bench clean
+.PHONY: demo test install system-deps lint typecheck bench clean sync-deploy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ test: install system-deps
 
 bench: install
 	$(PY) benchmarks/signal_cost.py
+
+sync-deploy:  # the Kubernetes ConfigMap ships a copy of the default rule pack
+	cp server/rules/default.yaml deploy/kubernetes/rules.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

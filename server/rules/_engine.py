@@ -1,0 +1,259 @@
+"""The rule engine: per run and rule a small state machine, driven by observations as they arrive.
+
+    condition true   → PENDING (first step/time, value)
+    held for_steps consecutive observations and for_seconds of step time → FIRING
+    condition false  → INACTIVE (if it was pending) or, after keep_firing_steps more false
+                       observations, RESOLVED (if it was firing)
+
+`for_seconds` is measured on the observations' own `time` (the training step's clock), so a replay
+gives the same transitions as the live run. An observation whose step is not after the run's
+current one (up to `late_steps` back, e.g. a sharded metric combined once the last rank reported)
+is late data: it feeds the carried values and is evaluated with the next observation; further
+back, or with a `resumed` event, it is a restart of the run from a checkpoint.
+
+Memory is bounded: per run only the metrics the rules read and their windows; runs not observed
+for `idle_seconds` (of the injected `clock`) or beyond `max_runs` (least recently observed first)
+are forgotten, which resolves their alerts the way a vanished series resolves a Prometheus alert.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from server.rules._conditions import LATE_STEPS, EventLike, Signals, evaluate
+from server.rules._model import Rule, RuleError
+from server.types import AlertState, Observation, Severity, Transition
+
+_PLACEHOLDER = re.compile(r"\{(run|rule|step|value|severity)\}")
+
+
+@dataclass(slots=True)
+class _Slot:
+    state: AlertState  # PENDING or FIRING
+    count: int
+    since_step: int
+    since_time: float
+    value: float
+    fired_step: int | None = None
+    false_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveAlert:
+    """An alert currently pending or firing (for the exporter's alert_state gauge)."""
+
+    run: str
+    rule: str
+    severity: Severity
+    state: AlertState
+    since_step: int
+    fired_step: int | None
+    value: float
+
+
+class _Run:
+    __slots__ = ("last_step", "last_time", "seen", "signals", "slots")
+
+    def __init__(self, signals: Signals, seen: float) -> None:
+        self.signals = signals
+        self.slots: dict[str, _Slot] = {}
+        self.seen = seen
+        self.last_step = 0
+        self.last_time = 0.0
+
+
+class RuleEngine:
+    """Evaluates rules per observation; deterministic; thread-safe."""
+
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        *,
+        max_runs: int = 1000,
+        idle_seconds: float = 6 * 3600.0,
+        late_steps: int = LATE_STEPS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise RuleError("duplicate rule names")
+        if max_runs < 1 or idle_seconds <= 0 or late_steps < 0:
+            raise ValueError("max_runs must be ≥ 1, idle_seconds > 0 and late_steps ≥ 0")
+        self._late_steps = late_steps
+        self._rules = tuple(rules)
+        self._metrics = frozenset(m for r in rules for m in r.metrics())
+        windows: dict[str, int] = {}
+        for r in rules:
+            for m, n in r.windows().items():
+                windows[m] = max(windows.get(m, 0), n)
+        self._windows = windows
+        self._max_runs = max_runs
+        self._idle = idle_seconds
+        self._clock = clock
+        self._runs: OrderedDict[str, _Run] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self._rules
+
+    def observe(self, obs: Observation, events: Iterable[EventLike] = ()) -> list[Transition]:
+        """Evaluate every rule on one committed observation; return the transitions, in rule order.
+
+        `events` may carry the step's events with their data (for `where` filters); the event
+        types in `obs.events` alone satisfy event conditions without a filter. The result may
+        also hold transitions of other runs forgotten for idleness.
+        """
+        with self._lock:
+            now = self._clock()
+            out = self._expire(now, keep=obs.run)
+            run = self._runs.get(obs.run)
+            if run is None:
+                while len(self._runs) >= self._max_runs:
+                    out += self._forget(next(iter(self._runs)))
+                run = _Run(Signals(self._metrics, self._windows, self._late_steps), now)
+                self._runs[obs.run] = run
+            else:
+                self._runs.move_to_end(obs.run)
+                run.seen = now
+            sig = run.signals
+            if not sig.begin(obs, events):
+                return out  # late data: folded into the run's signals, evaluated with the next
+            run.last_step, run.last_time = obs.step, obs.time
+            for rule in self._rules:
+                holds, value = evaluate(rule.condition, sig)
+                out += self._advance(rule, run, obs, holds, value)
+            sig.commit()
+            return out
+
+    def sweep(self) -> list[Transition]:
+        """Forget runs idle longer than `idle_seconds` (for a caller that wants a timer)."""
+        with self._lock:
+            return self._expire(self._clock(), keep=None)
+
+    def forget(self, run: str) -> list[Transition]:
+        """Drop a run's state, resolving its alerts."""
+        with self._lock:
+            return self._forget(run) if run in self._runs else []
+
+    def active(self) -> list[ActiveAlert]:
+        """Snapshot of pending and firing alerts of every run."""
+        by_name = {r.name: r for r in self._rules}
+        with self._lock:
+            return [
+                ActiveAlert(
+                    name, rule, by_name[rule].severity, s.state, s.since_step, s.fired_step, s.value
+                )
+                for name, run in self._runs.items()
+                for rule, s in run.slots.items()
+            ]
+
+    def runs(self) -> int:
+        """How many runs the engine holds state for."""
+        with self._lock:
+            return len(self._runs)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _advance(
+        self, rule: Rule, run: _Run, obs: Observation, holds: bool, value: float
+    ) -> list[Transition]:
+        slot = run.slots.get(rule.name)
+        out: list[Transition] = []
+        if holds:
+            if slot is None:
+                slot = _Slot(AlertState.PENDING, 0, obs.step, obs.time, value)
+                run.slots[rule.name] = slot
+                out.append(
+                    self._transition(rule, obs.run, AlertState.PENDING, obs.step, obs.time, value)
+                )
+            slot.false_count = 0
+            slot.value = value
+            if slot.state is AlertState.PENDING:
+                slot.count += 1
+                if slot.count >= rule.for_steps and obs.time - slot.since_time >= rule.for_seconds:
+                    slot.state = AlertState.FIRING
+                    slot.fired_step = obs.step
+                    out.append(
+                        self._transition(
+                            rule, obs.run, AlertState.FIRING, obs.step, obs.time, value
+                        )
+                    )
+            return out
+        if slot is None:
+            return out
+        if slot.state is AlertState.PENDING:
+            del run.slots[rule.name]
+            return [self._transition(rule, obs.run, AlertState.INACTIVE, obs.step, obs.time, value)]
+        slot.false_count += 1
+        if slot.false_count > rule.keep_firing_steps:
+            del run.slots[rule.name]
+            return [self._transition(rule, obs.run, AlertState.RESOLVED, obs.step, obs.time, value)]
+        return out
+
+    def _expire(self, now: float, keep: str | None) -> list[Transition]:
+        out: list[Transition] = []
+        while self._runs:
+            name, run = next(iter(self._runs.items()))
+            if now - run.seen <= self._idle or name == keep:
+                break
+            out += self._forget(name)
+        return out
+
+    def _forget(self, name: str) -> list[Transition]:
+        run = self._runs.pop(name)
+        by_name = {r.name: r for r in self._rules}
+        out = []
+        for rule_name, s in run.slots.items():
+            state = AlertState.RESOLVED if s.state is AlertState.FIRING else AlertState.INACTIVE
+            t = self._transition(
+                by_name[rule_name], name, state, run.last_step, run.last_time, s.value
+            )
+            out.append(
+                Transition(
+                    t.rule,
+                    t.run,
+                    t.severity,
+                    t.state,
+                    t.step,
+                    t.time,
+                    t.value,
+                    t.labels,
+                    {**t.annotations, "resolved_by": "run idle"},
+                )
+            )
+        return out
+
+    @staticmethod
+    def _transition(
+        rule: Rule, run: str, state: AlertState, step: int, t: float, value: float
+    ) -> Transition:
+        fields = {
+            "run": run,
+            "rule": rule.name,
+            "step": str(step),
+            "value": f"{value:.4g}" if math.isfinite(value) else str(value),
+            "severity": rule.severity.value,
+        }
+        return Transition(
+            rule=rule.name,
+            run=run,
+            severity=rule.severity,
+            state=state,
+            step=step,
+            time=t,
+            value=value,
+            labels=dict(rule.labels),
+            annotations={k: _render(v, fields) for k, v in rule.annotations.items()},
+        )
+
+
+def _render(text: str, fields: Mapping[str, str]) -> str:
+    """Substitute {run} {rule} {step} {value} {severity}; any other brace text is left alone."""
+    return _PLACEHOLDER.sub(lambda m: fields[m.group(1)], text)

@@ -1,0 +1,228 @@
+"""`spikewatch runs` and `spikewatch alerts`: readable tables from a running server or a database.
+
+Both read through the HTTP API (``--url``, default http://127.0.0.1:8000; a bearer token from
+``$SPIKEWATCH_API_TOKEN`` when the server requires one) or open the database directly (``--db``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from server.api._convert import alert_out, run_out
+from server.api._schemas import AlertOut, RunOut
+from server.types import AlertState
+
+DEFAULT_URL: Final = "http://127.0.0.1:8000"
+TOKEN_ENV: Final = "SPIKEWATCH_API_TOKEN"
+_RUNS: Final = TypeAdapter(list[RunOut])
+_ALERTS: Final = TypeAdapter(list[AlertOut])
+T = TypeVar("T")
+
+
+class SourceError(RuntimeError):
+    """The server or database could not be read; the message says why."""
+
+
+# --- formatting -----------------------------------------------------------------------------------
+
+
+def fmt_value(x: float | None) -> str:
+    """A float for a table: 4 significant digits, nan/inf/-inf spelled out, '-' for none."""
+    if x is None:
+        return "-"
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.4g}"
+
+
+def fmt_int(x: int | None) -> str:
+    return "-" if x is None else str(x)
+
+
+def fmt_time(t: float | None, now: float) -> str:
+    """UTC wall time and how long ago, e.g. '2026-01-02 03:04:05 (3m ago)'."""
+    if t is None or not math.isfinite(t):
+        return "-"
+    stamp = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    age = max(0.0, now - t)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if age >= size:
+            return f"{stamp} ({int(age // size)}{unit} ago)"
+    return f"{stamp} ({int(age)}s ago)"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]],
+          right: frozenset[int] = frozenset()) -> str:
+    """Aligned columns separated by two spaces; columns in `right` are right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def runs_table(runs: Sequence[RunOut], now: float) -> str:
+    """The `spikewatch runs` table."""
+    rows = [[r.name, fmt_int(r.last_step), fmt_time(r.last_seen, now), str(r.world_size),
+             "yes" if r.active else "no", str(r.firing_alerts)] for r in runs]
+    return table(["RUN", "LAST STEP", "LAST SEEN (UTC)", "WORLD", "ACTIVE", "FIRING"], rows,
+                 right=frozenset({1, 3, 5}))
+
+
+def alerts_table(alerts: Sequence[AlertOut]) -> str:
+    """The `spikewatch alerts` table."""
+    rows = [[a.run, a.rule, a.severity, a.state, str(a.first_step), fmt_int(a.fired_step),
+             fmt_int(a.resolved_step), fmt_value(a.value)] for a in alerts]
+    return table(["RUN", "RULE", "SEVERITY", "STATE", "FIRST", "FIRED", "RESOLVED", "VALUE"],
+                 rows, right=frozenset({4, 5, 6, 7}))
+
+
+# --- sources --------------------------------------------------------------------------------------
+
+
+def _http_get(url: str, path: str, params: dict[str, str], timeout: float) -> Any:
+    headers = {}
+    if token := os.environ.get(TOKEN_ENV, "").strip():
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        resp = httpx.get(url.rstrip("/") + path, params=params, headers=headers, timeout=timeout)
+    except httpx.HTTPError as e:
+        raise SourceError(f"cannot reach {url}: {type(e).__name__}: {e}") from None
+    if resp.status_code == 401:
+        raise SourceError(f"{url} requires a bearer token: set ${TOKEN_ENV}")
+    if resp.status_code != 200:
+        try:
+            detail = resp.json().get("detail", resp.text)
+        except ValueError:
+            detail = resp.text[:200]
+        raise SourceError(f"{url}{path}: HTTP {resp.status_code}: {detail}")
+    return resp.json()
+
+
+def fetch_runs(args: argparse.Namespace) -> list[RunOut]:
+    """Runs, most recently seen first, from --db or --url."""
+    if args.db:
+        with _store(args.db) as store:
+            firing = Counter(a.run for a in store.alerts(state=AlertState.FIRING.value))
+            rows = sorted(store.list_runs(), key=lambda r: (-r.last_seen, r.name))
+            return [run_out(r, firing[r.name]) for r in rows]
+    return _validated(_RUNS, _http_get(args.url, "/api/v1/runs", {}, args.timeout))
+
+
+def fetch_alerts(args: argparse.Namespace) -> list[AlertOut]:
+    """Alert episodes, optionally of one run and/or state, from --db or --url."""
+    state = args.state
+    if args.db:
+        with _store(args.db) as store:
+            if args.run and store.get_run(args.run) is None:
+                raise SourceError(f"unknown run {args.run!r}")
+            return [alert_out(a) for a in store.alerts(args.run, state=state)]
+    params = {"state": state} if state else {}
+    path = f"/api/v1/runs/{quote(args.run, safe='')}/alerts" if args.run else "/api/v1/alerts"
+    return _validated(_ALERTS, _http_get(args.url, path, params, args.timeout))
+
+
+def _validated(adapter: TypeAdapter[T], data: Any) -> T:
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as e:
+        raise SourceError(f"unexpected answer from the server: {e.error_count()} errors") from None
+
+
+@contextmanager
+def _store(url: str) -> Iterator[Any]:
+    """Open the database read-only in spirit: a missing SQLite file is an error, not created."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from server.store import Store  # imported here: only --db needs SQLAlchemy
+
+    if "://" not in url:
+        url = f"sqlite:///{url}"
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise SourceError(f"bad database URL: {e}") from None
+    db = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and db not in ("", ":memory:") \
+            and not Path(db).is_file():
+        raise SourceError(f"no database at {db}")
+    try:
+        store = Store(url)
+    except Exception as e:  # any driver/URL error becomes a clear message
+        raise SourceError(f"cannot open database: {type(e).__name__}: {e}") from None
+    try:
+        yield store
+    except SQLAlchemyError as e:
+        raise SourceError(f"cannot read database (is it migrated? `spikewatch db upgrade`): "
+                          f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    finally:
+        store.close()
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def _run(render: Callable[[argparse.Namespace], str]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        try:
+            text = render(args)
+        except SourceError as e:
+            print(f"spikewatch: {e}", file=sys.stderr)
+            return 1
+        print(text)
+        return 0
+
+    return command
+
+
+def _render_runs(args: argparse.Namespace) -> str:
+    runs = fetch_runs(args)
+    return runs_table(runs, time.time()) if runs else "no runs"
+
+
+def _render_alerts(args: argparse.Namespace) -> str:
+    alerts = fetch_alerts(args)
+    return alerts_table(alerts) if alerts else "no alerts"
+
+
+def _source_options(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--url", default=DEFAULT_URL,
+                     help=f"HTTP API of a running server (default {DEFAULT_URL}); "
+                          f"token from ${TOKEN_ENV}")
+    src.add_argument("--db", help="read this database directly (SQLAlchemy URL or SQLite path)")
+    p.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds")
+
+
+def register(subparsers: Any) -> None:
+    """Add the `runs` and `alerts` subcommands (each sets `func(args) -> exit code`)."""
+    p = subparsers.add_parser("runs", help="list runs as a table",
+                              description="Runs: last step, last seen, world size, firing alerts.")
+    _source_options(p)
+    p.set_defaults(func=_run(_render_runs))
+    p = subparsers.add_parser("alerts", help="list alerts as a table",
+                              description="Alert episodes: rule, severity, state, steps, value.")
+    _source_options(p)
+    p.add_argument("--run", help="only this run")
+    p.add_argument("--state", choices=[s.value for s in AlertState], help="only this state")
+    p.set_defaults(func=_run(_render_alerts))

@@ -1,0 +1,66 @@
+"""spikewatch HTTP API: FastAPI under /api/v1, /healthz, /readyz and Prometheus /metrics.
+
+Build it with `create_app(store, ...)`; everything it reads is injected (store, rules, readiness
+checks, metrics registry, tokens), so tests run it over a real Store with no daemon around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from fastapi import APIRouter, FastAPI
+from prometheus_client import CollectorRegistry
+from starlette.routing import Route
+
+from server.api import _routes_alerts, _routes_health, _routes_runs
+from server.api._auth import Scope, TokenFileError, Tokens
+from server.api._checks import readiness_checks
+from server.api._deps import ApiContext, Check, ReadStore, RuleLike
+from server.api._json import FLOAT_DOC
+from server.api._metrics import MetricsApp
+from server.exporter import package_version
+
+__all__ = ["API_PREFIX", "Check", "ReadStore", "RuleLike", "Scope", "TokenFileError", "Tokens",
+           "create_app", "readiness_checks"]
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(
+    store: ReadStore,
+    *,
+    registry: CollectorRegistry | None = None,
+    rules: Sequence[RuleLike] | Callable[[], Sequence[RuleLike]] = (),
+    reload_rules: Callable[[], Sequence[RuleLike]] | None = None,
+    checks: Mapping[str, Check] | None = None,
+    tokens: Tokens | None = None,
+    version: str | None = None,
+) -> FastAPI:
+    """The API app.
+
+    registry: served at /metrics (e.g. `server.exporter.build_registry(...)`); None serves none.
+    rules: the loaded rules, or a callable returning the current ones (GET /api/v1/rules).
+    reload_rules: re-reads the rule file and returns the new rules (POST /api/v1/rules/reload).
+    checks: readiness checks by name for /readyz (see `readiness_checks`); default: the
+        database answers a query.
+    tokens: bearer tokens with read/admin scopes; None disables auth.
+    """
+    if checks is None:
+        checks = {"database": lambda: store.get_run("") is None}
+    app = FastAPI(
+        title="spikewatch", version=version or package_version(),
+        description="Loss-spike early warning: runs, series, histograms, events, alerts and rules."
+                    f"\n\nFloat fields: {FLOAT_DOC}",
+    )
+    app.state.spikewatch = ApiContext(
+        store=store, rules=rules if callable(rules) else (lambda: rules),
+        reload_rules=reload_rules, checks=dict(checks), tokens=tokens)
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(_routes_runs.router)
+    api.include_router(_routes_alerts.router)
+    app.include_router(api)
+    app.include_router(_routes_health.router)
+    if registry is not None:
+        app.router.routes.append(Route("/metrics", MetricsApp(registry, tokens), methods=["GET"],
+                                       include_in_schema=False))
+    return app

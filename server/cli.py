@@ -1,0 +1,120 @@
+"""The `spikewatch` command line.
+
+    spikewatch serve [--db URL] [--zmq ENDPOINT] [--http-host H] [--http-port P]
+                     [--config FILE] [--rules FILE]
+    spikewatch db upgrade [REV] | downgrade REV | current    [--db URL] [--config FILE]
+
+Other subcommands register themselves from their own modules (see `_register_optional`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from server._settings import ConfigError, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace, **flags: Any) -> Settings:
+    return load_settings(args.config, db=args.db, **flags)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.daemon import Daemon
+
+    settings = _settings(args, zmq=args.zmq, http_host=args.http_host, http_port=args.http_port,
+                         rules=args.rules)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return Daemon(settings).run()
+
+
+def _db(args: argparse.Namespace) -> int:
+    from server.daemon import safe_url
+    from server.store import Store
+
+    settings = _settings(args)
+    store = Store(settings.db)
+    try:
+        if args.action == "upgrade":
+            store.upgrade(args.revision or "head")
+        elif args.action == "downgrade":
+            if not args.revision:
+                raise ConfigError("db downgrade needs a revision (e.g. 'base')")
+            store.downgrade(args.revision)
+        print(f"{safe_url(settings.db)}: revision {store.current() or 'none (empty database)'}"
+              f"{' (head)' if store.at_head() else ''}")
+    finally:
+        store.close()
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="YAML or TOML config file (flags and SPIKEWATCH_* env override it)")
+    p.add_argument("--db", default=None, metavar="URL",
+                   help="database URL (default sqlite:///spikewatch.db; "
+                        "postgresql+psycopg://user@host/db for PostgreSQL)")
+
+
+def _register_optional(sub: Any) -> None:
+    """Subcommands owned by other modules, added when those modules are present."""
+    # --- `spikewatch runs`, `spikewatch alerts` (server/_cli_tables.py) ---
+    # --- `spikewatch backtest` (server/backtest.py) ---
+    for name in ("server._cli_tables", "server.backtest"):
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(sub)
+    # --- further subcommands (e.g. `report`, `bench`) register here the same way ---
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of `spikewatch`."""
+    ap = argparse.ArgumentParser(prog="spikewatch",
+                                 description="Loss-spike early warning for PyTorch training.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the server (collector, store, rules, API)",
+                           description="Run the spikewatch server until SIGTERM/SIGINT.")
+    _common(serve)
+    serve.add_argument("--zmq", default=None, metavar="ENDPOINT",
+                       help="ZeroMQ endpoint for agents (default tcp://127.0.0.1:5557)")
+    serve.add_argument("--http-host", default=None, metavar="HOST",
+                       help="HTTP API host (default 127.0.0.1)")
+    serve.add_argument("--http-port", type=int, default=None, metavar="PORT",
+                       help="HTTP API port (default 8000)")
+    serve.add_argument("--rules", type=Path, default=None, metavar="FILE",
+                       help="alert rule file (YAML; default: the built-in pack)")
+    serve.set_defaults(func=_serve)
+
+    db = sub.add_parser("db", help="database migrations",
+                        description="Show or change the database schema revision.")
+    db.add_argument("action", choices=("upgrade", "downgrade", "current"))
+    db.add_argument("revision", nargs="?", default=None,
+                    help="target revision (upgrade: default head; downgrade: e.g. base)")
+    _common(db)
+    db.set_defaults(func=_db)
+
+    _register_optional(sub)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `spikewatch` console script."""
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"spikewatch: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""The SQL store: runs, agent sessions, series, histograms, events and alerts.
+
+`Store(url)` works over SQLite (``sqlite:///spikewatch.db``) or PostgreSQL
+(``postgresql+psycopg://...``); `Store.upgrade()` migrates the schema to the newest revision.
+"""
+
+from server.store._retention import KindPolicy, RetentionPolicy
+from server.store._store import Store, alembic_config
+from server.store.rows import (
+    GLOBAL_RANK,
+    AlertRow,
+    EventRow,
+    HistRow,
+    Point,
+    RunRow,
+    WriteResult,
+)
+
+__all__ = [
+    "GLOBAL_RANK",
+    "AlertRow",
+    "EventRow",
+    "HistRow",
+    "KindPolicy",
+    "Point",
+    "RetentionPolicy",
+    "RunRow",
+    "Store",
+    "WriteResult",
+    "alembic_config",
+]

@@ -67,10 +67,11 @@ def _register_optional(sub: Any) -> None:
     """Subcommands owned by other modules, added when those modules are present."""
     # --- `spikewatch runs`, `spikewatch alerts` (server/_cli_tables.py) ---
     # --- `spikewatch backtest` (server/backtest.py) ---
-    for name in ("server._cli_tables", "server.backtest"):
+    for name in ("server._cli_tables", "server.backtest", "server.bench"):
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)
     # --- further subcommands (e.g. `report`, `bench`) register here the same way ---
+    importlib.import_module("server.report").register(sub)  # `spikewatch report`
 
 
 def parser() -> argparse.ArgumentParser:

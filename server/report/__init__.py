@@ -1,0 +1,131 @@
+"""`spikewatch report --run NAME`: a postmortem PNG and a self-contained HTML page of one run.
+
+    spikewatch report --run NAME [--db URL | --url http://HOST:PORT [--token T]] [--out DIR]
+
+writes DIR/NAME.png and DIR/NAME.html: loss (spike onsets marked), stability ratio vs 1, ρ and
+√v̂ decay, sign diversity and spike share, alert spans, with the five phases shaded. The run is read
+from a database (`--db`) or from a running server's HTTP API (`--url`). matplotlib (extra
+``report``) draws the PNG; the HTML's charts are inline SVG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from server.report._data import ReportError, RunData, from_api, from_store
+
+__all__ = ["ReportError", "RunData", "from_api", "from_store", "load", "register", "write_report"]
+
+
+def write_report(run: RunData, out_dir: Path | str) -> tuple[Path, Path]:
+    """Draw `run` and write OUT/NAME.png and OUT/NAME.html; their paths."""
+    from server.report._html import render_html
+    from server.report._png import render_png
+
+    png = render_png(run)
+    html = render_html(run, png, time.time())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png_path, html_path = out / f"{run.name}.png", out / f"{run.name}.html"
+    for path, data in ((png_path, png), (html_path, html.encode("utf-8"))):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # a reader never sees half a file
+    return png_path, html_path
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a sqlite URL (None: not a file database)."""
+    if not url.startswith("sqlite") or ":memory:" in url:
+        return None
+    path = url.split("///", 1)[1] if "///" in url else ""
+    return Path(path.split("?", 1)[0]) if path else None
+
+
+def _safe_url(url: str) -> str:
+    """A database URL fit for messages (password hidden)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable database url>"
+
+
+def load(run: str, *, db: str | None = None, url: str | None = None,
+         token: str | None = None, timeout: float = 30.0) -> RunData:  # fmt: skip
+    """Read a run from a database URL or a server URL; `ReportError` with the reason if not."""
+    from agent.wire import RUN_RE
+
+    if not RUN_RE.match(run):
+        raise ReportError(f"not a valid run name: {run[:130]!r}")
+    if url is not None:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with httpx.Client(base_url=url, headers=headers, timeout=timeout) as client:
+            return from_api(client, run)
+    db = db or "sqlite:///spikewatch.db"
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from server.store import Store
+
+    shown = _safe_url(db)
+    f = _sqlite_file(db)
+    if f is not None and not f.is_file():
+        raise ReportError(f"no database file at {f} ({shown})")
+    try:
+        store = Store(db)
+    except (SQLAlchemyError, ValueError, ImportError) as e:
+        raise ReportError(f"cannot open {shown}: {type(e).__name__}: {e}") from None
+    try:
+        return from_store(store, run, source=shown)
+    except SQLAlchemyError as e:
+        raise ReportError(f"cannot read {shown} (is it a migrated spikewatch database?): "
+                          f"{type(e).__name__}") from None  # fmt: skip
+    finally:
+        store.close()
+
+
+def register(subparsers: Any) -> None:
+    """Add `spikewatch report --run NAME [--db URL | --url URL] [--out DIR]`."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "report", help="postmortem PNG and HTML page of a run",
+        description="Draw a run's loss, stability ratio, ρ, sign diversity, alerts and phases "
+        "into NAME.png and a self-contained NAME.html (charts as inline SVG, no network).",
+    )  # fmt: skip
+    p.add_argument("--run", required=True, metavar="NAME", help="the run to draw")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--db", default=None, metavar="URL",
+                     help="database URL (default: $SPIKEWATCH_DB or sqlite:///spikewatch.db)")
+    src.add_argument("--url", default=None, metavar="URL",
+                     help="read through a running server's HTTP API, e.g. http://127.0.0.1:8000")
+    p.add_argument("--token", default=os.environ.get("SPIKEWATCH_TOKEN"), metavar="TOKEN",
+                   help="bearer token for --url (default: $SPIKEWATCH_TOKEN)")
+    p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
+                   help="output directory (default: the current directory)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the report subcommand; 0 on success, 2 when the run cannot be read or drawn."""
+    from server.report._png import require_matplotlib
+
+    try:
+        require_matplotlib()
+        run = load(args.run, db=args.db or os.environ.get("SPIKEWATCH_DB"), url=args.url,
+                   token=args.token)  # fmt: skip
+        png, html = write_report(run, args.out)
+    except (ReportError, OSError) as e:
+        print(f"spikewatch report: {e}", file=sys.stderr)
+        return 2
+    for m in run.missing:
+        print(f"note: run {run.name!r} has no {m} series (skipped)", file=sys.stderr)
+    print(f"wrote {png}\nwrote {html}")
+    return 0

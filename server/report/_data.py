@@ -1,0 +1,275 @@
+"""A run as the report needs it, read from a `Store` or from a server's HTTP API.
+
+Values may be NaN or ±Inf: they are kept (the charts mark them), never dropped. Loss spike onsets
+use the backtest's definition (`server.backtest.spike_onsets`), and an alert's lead before the next
+onset uses `server.backtest.lead`, so the report and the backtest agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
+
+from agent import names as nm
+from server.backtest import Episode, lead, spike_onsets
+from server.types import Severity
+
+Points = list[tuple[int, float]]
+
+SERIES: tuple[str, ...] = (
+    nm.LOSS, nm.STABILITY_RATIO, nm.STABILITY_RATIO_SECANT, nm.STABILITY_RATIO_MAX, nm.RHO,
+    nm.SQRT_V_DECAY, nm.SA_SIGN_DIVERSITY, nm.GRAD_SPIKE_SHARE, nm.PHASE,
+)
+"""The metrics the report draws (each is optional)."""
+
+PAGE = 10_000
+"""Points fetched per request/query."""
+
+
+class ReportError(Exception):
+    """The run cannot be read (unknown run, unreachable server, bad database); a clear message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert episode (`fired_step` None: it never fired; `resolved_step` None: not resolved)."""
+
+    rule: str
+    severity: str
+    state: str
+    first_step: int
+    fired_step: int | None
+    resolved_step: int | None
+    value: float
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything a report shows: metadata, the series by metric name, the alert episodes."""
+
+    name: str
+    info: dict[str, Any]  # created_at, last_seen, last_step, world_size, active
+    meta: dict[str, Any]  # the agent's hello metadata
+    series: dict[str, Points]  # only metrics the run has (see `missing`)
+    alerts: list[Alert]
+    source: str
+    missing: list[str] = field(default_factory=list)
+
+    @cached_property
+    def onsets(self) -> list[int]:
+        """Loss spike onsets (backtest definition); none without a loss series."""
+        return spike_onsets(self.series.get(nm.LOSS, []))
+
+    @cached_property
+    def step_range(self) -> tuple[int, int]:
+        """(first, last) step over every series and alert; (0, 1) for an empty run."""
+        steps = [s for pts in self.series.values() for s in (pts[0][0], pts[-1][0]) if pts]
+        for a in self.alerts:
+            steps += [x for x in (a.first_step, a.fired_step, a.resolved_step) if x is not None]
+        if not steps:
+            return 0, 1
+        lo, hi = min(steps), max(steps)
+        return (lo, hi) if hi > lo else (lo, lo + 1)
+
+    @cached_property
+    def credited_leads(self) -> list[tuple[Alert, int, int]]:
+        """(alert, onset, lead in steps) per onset and rule, for the alert the backtest credits:
+        the rule's latest firing that leads the onset."""
+        onsets = self.onsets
+        out: list[tuple[Alert, int, int]] = []
+        for rule in dict.fromkeys(a.rule for a in self.alerts):
+            fired = {a.fired_step: a for a in self.alerts
+                     if a.rule == rule and a.fired_step is not None}  # fmt: skip
+            eps = [Episode(a.rule, _severity(a.severity), a.first_step, step, a.resolved_step,
+                           a.value) for step, a in fired.items()]  # fmt: skip
+            for k, onset in enumerate(onsets):
+                n = lead(eps, onset, onsets[k - 1] if k else None)
+                if n is not None:
+                    out.append((fired[onset - n], onset, n))
+        return out
+
+    def lead(self, alert: Alert) -> int | None:
+        """Steps from the alert's firing to the next loss spike onset it leads (None: none)."""
+        if alert.fired_step is None:
+            return None
+        onsets = self.onsets
+        for k, onset in enumerate(onsets):
+            if onset > alert.fired_step:
+                ep = Episode(alert.rule, _severity(alert.severity), alert.first_step,
+                             alert.fired_step, alert.resolved_step, alert.value)
+                return lead([ep], onset, onsets[k - 1] if k else None)
+        return None
+
+
+def _severity(s: str) -> Severity:
+    try:
+        return Severity(s)
+    except ValueError:
+        return Severity.INFO
+
+
+def _dedup(points: Iterable[tuple[int, float]]) -> Points:
+    """Step order, one value per step (the last one read)."""
+    by_step: dict[int, float] = {}
+    for s, v in points:
+        by_step[int(s)] = float(v)
+    return sorted(by_step.items())
+
+
+# --- from a Store ------------------------------------------------------------------------------
+
+
+class _PointLike(Protocol):
+    @property
+    def step(self) -> int: ...
+    @property
+    def value(self) -> float: ...
+
+
+class _RunLike(Protocol):
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def last_seen(self) -> float: ...
+    @property
+    def last_step(self) -> int | None: ...
+    @property
+    def world_size(self) -> int: ...
+    @property
+    def active(self) -> bool: ...
+    @property
+    def meta(self) -> dict[str, Any]: ...
+
+
+class _AlertLike(Protocol):
+    @property
+    def rule(self) -> str: ...
+    @property
+    def severity(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def first_step(self) -> int: ...
+    @property
+    def fired_step(self) -> int | None: ...
+    @property
+    def resolved_step(self) -> int | None: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def annotations(self) -> dict[str, str]: ...
+
+
+class ReadStore(Protocol):
+    """The part of `server.store.Store` the report reads."""
+
+    def get_run(self, name: str) -> _RunLike | None: ...
+    def metrics(self, run: str) -> list[str]: ...
+    def series(self, run: str, metric: str, *, step_min: int | None = ...,
+               limit: int = ...) -> Sequence[_PointLike]: ...  # fmt: skip
+    def alerts(self, run: str | None = ...) -> Sequence[_AlertLike]: ...
+
+
+def _info(r: _RunLike) -> dict[str, Any]:
+    return {"created_at": r.created_at, "last_seen": r.last_seen, "last_step": r.last_step,
+            "world_size": r.world_size, "active": r.active}  # fmt: skip
+
+
+def from_store(store: ReadStore, run: str, *, source: str = "store") -> RunData:
+    """Read `run` from a store; `ReportError` when it does not exist."""
+    row = store.get_run(run)
+    if row is None:
+        raise ReportError(f"no run named {run!r} in {source}")
+    have = set(store.metrics(run))
+    series: dict[str, Points] = {}
+    for metric in SERIES:
+        if metric not in have:
+            continue
+        pts: Points = []
+        step_min: int | None = None
+        while True:
+            chunk = store.series(run, metric, step_min=step_min, limit=PAGE)
+            pts += [(p.step, p.value) for p in chunk]
+            if len(chunk) < PAGE:
+                break
+            step_min = chunk[-1].step + 1
+        if pts:
+            series[metric] = _dedup(pts)
+    alerts = [Alert(a.rule, a.severity, a.state, a.first_step, a.fired_step, a.resolved_step,
+                    a.value, a.annotations.get("summary", "")) for a in store.alerts(run)]
+    return RunData(run, _info(row), dict(row.meta), series, alerts, source,
+                   [m for m in SERIES if m not in series])
+
+
+# --- from the HTTP API -------------------------------------------------------------------------
+
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf,
+              "nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _float(x: Any) -> float:
+    if isinstance(x, str) and x in _NONFINITE:
+        return _NONFINITE[x]
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise ReportError(f"the server sent a non-number value: {str(x)[:40]!r}")
+    return float(x)
+
+
+def _get(client: httpx.Client, path: str, params: Mapping[str, Any] | None = None, *,
+         not_found: str | None = None) -> Any:
+    """GET a JSON document; `ReportError` on any failure (`not_found`: the 404/422 message)."""
+    try:
+        r = client.get(path, params=params)
+    except httpx.HTTPError as e:
+        raise ReportError(f"cannot reach {client.base_url}: {type(e).__name__}: {e}") from None
+    if not_found is not None and r.status_code in (404, 422):
+        raise ReportError(not_found)
+    if r.status_code in (401, 403):
+        raise ReportError(f"{client.base_url} refused the request ({r.status_code}): "
+                          "give a read token with --token or $SPIKEWATCH_TOKEN")  # fmt: skip
+    if r.status_code != 200:
+        raise ReportError(f"GET {path} answered {r.status_code}: {r.text[:200]}")
+    try:
+        return r.json()
+    except ValueError:
+        raise ReportError(f"GET {path} did not answer JSON") from None
+
+
+def from_api(client: httpx.Client, run: str) -> RunData:
+    """Read `run` through a server's /api/v1 (the client's base_url is the server)."""
+    base = f"/api/v1/runs/{quote(run, safe='')}"
+    body = _get(client, base, not_found=f"no run named {run!r} on {client.base_url}")
+    have = {m["name"] for m in _get(client, f"{base}/metrics")}
+    series: dict[str, Points] = {}
+    for metric in SERIES:
+        if metric not in have:
+            continue
+        pts: Points = []
+        step_min: int | None = None
+        while True:
+            params: dict[str, Any] = {"metric": metric, "limit": PAGE}
+            if step_min is not None:
+                params["step_min"] = step_min
+            doc = _get(client, f"{base}/series", params)
+            chunk = [(int(p["step"]), _float(p["value"])) for p in doc["points"]]
+            pts += chunk
+            if not doc.get("truncated") or not chunk:
+                break
+            step_min = chunk[-1][0] + 1
+        if pts:
+            series[metric] = _dedup(pts)
+    alerts = [Alert(a["rule"], a["severity"], a["state"], int(a["first_step"]), a["fired_step"],
+                    a["resolved_step"], _float(a["value"]),
+                    str((a.get("annotations") or {}).get("summary", "")))
+              for a in _get(client, f"{base}/alerts")]  # fmt: skip
+    info = {k: body.get(k) for k in ("created_at", "last_seen", "last_step", "world_size",
+                                     "active")}  # fmt: skip
+    return RunData(run, info, dict(body.get("meta") or {}), series, alerts,
+                   str(client.base_url), [m for m in SERIES if m not in series])

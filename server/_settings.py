@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from server._cardinality import Limits
 from server.store import KindPolicy, RetentionPolicy
 
 _FILE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("_FILE", default=None)
@@ -86,6 +87,17 @@ class IngestSettings(_Model):
     batch_max_messages: int = Field(default=512, ge=1)  # messages per write transaction
     batch_max_wait_s: float = Field(default=0.005, ge=0)  # gathering time per transaction
     max_frame_bytes: int = Field(default=1 << 20, ge=1024)  # larger: nack "oversize"
+    # cardinality (server._cardinality): new runs beyond max_runs are nacked "too_many"; metric
+    # and layer names beyond the per-run limits are left out; both counted as refused series
+    max_runs: int = Field(default=10_000, ge=1)
+    max_metrics_per_run: int = Field(default=512, ge=1)
+    max_layers_per_run: int = Field(default=8192, ge=1)
+    max_names: int = Field(default=2_000_000, ge=1)  # metric + layer names over all runs
+
+    def limits(self) -> Limits:
+        """The cardinality limits for the collector."""
+        return Limits(self.max_runs, self.max_metrics_per_run, self.max_layers_per_run,
+                      self.max_names)
 
 
 class AuthSettings(_Model):

@@ -36,6 +36,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from zmq.auth.thread import ThreadAuthenticator
 
 from agent import wire
+from server._cardinality import Cardinality, Limits
 from server._stats import Stats
 from server.store import Store, WriteResult
 
@@ -71,6 +72,25 @@ class _Allow:
         self.stats.unauthenticated()
         log.warning("refused an agent whose CURVE key is not allowed")
         return False
+
+
+class _NoKeys(logging.Filter):
+    """Strip arguments (client keys, credentials) from what pyzmq's authenticator logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg, record.args = str(record.msg).split("%", 1)[0].rstrip(" :="), ()
+        return True
+
+
+def _zap_log() -> logging.Logger:
+    """The authenticator's logger: warnings and errors only (its debug lines print client
+    keys), and never with their arguments."""
+    zap = logging.getLogger(f"{__name__}.zap")
+    zap.setLevel(logging.WARNING)
+    if not any(isinstance(f, _NoKeys) for f in zap.filters):
+        zap.addFilter(_NoKeys())
+    return zap
 
 
 @dataclass(slots=True)
@@ -110,8 +130,10 @@ class Collector:
                  queue_size: int = 10000, batch_max_messages: int = 512,
                  batch_max_wait_s: float = 0.005, max_frame_bytes: int = wire.MAX_FRAME_BYTES,
                  on_commit: Callable[[Sequence[WriteResult]], None] | None = None,
-                 curve: CurveConfig | None = None) -> None:
+                 curve: CurveConfig | None = None, limits: Limits | None = None) -> None:
         self.store, self.stats = store, stats
+        self._limits = limits or Limits()
+        self._cardinality: Cardinality | None = None
         self._endpoint = endpoint
         self.bound_endpoint: str | None = None
         self._q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
@@ -134,8 +156,10 @@ class Collector:
 
     def start(self, timeout: float = 10.0) -> None:
         """Bind and start both threads; raises if the endpoint cannot be bound."""
+        self._cardinality = Cardinality(self._limits, self.stats,
+                                        (r.name for r in self.store.list_runs()))
         if self._curve is not None:
-            self._auth = ThreadAuthenticator(self._ctx)
+            self._auth = ThreadAuthenticator(self._ctx, log=_zap_log())
             self._auth.start()
             keys = self._curve.allowed() if self._curve.allowed_clients_file else None
             self._auth.configure_curve_callback("*", credentials_provider=_Allow(keys, self.stats))
@@ -207,6 +231,9 @@ class Collector:
         self._ready.set()
         poller = zmq.Poller()
         poller.register(replies, zmq.POLLIN)
+        monitor = self._monitor(router)
+        if monitor is not None:
+            poller.register(monitor, zmq.POLLIN)
         reading = False
         pending: Any = None  # an _Item (or _STOP) waiting for room in the queue
         stop_sent = False
@@ -242,9 +269,31 @@ class Collector:
                     router.send_multipart(parts)
                 if router in events and reading:
                     pending = self._receive(router)
+                if monitor is not None and monitor in events:
+                    self._count_refused_handshakes(monitor)
         finally:
+            if monitor is not None:
+                router.disable_monitor()
+                monitor.close(0)
             router.close()  # LINGER lets the last acks out
             replies.close(0)
+
+    def _monitor(self, router: zmq.Socket[bytes]) -> zmq.Socket[bytes] | None:
+        """With CURVE on: a monitor of failed handshakes. A plaintext (or otherwise non-CURVE)
+        agent never reaches the allow-list callback; its refused handshake is counted here."""
+        if self._curve is None:
+            return None
+        return router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                         | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+    def _count_refused_handshakes(self, monitor: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                parts = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(parts) == 2:  # (event id + value, endpoint)
+                self.stats.unauthenticated()
 
     def _receive(self, router: zmq.Socket[bytes]) -> _Item | None:
         """Read one frame: a queued item, or None after a nack."""
@@ -260,6 +309,8 @@ class Collector:
                 raise wire.WireError("oversize", f"frame of {len(frame)} bytes")
             msg = wire.decode(frame)
             _check_storable(msg)
+            if self._cardinality is not None:
+                msg = self._cardinality.admit(msg)
         except wire.WireError as e:
             self.stats.message_invalid(e.reason)
             small = len(frame) <= wire.MAX_FRAME_BYTES

@@ -172,7 +172,7 @@ class Daemon:
                                    batch_max_messages=ing.batch_max_messages,
                                    batch_max_wait_s=ing.batch_max_wait_s,
                                    max_frame_bytes=ing.max_frame_bytes,
-                                   on_commit=self.on_commit, curve=curve)
+                                   on_commit=self.on_commit, curve=curve, limits=ing.limits())
         self.collector.start()
         self._api()
         self._house.start()

@@ -82,6 +82,7 @@ class HealthStats:
     # (notifier, outcome) -> count
     notifications: Mapping[tuple[str, str], float] = field(default_factory=dict)
     refused_series: float = 0.0  # refused upstream (ingest side); the exporter adds its own
+    unauthenticated: float = 0.0  # agent connections refused by CURVE authentication
 
 
 class ExportSource(Protocol):
@@ -215,6 +216,10 @@ class SpikewatchCollector(Collector):
             f"{PREFIX}_refused_series_total",
             "Series left out to bound cardinality (run cap per scrape, plus ingest refusals).",
             value=float(h.refused_series) + refused_by_exporter)
+        yield CounterMetricFamily(
+            f"{PREFIX}_messages_unauthenticated_total",
+            "Agent connections refused by CURVE authentication (key not on the allow-list).",
+            value=float(h.unauthenticated))
 
 
 def _bound(le: float) -> str:
@@ -292,4 +297,4 @@ class StoreExportSource:
             write_latency=LatencyHistogram(tuple((b, float(n)) for b, n in
                                                  s.write_latency_buckets), s.write_latency_sum),
             queue_depth=s.queue_depth, notifications=s.notifications,
-            refused_series=s.refused_series)
+            refused_series=s.refused_series, unauthenticated=s.unauthenticated)

@@ -19,7 +19,7 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 demo: install
-	$(PY) -m server.demo
+	$(PY) scripts/demo.py
 
 lint: install
 	$(PY) -m ruff check .

@@ -1,0 +1,377 @@
+"""`make demo`: the whole spikewatch chain on one machine in about a minute.
+
+Starts `spikewatch serve` with its embedded defaults (SQLite file in ./spikewatch-demo/, ZeroMQ on
+127.0.0.1:5557 and HTTP on 127.0.0.1:8000, or free ports when those are taken), trains the seed's
+spiking network (arXiv:2506.04805: width-1000 ReLU net, Adam lr=0.01) with the agent attached and a
+closure (exact λ_grad), and prints every 25 steps what the *server* knows: loss, stability ratio,
+ρ, phase and alerts, read back through its HTTP API. At the end: each loss-spike onset, the page
+raised before it and its lead in steps, and where to look next. The server is stopped at the end
+unless --keep is given.
+
+    python scripts/demo.py [--steps 900] [--dir spikewatch-demo] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a file: make the project importable without installing
+    sys.path.insert(0, str(ROOT))
+
+RUN = "demo"
+PHASES = {1: "stable", 2: "v-decay", 3: "onset", 4: "v-growth", 5: "recovery"}
+EVERY = 25  # progress line cadence in steps
+LEAD_WINDOW = 150  # a page counts as a warning of an onset at most this many steps before it
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _port(preferred: int) -> int:
+    """`preferred` if it is free on 127.0.0.1, else any free port."""
+    if _port_free(preferred):
+        return preferred
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DemoServer:
+    """`spikewatch serve` as a child process with its embedded defaults, run in `workdir`."""
+
+    workdir: Path
+    zmq_port: int
+    http_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.zmq_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "server.log"
+
+    def start(self, timeout: float = 60.0) -> None:
+        cmd = [sys.executable, "-m", "server.cli", "serve"]
+        if self.zmq_port != 5557:
+            cmd += ["--zmq", self.endpoint]
+        if self.http_port != 8000:
+            cmd += ["--http-port", str(self.http_port)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        with self.log.open("wb") as out:
+            # Own process group: the terminal's Ctrl-C goes to the demo, which stops the server.
+            self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}; "
+                                   f"last lines of {self.log}:\n{self._tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"the server was not ready after {timeout:.0f} s:\n{self._tail()}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM (graceful: what was acknowledged is stored), then SIGKILL after `timeout`."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def _tail(self, n: int = 20) -> str:
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        return "\n".join(lines[-n:])
+
+
+class Api:
+    """The few reads the demo makes from the server's HTTP API."""
+
+    def __init__(self, url: str) -> None:
+        self.client = httpx.Client(base_url=f"{url}/api/v1", timeout=5.0)
+
+    def run(self) -> dict[str, Any] | None:
+        r = self.client.get(f"/runs/{RUN}")
+        return None if r.status_code == 404 else dict(r.json())
+
+    def latest(self, metric: str, since: int) -> tuple[int, float] | None:
+        """(step, value) of the metric's last point at or after step `since`."""
+        r = self.client.get(f"/runs/{RUN}/series",
+                            params={"metric": metric, "step_min": since, "limit": 10000})
+        if r.status_code == 404:
+            return None
+        pts = r.json()["points"]
+        return (int(pts[-1]["step"]), _num(pts[-1]["value"])) if pts else None
+
+    def alerts(self) -> list[dict[str, Any]]:
+        r = self.client.get(f"/runs/{RUN}/alerts")
+        return [] if r.status_code == 404 else list(r.json())
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _num(v: Any) -> float:
+    """A JSON number or the API's explicit "NaN"/"Infinity"/"-Infinity" strings."""
+    return float(v) if not isinstance(v, str) else float(v.replace("Infinity", "inf"))
+
+
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "—" if v is None else format(v, spec) if math.isfinite(v) else str(v)
+
+
+def progress_line(api: Api, step: int, loss: float) -> str:
+    """One line: the training step and loss, then what the server has stored for the run."""
+    run = api.run()
+    seen = run["last_step"] if run and run["last_step"] is not None else None
+    since = max(0, (seen or 0) - 4 * EVERY)
+    vals = {m: api.latest(m, since) for m in ("stability_ratio", "rho", "phase")}
+    r = vals["stability_ratio"][1] if vals["stability_ratio"] else None
+    rho = vals["rho"][1] if vals["rho"] else None
+    ph = vals["phase"][1] if vals["phase"] else None
+    phase = PHASES.get(int(ph), "?") if ph is not None and math.isfinite(ph) else "—"
+    firing = [f"{a['rule']}({a['severity']})" for a in api.alerts() if a["state"] == "firing"]
+    edge = "≥1!" if r is not None and r >= 1 else "   "
+    return (f"step {step:4d}  loss {_fmt(loss, '.4f'):>8}  │ server@{_fmt_step(seen)}  "
+            f"r=η·λ/2 {_fmt(r):>6}{edge} ρ {_fmt(rho):>6}  phase {phase:<8}  "
+            f"firing: {', '.join(firing) or '-'}")
+
+
+def _fmt_step(s: int | None) -> str:
+    return f"{s:<4d}" if s is not None else "—   "
+
+
+def new_pages(api: Api, seen: set[tuple[str, int]]) -> list[dict[str, Any]]:
+    """Page alerts that fired since the last call (any state now: they may have resolved)."""
+    out = []
+    for a in api.alerts():
+        if a["severity"] == "page" and a["fired_step"] is not None:
+            key = (a["rule"], int(a["fired_step"]))
+            if key not in seen:
+                seen.add(key)
+                out.append(a)
+    return sorted(out, key=lambda a: int(a["fired_step"]))
+
+
+def train(server: DemoServer, api: Api, steps: int, on_line: Callable[[str], None]) -> list[float]:
+    """Train the seed problem with the agent attached; return the loss per step."""
+    import torch
+
+    import agent
+    from monitor.seed_fnn import make_seed_problem
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # a tiny model: one thread is fastest and leaves a core to the server
+    model, x, y = make_seed_problem(seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    loss_fn = torch.nn.MSELoss()
+
+    def closure() -> torch.Tensor:
+        out: torch.Tensor = loss_fn(model(x), y)
+        return out
+
+    # profile "full": λ_grad every step; the budget is unbounded because this toy step takes
+    # ~1 ms, so any fixed fraction of it would stretch the probes to nothing.
+    monitor = agent.attach(model, opt, run=RUN, endpoint=server.endpoint, closure=closure,
+                           profile="full", overhead_budget=math.inf)
+    losses: list[float] = []
+    paged: set[tuple[str, int]] = set()
+    try:
+        for step in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            monitor.log(loss)
+            losses.append(float(loss.detach()))
+            if step % EVERY == 0 or step == steps - 1:
+                on_line(progress_line(api, step, losses[-1]))
+                for a in new_pages(api, paged):
+                    summ = a["annotations"].get("summary", "")
+                    on_line(f"   >>> PAGE {a['rule']} fired at step {a['fired_step']} "
+                            f"(value {_fmt(_num(a['value']))}): {summ}")
+    finally:
+        monitor.close(timeout=5.0)
+    return losses
+
+
+def wait_stored(api: Api, last_step: int, timeout: float = 15.0) -> bool:
+    """Wait until the server has stored the run's last step (the agent drains on a cadence)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api.run()
+        if run and run["last_step"] is not None and run["last_step"] >= last_step:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+Alert = dict[str, Any]
+
+
+def leads(onsets: list[int], alerts: list[Alert]) -> list[tuple[int, list[Alert]]]:
+    """For each onset, per page rule the last page fired in the LEAD_WINDOW steps before it.
+
+    The last one per rule, not the first: its lead is a warning a person surely had; earlier pages
+    of the same rule in the window may belong to a bump that recovered."""
+    pages = sorted((a for a in alerts if a["severity"] == "page" and a["fired_step"] is not None),
+                   key=lambda a: int(a["fired_step"]))
+    out: list[tuple[int, list[dict[str, Any]]]] = []
+    prev = -1
+    for onset in onsets:
+        last: dict[str, dict[str, Any]] = {}
+        for a in pages:
+            if max(prev, onset - LEAD_WINDOW) < int(a["fired_step"]) < onset:
+                last[a["rule"]] = a
+        out.append((onset, sorted(last.values(), key=lambda a: int(a["fired_step"]))))
+        prev = onset
+    return out
+
+
+def summary(api: Api, server: DemoServer, losses: list[float], db: Path,
+            keep: bool) -> list[str]:
+    """The closing report: onsets, the pages before them with their lead, where to look."""
+    from monitor.seed_fnn import spike_onsets
+
+    alerts = api.alerts()
+    onsets = spike_onsets(losses)
+    lines = ["", "─" * 100,
+             f"Loss-spike onsets (loss > 2× its 50-step minimum): {onsets or 'none'}"]
+    warned: set[tuple[str, int]] = set()
+    for onset, pages in leads(onsets, alerts):
+        if not pages:
+            lines.append(f"  onset at step {onset}: NO page in the {LEAD_WINDOW} steps before it")
+        for p in pages:
+            warned.add((p["rule"], int(p["fired_step"])))
+            lines.append(f"  onset at step {onset}: page {p['rule']} fired at step "
+                         f"{p['fired_step']} → lead {onset - int(p['fired_step'])} steps")
+    other = [a for a in alerts if a["severity"] == "page" and a["fired_step"] is not None
+             and (a["rule"], int(a["fired_step"])) not in warned]
+    if other:
+        lines.append("  other pages (an earlier page of the same episode, or a bump that stayed "
+                     "under 2×): " + ", ".join(f"{a['rule']}@{a['fired_step']}" for a in other))
+    by_sev: dict[str, int] = {}
+    for a in alerts:
+        by_sev[a["severity"]] = by_sev.get(a["severity"], 0) + 1
+    lines.append(f"Alert episodes stored: {len(alerts)} "
+                 f"({', '.join(f'{n} {s}' for s, n in sorted(by_sev.items()))})")
+    cli = f"{sys.executable} -m server.cli"
+    # The CLI reads the running server's API (--keep) or, once it is stopped, the database file.
+    src = (("" if server.http_port == 8000 else f" --url {server.url}") if keep
+           else f" --db sqlite:///{db}")
+    lines += ["", "Where to look:",
+              f"  API        {server.url}/api/v1/runs/{RUN}",
+              f"             {server.url}/api/v1/runs/{RUN}/alerts",
+              f"             {server.url}/api/v1/runs/{RUN}/series?metric=stability_ratio",
+              f"  OpenAPI    {server.url}/docs",
+              f"  Prometheus {server.url}/metrics",
+              f"  CLI        {cli} runs{src}",
+              f"             {cli} alerts --run {RUN}{src}",
+              f"             {cli} report --run {RUN}{src} --out {db.parent}",
+              f"  database   {db} (SQLite; server log: {server.log})"]
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--steps", type=int, default=900,
+                    help="training steps (default 900: the first spike starts near step 730)")
+    ap.add_argument("--dir", type=Path, default=Path("spikewatch-demo"),
+                    help="working directory of the server (default ./spikewatch-demo)")
+    ap.add_argument("--keep", action="store_true",
+                    help="leave the server running at the end (stop it with Ctrl-C)")
+    args = ap.parse_args(argv)
+    if args.steps < 100:
+        ap.error("--steps must be at least 100")
+    return args
+
+
+@contextlib.contextmanager
+def _server(args: argparse.Namespace) -> Iterator[DemoServer]:
+    workdir: Path = args.dir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for old in workdir.glob("spikewatch.db*"):  # every demo starts from an empty database
+        old.unlink()
+    server = DemoServer(workdir, _port(5557), _port(8000))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.monotonic()
+    with _server(args) as server:
+        print(f"spikewatch demo: starting the server (SQLite {server.workdir / 'spikewatch.db'}, "
+              f"ZeroMQ {server.endpoint}, HTTP {server.url}) ...", flush=True)
+        server.start()
+        print(f"server ready after {time.monotonic() - t0:.1f} s. Training the seed's spiking "
+              f"network ({args.steps} steps, Adam lr=0.01, agent attached, exact λ_grad) ...\n"
+              "  r = stability ratio η·λ_grad/2 (≥ 1: beyond Adam's edge of stability), "
+              "ρ = ‖g‖/‖√v̂‖; the right half is read back from the server's API\n", flush=True)
+        api = Api(server.url)
+        try:
+            t1 = time.monotonic()
+            losses = train(server, api, args.steps, lambda s: print(s, flush=True))
+            train_s = time.monotonic() - t1
+            if not wait_stored(api, args.steps - 1):
+                print("warning: the server has not stored the last steps yet", flush=True)
+            db = server.workdir / "spikewatch.db"
+            for line in summary(api, server, losses, db, args.keep):
+                print(line)
+            print(f"\nTraining took {train_s:.1f} s, the whole demo {time.monotonic() - t0:.1f} s.")
+            if args.keep:
+                print(f"\nThe server keeps running (--keep): {server.url}. Ctrl-C stops it.",
+                      flush=True)
+                while server.proc is not None and server.proc.poll() is None:
+                    time.sleep(0.5)
+        finally:
+            api.close()
+    print("server stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted: the server was stopped.", file=sys.stderr)
+        sys.exit(130)
+    except RuntimeError as e:
+        print(f"demo failed: {e}", file=sys.stderr)
+        sys.exit(1)

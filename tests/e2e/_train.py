@@ -1,0 +1,120 @@
+"""Training jobs with the real agent attached, and reads back through the server's HTTP API."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import torch
+
+import agent
+from monitor.seed_fnn import make_seed_problem, spike_onsets
+
+__all__ = ["Trained", "alerts", "train_classifier", "train_seed", "wait_stored"]
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What the training loop saw: loss per step and the wall time each step was logged."""
+
+    run: str
+    losses: list[float]
+    logged_at: list[float]  # time.time() right after monitor.log(loss) of each step
+
+    @property
+    def onsets(self) -> list[int]:
+        return spike_onsets(self.losses)
+
+
+def train_seed(endpoint: str, run: str, lr: float, steps: int, *,
+               min_step_s: float = 0.0) -> Trained:
+    """The seed FNN (arXiv:2506.04805) trained with Adam(lr), the agent attached with a closure.
+
+    Profile "full" with an unbounded overhead budget: λ_grad is measured at every step (the toy
+    step takes ~1 ms, so a budget fraction would stretch the probes to nothing). `min_step_s`
+    paces the loop to at least that wall time per step, the step time of a small real job.
+    One torch thread keeps the run's numerics the same from machine to machine.
+    """
+    torch.set_num_threads(1)
+    model, x, y = make_seed_problem(seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = torch.nn.MSELoss()
+
+    def closure() -> torch.Tensor:
+        out: torch.Tensor = loss_fn(model(x), y)
+        return out
+
+    monitor = agent.attach(model, opt, run=run, endpoint=endpoint, closure=closure,
+                           profile="full", overhead_budget=math.inf)
+    losses: list[float] = []
+    logged: list[float] = []
+    try:
+        for _ in range(steps):
+            t0 = time.monotonic()
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            monitor.log(loss)
+            losses.append(float(loss.detach()))
+            logged.append(time.time())
+            rest = min_step_s - (time.monotonic() - t0)
+            if rest > 0:
+                time.sleep(rest)
+    finally:
+        monitor.close(timeout=10.0)
+    return Trained(run, losses, logged)
+
+
+def train_classifier(endpoint: str, run: str, steps: int = 40) -> None:
+    """A small softmax classifier with logits logged: its run has max_prob and grad_spike_share,
+    which the regression FNN cannot have (no logits; its weight matrices are 1×1000)."""
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 16, generator=gen)
+    labels = (x[:, :4].argmax(dim=1)).long()
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def closure() -> torch.Tensor:
+        out: torch.Tensor = loss_fn(model(x), labels)
+        return out
+
+    monitor = agent.attach(model, opt, run=run, endpoint=endpoint, closure=closure,
+                           profile="full", overhead_budget=math.inf)
+    try:
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = loss_fn(logits, labels)
+            loss.backward()
+            opt.step()
+            monitor.log(loss, logits=logits.detach())
+    finally:
+        monitor.close(timeout=10.0)
+
+
+def wait_stored(http: str, run: str, last_step: int, timeout: float = 30.0) -> None:
+    """Wait until the server's API reports `last_step` stored for `run`."""
+    deadline = time.monotonic() + timeout
+    seen: Any = None
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{http}/api/v1/runs/{run}", timeout=5.0)
+        if r.status_code == 200:
+            seen = r.json()["last_step"]
+            if seen is not None and seen >= last_step:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"run {run}: server stored up to step {seen}, expected {last_step}")
+
+
+def alerts(http: str, run: str) -> list[dict[str, Any]]:
+    """GET /api/v1/runs/{run}/alerts."""
+    r = httpx.get(f"{http}/api/v1/runs/{run}/alerts", timeout=10.0)
+    r.raise_for_status()
+    return list(r.json())

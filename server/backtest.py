@@ -181,8 +181,19 @@ def score(
     horizon: int = HORIZON,
 ) -> Report:
     """Score a run's alerts (its transition log) against the spikes of its loss series."""
+    return score_episodes(run, rules, episodes(transitions), loss, horizon=horizon)
+
+
+def score_episodes(
+    run: str,
+    rules: Sequence[Rule],
+    eps: Sequence[Episode],
+    loss: Sequence[tuple[int, float]],
+    *,
+    horizon: int = HORIZON,
+) -> Report:
+    """Score firing episodes (e.g. alerts read back from a server's API) against the loss spikes."""
     onsets = spike_onsets(loss)
-    eps = episodes(transitions)
     by_rule: dict[str, list[Episode]] = defaultdict(list)
     for e in eps:
         by_rule[e.rule].append(e)

@@ -1,0 +1,157 @@
+"""Device-side accumulation of measurements and their bulk drain into wire records.
+
+Probes hand over device tensors (0-d scalars, histogram count vectors) without reading them; the
+collector keeps detached references. `drain()` concatenates everything pending on each device into
+one vector and copies it to the host with a single `.cpu()` per device: the only host-device
+synchronisation the agent performs, on a cadence, never per parameter or per probe.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from agent import wire
+from agent.names import Combine
+
+Value = torch.Tensor | float | int
+# (device, start, length) into a pending device buffer; or already on the host
+_Ref = tuple[torch.device, int, int] | float | list[float]
+
+
+@dataclass(slots=True)
+class _Step:
+    time: float
+    scalars: dict[str, _Ref] = field(default_factory=dict)
+    layers: dict[str, dict[str, _Ref]] = field(default_factory=dict)
+    hists: dict[str, dict[str, tuple[float, float, _Ref, _Ref]]] = field(default_factory=dict)
+    partials: dict[str, tuple[Combine, _Ref, _Ref]] = field(default_factory=dict)
+    events: list[wire.Event] = field(default_factory=list)
+
+
+class Collector:
+    """Pending measurements of not yet drained steps (single-threaded; owned by one monitor)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time, max_values: int = 1 << 20):
+        self._clock = clock
+        self.max_values = max_values
+        self._steps: dict[int, _Step] = {}
+        self._bufs: dict[torch.device, list[torch.Tensor]] = {}
+        self._lens: dict[torch.device, int] = {}
+
+    def __len__(self) -> int:
+        """Number of pending device values (drain when it grows past `max_values`)."""
+        return sum(self._lens.values())
+
+    @property
+    def full(self) -> bool:
+        return len(self) >= self.max_values
+
+    def _step(self, step: int) -> _Step:
+        s = self._steps.get(step)
+        if s is None:
+            s = self._steps[step] = _Step(self._clock())
+        return s
+
+    def _ref(self, v: Value) -> _Ref:
+        if not isinstance(v, torch.Tensor):
+            return float(v)
+        return self._vec(v)
+
+    def _vec(self, v: torch.Tensor) -> tuple[torch.device, int, int]:
+        t = v.detach().reshape(-1)
+        dev = t.device
+        start = self._lens.get(dev, 0)
+        self._bufs.setdefault(dev, []).append(t)
+        self._lens[dev] = start + t.numel()
+        return (dev, start, t.numel())
+
+    # --- recording (no host sync) -----------------------------------------------------------
+    def scalar(self, step: int, name: str, value: Value) -> None:
+        self._step(step).scalars[name] = self._ref(value)
+
+    def layer(self, step: int, name: str, layer: str, value: Value) -> None:
+        self._step(step).layers.setdefault(name, {})[layer] = self._ref(value)
+
+    def layer_vector(self, step: int, name: str, layers: Sequence[str], values: torch.Tensor
+                     ) -> None:
+        """Per-layer values given as one vector (element i belongs to `layers[i]`)."""
+        if values.numel() != len(layers):
+            raise ValueError(f"{name}: {values.numel()} values for {len(layers)} layers")
+        dev, start, _ = self._vec(values)
+        per = self._step(step).layers.setdefault(name, {})
+        for i, lay in enumerate(layers):
+            per[lay] = (dev, start + i, 1)
+
+    def hist(self, step: int, name: str, layer: str, counts: torch.Tensor, lo: float, hi: float,
+             nonfinite: Value = 0) -> None:
+        self._step(step).hists.setdefault(name, {})[layer] = (
+            lo, hi, self._ref(counts), self._ref(nonfinite))
+
+    def partial(self, step: int, name: str, op: Combine, num: Value, den: Value = 1.0) -> None:
+        self._step(step).partials[name] = (op, self._ref(num), self._ref(den))
+
+    def event(self, step: int, event: wire.Event) -> None:
+        self._step(step).events.append(event)
+
+    # --- drain ------------------------------------------------------------------------------
+    def drain(self, upto: int | None = None) -> list[wire.Record]:
+        """Copy every pending value to the host (one transfer per device); build the records of
+        steps ≤ `upto` (all when None). Later steps stay pending, already on the host."""
+        host: dict[torch.device, list[float]] = {}
+        for dev, ts in self._bufs.items():
+            dtype = torch.float32 if dev.type == "mps" else torch.float64
+            flat = torch.cat([t.to(dtype) for t in ts]) if len(ts) > 1 else ts[0].to(dtype)
+            host[dev] = flat.cpu().tolist()
+        self._bufs, self._lens = {}, {}
+
+        def res(r: _Ref) -> _Ref:
+            if isinstance(r, tuple):
+                dev, start, n = r
+                return host[dev][start] if n == 1 else host[dev][start:start + n]
+            return r
+
+        def one(r: _Ref) -> float:
+            r = res(r)
+            return r if isinstance(r, float) else math.fsum(r)  # type: ignore[arg-type]
+
+        def many(r: _Ref) -> list[float]:
+            r = res(r)
+            return [r] if isinstance(r, float) else r  # type: ignore[return-value]
+
+        records = []
+        for step in sorted(self._steps):
+            s = self._steps[step]
+            if upto is not None and step > upto:
+                s.scalars = {k: res(r) for k, r in s.scalars.items()}
+                s.layers = {k: {lay: res(r) for lay, r in per.items()}
+                            for k, per in s.layers.items()}
+                s.hists = {k: {lay: (lo, hi, res(c), res(n)) for lay, (lo, hi, c, n) in per.items()}
+                           for k, per in s.hists.items()}
+                s.partials = {k: (op, res(n), res(d)) for k, (op, n, d) in s.partials.items()}
+                continue
+            del self._steps[step]
+            hists = {
+                name: {lay: wire.Histogram(lo, hi, tuple(_count(c) for c in many(cr)),
+                                           _count(one(nr)))
+                       for lay, (lo, hi, cr, nr) in per.items()}
+                for name, per in s.hists.items()
+            }
+            records.append(wire.Record(
+                step=step, time=s.time,
+                scalars={k: one(r) for k, r in s.scalars.items()},
+                layers={k: {lay: one(r) for lay, r in per.items()} for k, per in s.layers.items()},
+                hists=hists,
+                partials={k: wire.Partial(op, one(n), one(d))
+                          for k, (op, n, d) in s.partials.items()},
+                events=tuple(s.events),
+            ))
+        return records
+
+
+def _count(x: float) -> int:
+    return int(x) if math.isfinite(x) and x >= 0 else 0

@@ -1,0 +1,625 @@
+"""`attach()` and the `Monitor`: hooks into a live model and optimizer, scheduling, drain, send.
+
+The training loop stays unchanged. The optimizer's pre-step hook (or, when `step(closure)` is used,
+the moment the closure returns) runs the gradient/state probes; the post-step hook advances the
+step, arms the forward hooks for the next step and, on the drain cadence, copies everything
+pending to the host in one transfer, runs the reactive detectors and the phase labeller on the
+drained floats, and hands records to the transport (which never blocks). Any exception inside the
+agent is caught: a failing probe is disabled and reported as a PROBE_ERROR event.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import math
+import os
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from agent import names as nm
+from agent import wire
+from agent._collect import Collector
+from agent._config import Config, resolve
+from agent._distributed import World, detect, local_optimizer
+from agent._probes import (
+    MAX_SA_LAYERS,
+    AlignmentProbe,
+    Armed,
+    Closure,
+    Ctx,
+    LogitsProbe,
+    Probe,
+    layer_name,
+    over_confidence,
+)
+from agent._profiles import (
+    ALIGNMENT,
+    CURVATURE,
+    LAMBDA_MAX,
+    LOGITS,
+    PRECOND,
+    PROFILES,
+    SECANT,
+)
+from agent._scheduler import Clock, Report, Scheduler
+from agent.names import EventType
+
+__all__ = ["Monitor", "attach"]
+
+log = logging.getLogger("spikewatch.agent")
+RECORDS_PER_SUBMIT = 64
+_ERR_LEN = 300
+
+
+class _NullTransport:
+    """Stands in for the transport of a disabled monitor (sends nothing)."""
+
+    def hello(self, meta: Mapping[str, wire.Scalar]) -> bool:
+        return True
+
+    def submit(self, records: Sequence[wire.Record], priority: int = 1) -> bool:
+        return True
+
+    def counters(self) -> Any:
+        return None
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def close(self, timeout: float = 2.0) -> None:
+        return None
+
+
+class Monitor:
+    """One attached model/optimizer. Create it with `attach`; call `log` per step and `close`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        config: Config,
+        *,
+        closure: Closure | None = None,
+        layers: Iterable[str | nn.Module] | None = None,
+        logits_module: nn.Module | None = None,
+        transport: Any = None,
+        clock: Clock | None = None,
+        world: World | None = None,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.optimizer = optimizer
+        self.world = world or detect(model, optimizer)
+        self.enabled = config.enabled and not (
+            config.ddp_ranks == "rank0" and self.world.rank != 0 and not self.world.sharded)
+        self._closed = False
+        self._handles: list[Any] = []
+        self._armed: list[Armed] = []
+        self._probes: list[Probe] = []
+        self._disabled: set[str] = set()
+        self._reported: set[str] = set()
+        if not self.enabled:
+            self.transport: Any = _NullTransport()
+            return
+        local = local_optimizer(optimizer)
+        self.step = _resumed_step(local)
+        self.resumed_at = self.step
+        self._stepped_since_log = False
+        self.scheduler = Scheduler(PROFILES[config.profile], config.overhead_budget,
+                                   **({"clock": clock} if clock is not None else {}),
+                                   stretch=not self.world.sharded)
+        self.out = Collector()
+        self.last_report: Report | None = None  # the scheduler's last overhead measurement
+        names: dict[Tensor, str] = {p: layer_name(n, "param")
+                                    for n, p in model.named_parameters()}
+        self.ctx = Ctx(model, local, names, self.world, closure,
+                       _backend(config.curvature, closure), auto=config.curvature == "auto")
+        self._reactive = _Reactive()
+        self._build_probes(layers, logits_module)
+        self.transport = transport if transport is not None else _make_transport(config,
+                                                                                   self.world)
+        self.transport.hello(self._meta(model, local))
+        if self.resumed_at > 0:
+            self._event(self.step, EventType.RESUMED, resumed_at_step=self.resumed_at)
+        self._handles.append(optimizer.register_step_pre_hook(self._pre_hook))
+        self._handles.append(optimizer.register_step_post_hook(self._post_hook))
+        self._arm(self.step)
+        _live.add(self)
+        _register_exit()
+
+    # --- public API -------------------------------------------------------------------------
+    def log(self, loss: Tensor | float | None = None, *, step: int | None = None,
+            logits: Tensor | None = None, **scalars: Tensor | float) -> None:
+        """Record this step's loss (tensor or float), optional logits and extra scalars.
+
+        `step` defaults to the optimizer step this loss belongs to. Never synchronises, never
+        raises: bad input is reported once as a PROBE_ERROR event and in the log.
+        """
+        if not self.enabled or self._closed:
+            return
+        sched = self.scheduler
+        t0 = sched.now()
+        try:
+            s = step if step is not None else (
+                self.step - 1 if self._stepped_since_log else self.step)
+            self._stepped_since_log = False
+            if loss is not None:
+                self.out.scalar(s, nm.LOSS, _value(loss, "loss"))
+            for k, v in scalars.items():
+                if not wire.METRIC_RE.match(k):
+                    raise ValueError(f"log(): metric name {k!r} must match "
+                                     f"{wire.METRIC_RE.pattern}")
+                self.out.scalar(s, k, _value(v, k))
+            if logits is not None and sched.due(LOGITS, s) and LOGITS not in self._disabled:
+                over_confidence(s, logits, self.out)
+            if self.out.full:  # log() without optimizer steps must not grow without bound
+                self._drain()
+        except Exception as e:
+            self._fail("log", e, disable=False)
+        finally:
+            sched.add(None, sched.now() - t0)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Drain what is pending, remove the hooks and close the transport within ~`timeout` s."""
+        if self._closed:
+            return
+        self._closed = True
+        _live.discard(self)
+        for h in self._handles:
+            h.remove()
+        for a in self._armed:
+            a.remove()
+        if self.enabled:
+            try:
+                self._drain()
+            except Exception as e:  # never let close() raise into the training script
+                log.warning("spikewatch: final drain failed: %s", e)
+        try:
+            self.transport.close(timeout=timeout)
+        except Exception as e:
+            log.warning("spikewatch: transport close failed: %s", e)
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def counters(self) -> Any:
+        """The transport's counters (queued, sent, acked, spooled, dropped, ...)."""
+        return self.transport.counters()
+
+    # --- setup ------------------------------------------------------------------------------
+    def _build_probes(self, layers: Iterable[str | nn.Module] | None,
+                      logits_module: nn.Module | None) -> None:
+        from agent import _probes as pr
+
+        ctx = self.ctx
+        adam = isinstance(ctx.optimizer, torch.optim.Adam)
+        kinds: list[type[Probe]] = [pr.HparamsProbe, pr.GradNormProbe, pr.SpikeShareProbe]
+        if adam:
+            kinds += [pr.PrecondProbe]
+            if not self.world.sharded:
+                kinds += [pr.SecantProbe]
+                if ctx.curvature in ("exact", "fd"):
+                    kinds += [pr.CurvatureProbe, pr.LambdaMaxProbe]
+        else:
+            self._event(self.step, EventType.PROBE_ERROR, probe="precond",
+                        error="UnsupportedOptimizer",
+                        message=f"{type(ctx.optimizer).__name__}: Adam-state signals are off")
+        for kind in kinds:
+            if self.scheduler.cadence(kind.name) == 0:
+                continue
+            try:
+                self._probes.append(kind(ctx))
+            except Exception as e:
+                self._fail(kind.name, e)
+        for name in (CURVATURE, LAMBDA_MAX, SECANT, PRECOND):
+            if not any(p.name == name for p in self._probes):
+                self.scheduler.disable(name)
+        if self.scheduler.cadence(ALIGNMENT) > 0:
+            try:
+                sel = _select_layers(self.model, layers)
+                if sel:
+                    self._armed.append(AlignmentProbe(sel, self.out, self._fail_armed,
+                                                      self.scheduler.now, self.scheduler.add))
+            except Exception as e:
+                self._fail(ALIGNMENT, e)
+        if logits_module is not None and self.scheduler.cadence(LOGITS) > 0:
+            self._armed.append(LogitsProbe(logits_module, self.out, self._fail_armed,
+                                           self.scheduler.now, self.scheduler.add))
+
+    def _meta(self, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, wire.Scalar]:
+        meta: dict[str, wire.Scalar] = {
+            "model_parameters": sum(p.numel() for p in model.parameters()),
+            "model_class": type(model).__name__,
+            "optimizer": type(self.optimizer).__name__,
+            "optimizer_inner": type(opt).__name__,
+            "param_groups": len(opt.param_groups),
+            "world_size": self.world.world_size,
+            "rank": self.world.rank,
+            "sharded": self.world.sharded,
+            "resumed_at_step": self.resumed_at,
+            "torch_version": str(torch.__version__),
+            "profile": self.config.profile,
+            "curvature": self.ctx.curvature,
+            "overhead_budget": self.config.overhead_budget,
+            "ddp_ranks": self.config.ddp_ranks,
+            "pid": os.getpid(),
+            "closure": self.ctx.closure is not None,
+        }
+        g0 = opt.param_groups[0] if opt.param_groups else {}
+        for k, v in g0.items():
+            if k == "params" or not wire.KEY_RE.match(k):
+                continue
+            if k == "betas" and isinstance(v, tuple | list) and len(v) == 2:
+                meta["beta1"], meta["beta2"] = _host(v[0]), _host(v[1])
+            elif isinstance(v, bool | int | float | str) or v is None:
+                meta[k] = v
+            elif isinstance(v, Tensor) and v.numel() == 1:
+                meta[k] = _host(v)
+        return meta
+
+    # --- hooks ------------------------------------------------------------------------------
+    def _pre_hook(self, opt: torch.optim.Optimizer, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        if self._closed:
+            return None
+        # args[0] is the optimizer itself; step(closure) passes the closure next or by keyword
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if callable(closure):
+            # step(closure): gradients exist only once the closure ran inside step().
+            wrapped = self._wrap_closure(closure)
+            if "closure" in kwargs:
+                return args, {**kwargs, "closure": wrapped}
+            return (args[0], wrapped, *args[2:]), kwargs
+        self._before_step()
+        return None
+
+    def _wrap_closure(self, closure: Callable[[], Any]) -> Callable[[], Any]:
+        done = False
+
+        def wrapped() -> Any:
+            nonlocal done
+            result = closure()
+            if not done:
+                done = True
+                self._before_step()
+            return result
+        return wrapped
+
+    def _post_hook(self, opt: torch.optim.Optimizer, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> None:
+        if not self._closed:
+            self._after_step()
+
+    def _run(self, probe: Probe, phase: str, step: int) -> float:
+        sched = self.scheduler
+        t0 = sched.now()
+        try:
+            getattr(probe, phase)(step, self.out)
+        except Exception as e:
+            self._fail(probe.name, e)
+        dt = sched.now() - t0
+        sched.add(probe.name, dt, follow=not sched.due(probe.name, step))
+        return dt
+
+    def _before_step(self) -> None:
+        sched = self.scheduler
+        t0 = sched.now()
+        spent = 0.0
+        try:
+            step = self.step
+            for a in self._armed:
+                if isinstance(a, AlignmentProbe) and a.armed_step == step:
+                    a.finish(step)
+            for p in self._probes:
+                if (sched.due(p.name, step) or p.follow == step) and p.name not in self._disabled:
+                    spent += self._run(p, "pre", step)
+        except Exception as e:
+            self._fail("agent", e, disable=False)
+        finally:
+            self.ctx.clear()  # drop this hook's views and HVP graph before the update runs
+        sched.add(None, sched.now() - t0 - spent)
+
+    def _after_step(self) -> None:
+        sched = self.scheduler
+        t0 = sched.now()
+        spent = 0.0
+        try:
+            step = self.step
+            for p in self._probes:
+                if (sched.due(p.name, step) or p.follow == step) and p.name not in self._disabled:
+                    spent += self._run(p, "post", step)
+            self.ctx.clear()
+            self.step += 1
+            self._stepped_since_log = True
+        except Exception as e:
+            self._fail("agent", e, disable=False)
+        sched.add(None, sched.now() - t0 - spent)
+        sched.step_end()
+        t1 = sched.now()
+        try:
+            if sched.drain_due(self.step - 1) or self.out.full:
+                # the loss of this step is usually logged after step(): leave its record open
+                self._drain(upto=self.step - 2)
+            self._arm(self.step)
+        except Exception as e:
+            self._fail("drain", e, disable=False)
+        sched.add(None, sched.now() - t1)
+
+    def _arm(self, step: int) -> None:
+        for a in self._armed:
+            due = self.scheduler.due(a.name, step) and a.name not in self._disabled
+            a.arm(step if due else None)
+
+    # --- errors and events ------------------------------------------------------------------
+    def _event(self, step: int, kind: str, **data: wire.Scalar) -> None:
+        if self.enabled:
+            self.out.event(step, wire.Event(str(kind), data))
+
+    def _fail(self, probe: str, e: BaseException, *, disable: bool = True) -> None:
+        """Report a failure once (PROBE_ERROR event + log); disable the probe unless told not to."""
+        first = probe not in self._reported
+        self._reported.add(probe)
+        if disable:
+            self._disabled.add(probe)
+            if self.enabled:
+                self.scheduler.disable(probe)
+        if first:
+            log.warning("spikewatch: probe %s failed%s: %s: %s", probe,
+                        " and is disabled" if disable else "", type(e).__name__, e)
+            self._event(getattr(self, "step", 0), EventType.PROBE_ERROR, probe=probe,
+                        error=type(e).__name__, message=str(e)[:_ERR_LEN], disabled=disable)
+
+    def _fail_armed(self, probe: str, e: BaseException) -> None:
+        self._fail(probe, e)
+        for a in self._armed:
+            if a.name == probe:
+                a.arm(None)
+
+    # --- drain ------------------------------------------------------------------------------
+    def _drain(self, upto: int | None = None) -> None:
+        records = self.out.drain(upto)
+        report = self.scheduler.adjust()
+        if report is not None:
+            self.last_report = report
+        records = self._reactive.observe(records, self._phase_beta2())
+        for r in records:
+            ratio = r.scalars.get(nm.STABILITY_RATIO, r.scalars.get(nm.STABILITY_RATIO_SECANT))
+            if ratio is not None and math.isfinite(ratio):
+                self.ctx.last_ratio = ratio
+        last_step = max(self.step - 1, 0)
+        extra = self._agent_record(report, records[-1].step if records else last_step)
+        if records and records[-1].step == extra.step:
+            records[-1] = _merge(records[-1], extra)
+        else:
+            records.append(extra)
+        for i in range(0, len(records), RECORDS_PER_SUBMIT):
+            self.transport.submit(records[i:i + RECORDS_PER_SUBMIT])
+
+    def _phase_beta2(self) -> float:
+        g = self.ctx.optimizer.param_groups[0] if self.ctx.optimizer.param_groups else {}
+        betas = g.get("betas")
+        return _host(betas[1]) if isinstance(betas, tuple | list) else 0.999
+
+    def _agent_record(self, report: Report | None, step: int) -> wire.Record:
+        import time
+
+        scalars: dict[str, float] = {}
+        layers: dict[str, dict[str, float]] = {}
+        if report is not None:
+            scalars[nm.AGENT_OVERHEAD] = report.overhead
+            scalars[nm.AGENT_STEP_TIME] = report.step_time
+            layers[nm.AGENT_CADENCE] = {k: float(v) for k, v in report.cadences.items()}
+            if report.probe_overhead:
+                layers[nm.AGENT_OVERHEAD] = dict(report.probe_overhead)
+        c = self.transport.counters()
+        if c is not None:
+            for metric, attr in ((nm.AGENT_QUEUED, "queued"), (nm.AGENT_SENT, "sent"),
+                                 (nm.AGENT_ACKED, "acked"), (nm.AGENT_SPOOLED, "spooled"),
+                                 (nm.AGENT_DROPPED, "dropped")):
+                if hasattr(c, attr):
+                    scalars[metric] = float(getattr(c, attr))
+        return wire.Record(step=step, time=time.time(), scalars=scalars, layers=layers)
+
+
+class _Reactive:
+    """Reactive loss-spike / non-finite detection and the phase label, on drained records."""
+
+    def __init__(self) -> None:
+        from monitor.reactive import ReactiveDetector
+
+        self.loss = ReactiveDetector("olmo_core")
+        self.grad = ReactiveDetector("olmo_core")
+        self.phases: Any = None
+
+    def observe(self, records: list[wire.Record], beta2: float) -> list[wire.Record]:
+        from monitor.reactive import Kind
+
+        out = []
+        for r in records:
+            events: list[wire.Event] = []
+            scalars = dict(r.scalars)
+            for series, det in ((nm.LOSS, self.loss), (nm.GRAD_NORM, self.grad)):
+                v = r.scalars.get(series)
+                if v is None:
+                    continue
+                d = det.update(r.step, v)
+                if d is None:
+                    continue
+                if d.kind == Kind.NONFINITE:
+                    events.append(wire.Event(EventType.NONFINITE.value,
+                                             {"series": series, "value": d.value}))
+                elif series == nm.LOSS:
+                    events.append(wire.Event(EventType.LOSS_SPIKE.value,
+                                             {"rule": d.rule, "value": d.value,
+                                              "threshold": d.threshold}))
+            rho, decay = r.scalars.get(nm.RHO), r.scalars.get(nm.SQRT_V_DECAY)
+            if rho is not None and decay is not None and math.isfinite(rho):
+                ratio = r.scalars.get(nm.STABILITY_RATIO, r.scalars.get(nm.STABILITY_RATIO_SECANT))
+                if self.phases is None:
+                    from monitor.phases import PhaseLabeller
+
+                    self.phases = PhaseLabeller(beta2)
+                u = self.phases.update(rho, decay if math.isfinite(decay) else 1.0, ratio)
+                scalars[nm.PHASE] = float(int(u.phase))
+                if u.changed:
+                    events.append(wire.Event(EventType.PHASE_CHANGE.value,
+                                             {"phase": int(u.phase), "previous": int(u.previous)}))
+            if events or scalars != r.scalars:
+                r = dataclasses.replace(r, scalars=scalars, events=(*r.events, *events))
+            out.append(r)
+        return out
+
+
+def _merge(a: wire.Record, b: wire.Record) -> wire.Record:
+    return dataclasses.replace(a, scalars={**a.scalars, **b.scalars},
+                               layers={**a.layers, **b.layers})
+
+
+def _value(v: Any, what: str) -> Tensor | float:
+    if isinstance(v, Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"log(): {what} must be a scalar, got shape {tuple(v.shape)}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TypeError(f"log(): {what} must be a number or a 0-d tensor, got {type(v).__name__}")
+    return float(v)
+
+
+def _host(v: Any) -> float:
+    return float(v.item()) if isinstance(v, Tensor) else float(v)
+
+
+def _resumed_step(opt: torch.optim.Optimizer) -> int:
+    """The optimizer state's step count (> 0 when resuming from a checkpoint); read at attach."""
+    best = 0
+    for state in opt.state.values():
+        s = state.get("step") if isinstance(state, dict) else None
+        if s is not None:
+            best = max(best, round(_host(s)))
+    return best
+
+
+def _backend(curvature: str, closure: Closure | None) -> str:
+    if curvature == "auto":
+        return "exact" if closure is not None else "secant"
+    if curvature in ("exact", "fd") and closure is None:
+        raise ValueError(f"curvature={curvature!r} needs closure= (a callable re-evaluating the "
+                         "loss on the current batch); without one use 'secant' or 'auto'")
+    return curvature
+
+
+def _select_layers(model: nn.Module, layers: Iterable[str | nn.Module] | None
+                   ) -> list[tuple[str, nn.Module]]:
+    by_name = {layer_name(n): m for n, m in model.named_modules()}
+    if layers is None:
+        lin: list[tuple[str, nn.Module]] = [(n, m) for n, m in by_name.items()
+                                            if isinstance(m, nn.Linear)]
+        if len(lin) <= MAX_SA_LAYERS:
+            return lin
+        return [lin[i * (len(lin) - 1) // (MAX_SA_LAYERS - 1)] for i in range(MAX_SA_LAYERS)]
+    ids = {id(m): n for n, m in by_name.items()}
+    out = []
+    for item in layers:
+        if isinstance(item, str):
+            if item not in by_name:
+                raise ValueError(f"layers: the model has no module named {item!r}")
+            out.append((item, by_name[item]))
+        elif isinstance(item, nn.Module):
+            if id(item) not in ids:
+                raise ValueError(f"layers: {type(item).__name__} is not a module of the model")
+            out.append((ids[id(item)], item))
+        else:
+            raise TypeError(f"layers: expected module names or modules, got {type(item).__name__}")
+    return out
+
+
+def _make_transport(config: Config, world: World) -> Any:
+    from agent._transport import Transport
+
+    return Transport(
+        config.endpoint, run=config.run, rank=world.rank, world_size=world.world_size,
+        spool_dir=None if config.spool_dir is None else str(config.spool_dir),
+        server_public_key=config.server_key, client_secret_key=config.client_secret_key,
+        client_public_key=config.client_public_key,
+    )
+
+
+_live: weakref.WeakSet[Monitor] = weakref.WeakSet()
+_exit_registered = False
+
+
+def _close_all() -> None:
+    for m in list(_live):
+        m.close(timeout=2.0)
+
+
+def _register_exit() -> None:
+    """Close monitors at interpreter exit, before the transport's own exit handler (atexit runs
+    handlers in reverse order, and the transport registers when its module is imported)."""
+    global _exit_registered
+    if not _exit_registered:
+        atexit.register(_close_all)
+        _exit_registered = True
+
+
+def attach(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    run: str | None = None,
+    endpoint: str | None = None,
+    closure: Closure | None = None,
+    profile: str | None = None,
+    overhead_budget: float | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
+    layers: Iterable[str | nn.Module] | None = None,
+    logits_module: nn.Module | None = None,
+    curvature: str | None = None,
+    ddp_ranks: str | None = None,
+    server_key: str | None = None,
+    client_secret_key: str | None = None,
+    client_public_key: str | None = None,
+    enabled: bool | None = None,
+) -> Monitor:
+    """Attach spikewatch to a model and its optimizer; returns the `Monitor`.
+
+    Every option falls back to its SPIKEWATCH_* environment variable (SPIKEWATCH_ENDPOINT, _RUN,
+    _PROFILE, _OVERHEAD_BUDGET, _SPOOL_DIR, _CURVATURE, _DDP_RANKS, _SERVER_KEY,
+    _CLIENT_KEY(_FILE), _DISABLED). `closure` re-evaluates the loss on the current batch and
+    returns it (without calling backward): it enables the exact (or finite-difference) λ_grad and
+    λ_max; with curvature="auto" an exact HVP the model cannot double-differentiate falls back to
+    finite differences; without a closure the zero-extra-pass secant estimate is used.
+    `overhead_budget` is the agent's share of step time (default 0.01) that cadences are
+    stretched to respect; `math.inf` never stretches. Bad options raise ValueError / TypeError
+    here, before training starts; afterwards the agent never raises into training.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"attach(): model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError("attach(): optimizer must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    if closure is not None and not callable(closure):
+        raise TypeError("attach(): closure must be callable")
+    if logits_module is not None and not isinstance(logits_module, nn.Module):
+        raise TypeError("attach(): logits_module must be a torch.nn.Module")
+    cfg = resolve(run=run, endpoint=endpoint, profile=profile, overhead_budget=overhead_budget,
+                  spool_dir=spool_dir, curvature=curvature, ddp_ranks=ddp_ranks, enabled=enabled,
+                  server_key=server_key, client_secret_key=client_secret_key,
+                  client_public_key=client_public_key)
+    _backend(cfg.curvature, closure)  # refuse exact/fd without a closure up front
+    if layers is not None and cfg.enabled:
+        _select_layers(model, layers)
+    return Monitor(model, optimizer, cfg, closure=closure, layers=layers,
+                   logits_module=logits_module)
+

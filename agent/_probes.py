@@ -1,0 +1,528 @@
+"""Probes: adapters from the signal library (`monitor/`) to the agent's hooks and collector.
+
+A probe runs in the optimizer pre-step hook (`pre`: θ_t, ``.grad`` = g_t, state at t−1), in the
+post-step hook (`post`: state at t) or from a forward hook (`Armed`: spectral alignment, logits).
+It only launches device work and hands 0-d tensors to the collector; it never reads them back.
+`follow` asks the monitor to call the probe at one more step regardless of its cadence (the secant
+needs the pre-step of the step after it was due).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from agent import names as nm
+from agent import wire
+from agent._collect import Collector
+from agent._distributed import World
+from agent._profiles import (
+    ALIGNMENT,
+    CURVATURE,
+    GRAD_NORM,
+    HPARAMS,
+    LAMBDA_MAX,
+    LOGITS,
+    PRECOND,
+    SECANT,
+    SPIKE_SHARE,
+)
+from agent.names import Combine, EventType
+
+Closure = Callable[[], Tensor]
+MAX_SPIKE_LAYERS = 32
+MAX_SA_LAYERS = 32
+MAX_RHO_TENSORS = 256
+LAMBDA_MAX_ITERS = 8
+
+
+@dataclass(slots=True)
+class Ctx:
+    """What every probe may read: the model, the optimizer holding this rank's state, names.
+
+    Views of the Adam state and the Hessian-vector-product backend are built at most once per
+    hook and shared by the probes of that hook (`clear()` drops them, freeing any graph).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    names: dict[Tensor, str]
+    world: World
+    closure: Closure | None
+    curvature: str  # resolved backend: "exact", "fd" or "secant"
+    auto: bool = False  # curvature="auto": fall back from exact to finite differences
+    last_ratio: float | None = None  # last drained stability ratio (for hyperparameter events)
+    _views: tuple[tuple[int, str], list[Any]] | None = None
+    _hvp: tuple[int, Any] | None = None
+
+    def params(self) -> list[Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def grads(self) -> list[Tensor]:
+        return [p.grad for p in self.params() if p.grad is not None]
+
+    def views(self, step: int, phase: str) -> list[Any]:
+        """Adam views of the parameters with a gradient, cached for this step and hook."""
+        if self._views is None or self._views[0] != (step, phase):
+            from monitor.adam_state import adam_view
+
+            live = [v for v in adam_view(self.optimizer, self.names) if v.grad is not None]
+            if not live:
+                raise ValueError("no parameter has a gradient at the optimizer step")
+            self._views = ((step, phase), live)
+        return self._views[1]
+
+    def hvp(self, step: int) -> Any:
+        """The Hessian-vector-product backend on the current batch (needs the closure)."""
+        if self._hvp is not None and self._hvp[0] == step:
+            if isinstance(self._hvp[1], BaseException):
+                raise self._hvp[1]  # one failed closure call serves every probe of this step
+            return self._hvp[1]
+        try:
+            backend = self._build_hvp(step)
+        except Exception as e:
+            self._hvp = (step, e)
+            raise
+        self._hvp = (step, backend)
+        return backend
+
+    def _build_hvp(self, step: int) -> Any:
+        if self.closure is None:
+            raise ValueError("curvature probes need attach(closure=...)")
+        from monitor.hvp import ExactHVP, FiniteDifferenceHVP
+
+        params = [v.param for v in self.views(step, "pre")]
+        backend: Any
+        if self.curvature == "fd":
+            backend = FiniteDifferenceHVP(self.closure, params)
+        else:
+            saved = [p.grad for p in params]
+            try:
+                with torch.enable_grad():
+                    loss = self.closure()
+                if not isinstance(loss, Tensor) or loss.numel() != 1:
+                    raise ValueError("the closure must return the scalar loss tensor")
+                backend = ExactHVP(loss.reshape(()), params)
+            finally:
+                for p, g in zip(params, saved, strict=True):
+                    p.grad = g  # a closure that called backward() must not change training
+        return backend
+
+    def clear(self) -> None:
+        self._views = None
+        self._hvp = None
+
+    def with_hvp(self, step: int, out: Collector, measure: Callable[[Any], None]) -> None:
+        """Run `measure(hvp)`; under curvature="auto", an exact HVP that the model's ops cannot
+        double-differentiate (e.g. fused attention kernels) switches to finite differences."""
+        hvp = self.hvp(step)  # a failing closure is the closure's error: no fallback
+        try:
+            measure(hvp)
+        except RuntimeError as e:
+            if not (self.auto and self.curvature == "exact"):
+                raise
+            self.curvature = "fd"
+            self._hvp = None
+            out.event(step, wire.Event(EventType.PROBE_ERROR.value, {
+                "probe": "curvature", "error": type(e).__name__, "message": str(e)[:300],
+                "disabled": False, "switched_to": "fd"}))
+            measure(self.hvp(step))
+
+
+class Probe:
+    """Base: a named measurement with optional pre-step and post-step parts."""
+
+    name: str = ""
+    follow: int | None = None
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+
+    def pre(self, step: int, out: Collector) -> None:
+        """Work at the pre-step moment of a due step."""
+
+    def post(self, step: int, out: Collector) -> None:
+        """Work at the post-step moment of a due step."""
+
+
+_BAD_LAYER_CHARS = re.compile(r"[^A-Za-z0-9_.:/\-\[\]]")
+
+
+def layer_name(name: str, fallback: str = "model") -> str:
+    """A module/parameter name as the wire accepts it (`wire.LAYER_RE`): the root module, which
+    has the empty name, becomes `fallback`; other characters become "_"; at most 128 long."""
+    n = _BAD_LAYER_CHARS.sub("_", name) or fallback
+    if not re.match(r"[A-Za-z0-9_]", n[0]):
+        n = "_" + n
+    return n[:128]
+
+
+def _sum_on(tensors: Sequence[Tensor]) -> Tensor:
+    """Sum of 0-d tensors that may live on several devices, on the first one (no host sync)."""
+    dev = tensors[0].device
+    return torch.stack([t.to(dev, non_blocking=True) for t in tensors]).sum()
+
+
+def sum_of_squares(tensors: Sequence[Tensor]) -> Tensor:
+    """Σ x² over tensors in float32, with one fused foreach reduction per device and dtype."""
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t.detach())
+    parts = []
+    for ts in groups.values():
+        norms = torch._foreach_norm(ts)
+        parts.append(torch.stack([n.float() for n in norms]).square().sum())
+    return _sum_on(parts)
+
+
+class GradNormProbe(Probe):
+    """‖g‖ over the parameters this rank's optimizer updates (a partial Σg² when sharded)."""
+
+    name = GRAD_NORM
+
+    def pre(self, step: int, out: Collector) -> None:
+        grads = self.ctx.grads()
+        if not grads:
+            return
+        sq = sum_of_squares(grads)
+        w = self.ctx.world
+        if w.sharded:
+            out.partial(step, nm.GRAD_NORM, Combine.SQRT_RATIO, sq, 1.0 / w.world_size)
+        else:
+            out.scalar(step, nm.GRAD_NORM, sq.sqrt())
+
+
+def _spread(items: list[Any], cap: int) -> list[Any]:
+    """At most `cap` items, evenly spread over the list (first and last kept)."""
+    if len(items) <= cap:
+        return items
+    return [items[i * (len(items) - 1) // (cap - 1)] for i in range(cap)]
+
+
+class SpikeShareProbe(Probe):
+    """Spike energy share of 2-D gradients: per layer, and the max over layers."""
+
+    name = SPIKE_SHARE
+
+    def __init__(self, ctx: Ctx) -> None:
+        super().__init__(ctx)
+        from monitor.spike_share import SpikeShare
+
+        self.tracker = SpikeShare()
+        mats = [p for p in ctx.params() if p.ndim == 2 and min(p.shape) >= 2]
+        self.params = _spread(mats, MAX_SPIKE_LAYERS)
+
+    def pre(self, step: int, out: Collector) -> None:
+        shares = []
+        for p in self.params:
+            if p.grad is None:
+                continue
+            name = self.ctx.names.get(p, "param")
+            r = self.tracker.update(name, p.grad)
+            out.layer(step, nm.GRAD_SPIKE_SHARE, name, r.share)
+            shares.append(r.share)
+        if shares:
+            top = torch.stack([s.to(shares[0].device) for s in shares]).max()
+            if self.ctx.world.sharded:
+                out.partial(step, nm.GRAD_SPIKE_SHARE, Combine.MAX, top)
+            else:
+                out.scalar(step, nm.GRAD_SPIKE_SHARE, top)
+
+
+class HparamsProbe(Probe):
+    """lr/β1/β2 of group 0 every step, and discontinuity events (momentum jumps included)."""
+
+    name = HPARAMS
+
+    def __init__(self, ctx: Ctx) -> None:
+        super().__init__(ctx)
+        from monitor.hparams import HparamWatch
+
+        opt = ctx.optimizer
+        self.watch = HparamWatch() if isinstance(opt, torch.optim.Adam | torch.optim.SGD) else None
+        self._seen: tuple[Any, ...] | None = None
+        self._quiet = 0  # consecutive steps with unchanged hyperparameters
+
+    def _signature(self) -> tuple[Any, ...] | None:
+        """The groups' hyperparameters as plain numbers; None if any is a tensor (always check)."""
+        sig: list[Any] = []
+        for g in self.ctx.optimizer.param_groups:
+            for k in ("lr", "betas", "eps", "weight_decay", "momentum", "dampening"):
+                v = g.get(k)
+                if isinstance(v, Tensor) or (isinstance(v, tuple | list)
+                                             and any(isinstance(x, Tensor) for x in v)):
+                    return None
+                sig.append(tuple(v) if isinstance(v, list) else v)
+        return tuple(sig)
+
+    def pre(self, step: int, out: Collector) -> None:
+        if self.watch is None:
+            return
+        sig = self._signature()
+        self._quiet = self._quiet + 1 if sig is not None and sig == self._seen else 0
+        self._seen = sig
+        if self._quiet >= 2:
+            return  # unchanged at this step and the last: the watch would see Δ = 0 twice
+        for e in self.watch.before_step(self.ctx.optimizer, step, self.ctx.last_ratio):
+            out.event(step, wire.Event(e.type.value, {k: _wire_scalar(v)
+                                                       for k, v in e.data.items()}))
+
+    def post(self, step: int, out: Collector) -> None:
+        g = self.ctx.optimizer.param_groups[0]
+        out.scalar(step, nm.LR, _maybe_tensor(g["lr"]))
+        betas = g.get("betas")
+        if isinstance(betas, tuple | list) and len(betas) == 2:
+            out.scalar(step, nm.BETA1, _maybe_tensor(betas[0]))
+            out.scalar(step, nm.BETA2, _maybe_tensor(betas[1]))
+        elif "momentum" in g:
+            out.scalar(step, nm.BETA1, _maybe_tensor(g["momentum"]))
+        if self.watch is not None:
+            self.watch.after_step(self.ctx.optimizer)
+
+
+def _maybe_tensor(v: Any) -> Tensor | float:
+    return v if isinstance(v, Tensor) else float(v)
+
+
+def _wire_scalar(v: Any) -> wire.Scalar:
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    return float(v)
+
+
+class PrecondProbe(Probe):
+    """ρ = ‖g‖/‖√v̂‖ global, per group and per tensor; ‖√v̂‖ and its decay rate."""
+
+    name = PRECOND
+
+    def __init__(self, ctx: Ctx) -> None:
+        super().__init__(ctx)
+        from monitor.precond_decay import PreconditionerDecay
+
+        self.pd = PreconditionerDecay(include_current_grad=True)
+
+    def pre(self, step: int, out: Collector) -> None:
+        r = self.pd.update(self.ctx.views(step, "pre"))
+        w = self.ctx.world
+        if w.sharded:
+            out.partial(step, nm.RHO, Combine.SQRT_RATIO, r.sum_g2, r.sum_v)
+            out.partial(step, nm.SQRT_V_NORM, Combine.SQRT_RATIO, r.sum_v, 1.0 / w.world_size)
+        else:
+            out.scalar(step, nm.RHO, r.rho)
+            out.scalar(step, nm.SQRT_V_NORM, r.sqrt_v_norm)
+            out.scalar(step, nm.SQRT_V_DECAY, r.decay)
+        groups = [f"group:{g}" for g in r.groups]
+        idx = _spread(list(range(len(r.names))), MAX_RHO_TENSORS)
+        tensor_rho = r.tensor_rho if len(idx) == len(r.names) else r.tensor_rho[
+            torch.tensor(idx, device=r.tensor_rho.device)]
+        out.layer_vector(step, nm.RHO, groups + [r.names[i] for i in idx],
+                         torch.cat((r.group_rho, tensor_rho)))
+        if not w.sharded:
+            out.layer_vector(step, nm.SQRT_V_DECAY, groups, r.group_decay)
+
+
+class SecantProbe(Probe):
+    """Zero-extra-pass secant curvature along the update: post-step of t, pre-step of t+1."""
+
+    name = SECANT
+
+    def __init__(self, ctx: Ctx) -> None:
+        super().__init__(ctx)
+        from monitor.secant import SecantEstimator
+
+        self.est = SecantEstimator()
+
+    def pre(self, step: int, out: Collector) -> None:
+        if self.follow != step:
+            return
+        self.follow = None
+        reading = self.est.before_step(self.ctx.views(step, "pre"))
+        if reading is not None:
+            out.scalar(step - 1, nm.LAMBDA_SECANT, reading.lambda_secant)
+            out.scalar(step - 1, nm.STABILITY_RATIO_SECANT, reading.stability_ratio)
+
+    def post(self, step: int, out: Collector) -> None:
+        self.est.after_step(self.ctx.views(step, "post"))
+        self.follow = step + 1
+
+
+class CurvatureProbe(Probe):
+    """λ_grad = gᵀĤg/‖g‖² and r = η·λ_grad/2 from one HVP on the current batch (closure)."""
+
+    name = CURVATURE
+
+    def pre(self, step: int, out: Collector) -> None:
+        from monitor.curvature import gradient_curvature
+
+        def measure(hvp: Any) -> None:
+            gc = gradient_curvature(self.ctx.views(step, "pre"), hvp)
+            out.scalar(step, nm.LAMBDA_GRAD, gc.lambda_grad)
+            out.scalar(step, nm.STABILITY_RATIO, gc.stability_ratio)
+
+        self.ctx.with_hvp(step, out, measure)
+
+
+class LambdaMaxProbe(Probe):
+    """λ_max(Ĥ) by warm-started power iteration (fixed iterations: no host sync)."""
+
+    name = LAMBDA_MAX
+
+    def __init__(self, ctx: Ctx) -> None:
+        super().__init__(ctx)
+        from monitor.curvature import TopEigen
+
+        self.top = TopEigen(max_iters=LAMBDA_MAX_ITERS, tol=None)
+
+    def pre(self, step: int, out: Collector) -> None:
+        def measure(hvp: Any) -> None:
+            tc = self.top(self.ctx.views(step, "pre"), hvp)
+            out.scalar(step, nm.LAMBDA_MAX, tc.lambda_max)
+            out.scalar(step, nm.STABILITY_RATIO_MAX, tc.stability_ratio)
+            out.scalar(step, nm.GRAD_TOP_EIG_COS, tc.grad_cos)
+
+        self.ctx.with_hvp(step, out, measure)
+
+
+class Armed:
+    """A forward-hook probe: the hook does nothing unless armed for the coming step."""
+
+    name: str = ""
+
+    def __init__(self) -> None:
+        self.armed_step: int | None = None
+        self.handles: list[Any] = []
+
+    def arm(self, step: int | None) -> None:
+        self.armed_step = step
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+class AlignmentProbe(Armed):
+    """Spectral alignment of the inputs of selected nn.Linear layers, on due steps only."""
+
+    name = ALIGNMENT
+
+    def __init__(self, layers: Sequence[tuple[str, nn.Module]], out: Collector,
+                 on_error: Callable[[str, BaseException], None], timer: Callable[[], float],
+                 spent: Callable[[str, float], None]) -> None:
+        super().__init__()
+        from monitor.spectral_alignment import SpectralAlignment, declared_linear_weight
+
+        self._weight = declared_linear_weight
+        self._out = out
+        self._on_error = on_error
+        self._timer = timer
+        self._spent = spent
+        self._trackers: dict[str, SpectralAlignment] = {}
+        self._done: set[str] = set()
+        self._div: list[Tensor] = []
+        for name, mod in layers:
+            declared_linear_weight(mod)  # refuse a layer without an out×in weight up front
+            self._trackers[name] = SpectralAlignment()
+            self.handles.append(mod.register_forward_hook(self._hook(name)))
+
+    def arm(self, step: int | None) -> None:
+        self.armed_step = step
+        self._done.clear()
+
+    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            step = self.armed_step
+            if step is None or name in self._done:
+                return
+            t0 = self._timer()
+            try:
+                self._done.add(name)
+                x = inputs[0] if inputs else None
+                if not isinstance(x, Tensor):
+                    return
+                with torch.no_grad():
+                    r = self._trackers[name].update(self._weight(module), x)
+                self._out.layer(step, nm.SA_MEAN, name, r.mean)
+                self._out.layer(step, nm.SA_SIGN_DIVERSITY, name, r.sign_diversity)
+                self._out.hist(step, nm.SA_HIST, name, r.hist, -1.0, 1.0, r.nonfinite)
+                self._div.append(r.sign_diversity)
+                if len(self._done) == len(self._trackers):
+                    self.finish(step)
+            except Exception as e:
+                self.arm(None)
+                self._on_error(self.name, e)
+            finally:
+                self._spent(self.name, self._timer() - t0)
+        return hook
+
+    def finish(self, step: int) -> None:
+        """The min sign diversity over the layers measured at `step` (called once per step)."""
+        if self._div:
+            dev = self._div[0].device
+            low = torch.stack([d.to(dev) for d in self._div])
+            low = torch.where(torch.isnan(low), torch.full_like(low, math.inf), low).min()
+            low = torch.where(torch.isinf(low), torch.full_like(low, math.nan), low)
+            self._out.scalar(step, nm.SA_SIGN_DIVERSITY, low)
+            self._div = []
+        self.armed_step = None
+
+
+def over_confidence(step: int, logits: Tensor, out: Collector) -> None:
+    """Over-confidence proxies of a logits tensor (..., classes) into the collector."""
+    from monitor.overconfidence import overconfidence
+
+    with torch.no_grad():
+        r = overconfidence(logits)
+    out.scalar(step, nm.MAX_PROB, r.max_prob)
+    out.scalar(step, nm.ENTROPY, r.entropy)
+    out.scalar(step, nm.PROB_IMPURITY, r.impurity)
+    out.scalar(step, nm.LOGIT_NORM, r.logit_norm)
+
+
+def logits_of(output: Any) -> Tensor | None:
+    """The logits in a module's output: a tensor, `.logits` (Hugging Face) or the first tensor."""
+    if isinstance(output, Tensor):
+        return output
+    lg = getattr(output, "logits", None)
+    if isinstance(lg, Tensor):
+        return lg
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        return output[0]
+    return None
+
+
+class LogitsProbe(Armed):
+    """Over-confidence from a forward hook on the module that outputs the logits."""
+
+    name = LOGITS
+
+    def __init__(self, module: nn.Module, out: Collector,
+                 on_error: Callable[[str, BaseException], None], timer: Callable[[], float],
+                 spent: Callable[[str, float], None]) -> None:
+        super().__init__()
+        self._out = out
+        self._on_error = on_error
+        self._timer = timer
+        self._spent = spent
+        self.handles.append(module.register_forward_hook(self._hook))
+
+    def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        step = self.armed_step
+        if step is None:
+            return
+        self.armed_step = None
+        t0 = self._timer()
+        try:
+            lg = logits_of(output)
+            if lg is not None:
+                over_confidence(step, lg, self._out)
+        except Exception as e:
+            self._on_error(self.name, e)
+        finally:
+            self._spent(self.name, self._timer() - t0)

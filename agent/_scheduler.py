@@ -1,0 +1,175 @@
+"""Probe scheduling under an overhead budget.
+
+The scheduler decides which probe is due at a step (`step % cadence == 0`, so every rank of a job
+measures at the same steps), times the agent's own work with an injectable clock, and at each drain
+compares the agent's time with the training step's own time. When the predicted overhead
+
+    (fixed cost per step + Σ_p cost_p / cadence_p) / step time
+
+exceeds the budget it doubles the cadence of the probe that costs most per step, repeatedly; when
+the prediction falls below half the budget it halves stretched cadences back towards the profile's.
+Powers of two keep stretched probes aligned with their base steps. The fixed part (hooks, drains,
+the every-step probes in `FIXED`) is not stretched; when it alone exceeds the budget the other
+probes keep a quarter of the budget instead of being stretched to nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from agent._profiles import FIXED, MAX_CADENCE, Profile
+
+Clock = Callable[[], float]
+_EMA = 0.3  # weight of the newest cost measurement
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What the last window measured: overhead fraction, unattached step time, per-probe share."""
+
+    overhead: float
+    step_time: float
+    probe_overhead: Mapping[str, float]
+    cadences: Mapping[str, int]
+
+
+class Scheduler:
+    """Cadences, self-timing and budget enforcement for one monitor (single-threaded)."""
+
+    def __init__(self, profile: Profile, budget: float, *, clock: Clock = time.perf_counter,
+                 stretch: bool = True) -> None:
+        self.profile = profile
+        self.budget = budget
+        self.stretch = stretch
+        self._clock = clock
+        self._base = dict(profile.cadences)
+        self._cadence = dict(profile.cadences)
+        self._cost: dict[str, float] = {}  # EMA seconds per due step of each probe
+        self._pending: dict[str, float] = {}  # this step's seconds per probe, not yet a sample
+        self._weight: dict[str, float] = {}  # weight of the newest sample in each EMA
+        self._fixed_cost = 0.0  # EMA seconds per step of un-attributed agent work (hooks, drain)
+        self._win_agent = 0.0  # agent seconds in the current window
+        self._win_fixed = 0.0
+        self._win_steps = 0
+        self._win_start: float | None = None
+        self._last_step_end: float | None = None
+        self._step_time = 0.0
+
+    # --- cadence ----------------------------------------------------------------------------
+    def cadence(self, probe: str) -> int:
+        return self._cadence.get(probe, 0)
+
+    def cadences(self) -> dict[str, int]:
+        return dict(self._cadence)
+
+    def due(self, probe: str, step: int) -> bool:
+        c = self._cadence.get(probe, 0)
+        return c > 0 and step % c == 0
+
+    def disable(self, probe: str) -> None:
+        self._cadence[probe] = 0
+        self._base[probe] = 0
+
+    def drain_due(self, step: int) -> bool:
+        return (step + 1) % self.profile.drain_every == 0
+
+    # --- timing -----------------------------------------------------------------------------
+    def now(self) -> float:
+        return self._clock()
+
+    @contextmanager
+    def measure(self, probe: str | None) -> Iterator[None]:
+        """Time a block of agent work; `probe=None` is un-attributed (hooks, drain)."""
+        t0 = self._clock()
+        try:
+            yield
+        finally:
+            self.add(probe, self._clock() - t0)
+
+    def add(self, probe: str | None, seconds: float, *, follow: bool = False) -> None:
+        """Account agent time. A probe's runs within one step (pre, post, forward hooks) form one
+        cost sample; `follow=True` adds a run that completes the previous sample (the secant's
+        second half, one step later)."""
+        seconds = max(0.0, seconds)
+        self._win_agent += seconds
+        if probe is None:
+            self._win_fixed += seconds
+        elif follow and probe in self._cost:
+            # the EMA is linear in its newest sample, which had weight `_weight[probe]`
+            self._cost[probe] += self._weight[probe] * seconds
+        else:
+            self._pending[probe] = self._pending.get(probe, 0.0) + seconds
+
+    def _commit(self) -> None:
+        for probe, seconds in self._pending.items():
+            prev = self._cost.get(probe)
+            self._cost[probe] = seconds if prev is None else (1 - _EMA) * prev + _EMA * seconds
+            self._weight[probe] = 1.0 if prev is None else _EMA
+        self._pending.clear()
+
+    def step_end(self) -> None:
+        """Mark the end of one optimizer step (wall time between marks is the step time)."""
+        self._commit()
+        t = self._clock()
+        if self._win_start is None:
+            self._win_start = t
+            self._win_agent = self._win_fixed = 0.0  # work before the first full step is setup
+        else:
+            self._win_steps += 1
+        self._last_step_end = t
+
+    # --- budget -----------------------------------------------------------------------------
+    def adjust(self) -> Report | None:
+        """Close the window: measure overhead, stretch or relax cadences. None before any step."""
+        if self._win_start is None or self._last_step_end is None or self._win_steps == 0:
+            return None
+        wall = self._last_step_end - self._win_start
+        agent = min(self._win_agent, wall)
+        own = max(wall - agent, 1e-12)
+        self._step_time = own / self._win_steps
+        overhead = agent / own
+        fixed = self._win_fixed / self._win_steps
+        self._fixed_cost = fixed if self._fixed_cost == 0.0 else 0.5 * (self._fixed_cost + fixed)
+        if self.stretch:
+            self._rebalance()
+        share = {p: (self._cost[p] / c) / self._step_time
+                 for p, c in self._cadence.items() if c > 0 and p in self._cost}
+        self._win_start = self._last_step_end
+        self._win_agent = self._win_fixed = 0.0
+        self._win_steps = 0
+        return Report(overhead, self._step_time, share, dict(self._cadence))
+
+    def _fixed_load(self) -> float:
+        """Seconds per step the cadences cannot change: hooks, drains, every-step probes."""
+        return self._fixed_cost + sum(self._cost.get(p, 0.0) / c for p, c in self._cadence.items()
+                                      if c > 0 and p in FIXED)
+
+    def _probe_load(self) -> float:
+        return sum(self._cost.get(p, 0.0) / c for p, c in self._cadence.items()
+                   if c > 0 and p not in FIXED)
+
+    def _rebalance(self) -> None:
+        allowed = self.budget * self._step_time
+        # What the stretchable probes may use. If the fixed part alone exceeds the budget,
+        # stretching cannot fix that: the probes keep a quarter of the budget rather than stop.
+        allowance = max(allowed - self._fixed_load(), 0.25 * allowed)
+        stretchable = [p for p in self._cadence if p not in FIXED]
+        while self._probe_load() > allowance:
+            cands = [p for p in stretchable
+                     if 0 < self._cadence[p] < MAX_CADENCE and self._cost.get(p, 0.0) > 0]
+            if not cands:
+                break
+            worst = max(cands, key=lambda p: self._cost[p] / self._cadence[p])
+            self._cadence[worst] *= 2
+        while True:
+            cands = [p for p in stretchable if self._cadence[p] > self._base[p] > 0]
+            if not cands:
+                break
+            best = min(cands, key=lambda p: self._cost.get(p, 0.0) / self._cadence[p])
+            extra = self._cost.get(best, 0.0) / self._cadence[best]  # halving adds this much
+            if self._probe_load() + extra > 0.5 * allowance:
+                break
+            self._cadence[best] //= 2

@@ -1,0 +1,164 @@
+"""Distributed: two CPU processes on gloo. Under a sharded optimizer (ZeroRedundancyOptimizer over
+DDP) each rank streams partial sums of its shard; combined as the server would (agent.names
+Combine ops) they equal the global values of the same training run in a single process."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import socket
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.nn.parallel import DistributedDataParallel
+
+import agent
+from agent import names as nm
+from agent import wire
+from agent.names import Combine
+from monitor.precond_decay import PreconditionerDecay
+from tests.agent._peer import Peer
+
+STEPS = 6
+LR = 0.01
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
+                         nn.Linear(16, 1))
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(64, 5, generator=g), torch.randn(64, 1, generator=g)
+
+
+def _worker(rank: int, world: int, port: int, endpoint: str, mode: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        torch.set_num_threads(1)
+        model = DistributedDataParallel(_model())
+        if mode == "zero":
+            opt: torch.optim.Optimizer = ZeroRedundancyOptimizer(
+                model.parameters(), optimizer_class=torch.optim.Adam, lr=LR)
+        else:
+            opt = torch.optim.Adam(model.parameters(), lr=LR)
+        x, y = _data()
+        half = len(x) // world
+        xs, ys = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
+        monitor = agent.attach(model, opt, run=f"dist-{mode}", endpoint=endpoint,
+                               profile="full", overhead_budget=math.inf, ddp_ranks="rank0")
+        for _ in range(STEPS):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(xs), ys)
+            torch.autograd.backward(loss)
+            opt.step()
+            monitor.log(loss=loss)
+        monitor.close(timeout=5.0)
+    finally:
+        dist.destroy_process_group()
+
+
+def _reference() -> tuple[list[float], list[float]]:
+    """Global ‖g‖ and ρ of the same run in one process (full batch = mean of the two halves)."""
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    pd = PreconditionerDecay(include_current_grad=True)
+    x, y = _data()
+    gn, rho = [], []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        torch.autograd.backward(nn.functional.mse_loss(model(x), y))
+        gn.append(float(torch.cat([p.grad.flatten() for p in model.parameters()
+                                   if p.grad is not None]).norm()))
+        rho.append(float(pd.update(opt).rho))
+        opt.step()
+    return gn, rho
+
+
+@pytest.fixture
+def peer() -> Iterator[Peer]:
+    with Peer() as p:
+        yield p
+
+
+def _run(peer: Peer, mode: str) -> list[wire.Batch]:
+    ctx = multiprocessing.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(rank, 2, port, peer.endpoint, mode))
+             for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(90)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    assert [p.exitcode for p in procs] == [0, 0]
+    return [m for m in peer.first_seen() if isinstance(m, wire.Batch)]
+
+
+def _combine(parts: list[wire.Partial]) -> float:
+    op = parts[0].op
+    assert all(p.op == op for p in parts)
+    if op == Combine.SQRT_RATIO:
+        return math.sqrt(sum(p.num for p in parts) / sum(p.den for p in parts))
+    if op == Combine.RATIO:
+        return sum(p.num for p in parts) / sum(p.den for p in parts)
+    if op == Combine.MAX:
+        return max(p.num for p in parts)
+    raise AssertionError(op)
+
+
+@pytest.mark.slow
+def test_sharded_partials_combine_to_the_global_values(peer: Peer) -> None:
+    batches = _run(peer, "zero")
+    hellos = [m for m in peer.first_seen() if isinstance(m, wire.Hello)]
+    assert sorted(h.header.rank for h in hellos) == [0, 1]  # sharded: every rank reports
+    assert all(h.meta["sharded"] is True and h.header.world_size == 2 for h in hellos)
+    partials: dict[tuple[str, int], dict[int, wire.Partial]] = {}
+    for b in batches:
+        for r in b.records:
+            for name, p in r.partials.items():
+                partials.setdefault((name, r.step), {})[b.header.rank] = p
+    gn_ref, rho_ref = _reference()
+    for step in range(STEPS):
+        gn_parts = partials[(nm.GRAD_NORM, step)]
+        rho_parts = partials[(nm.RHO, step)]
+        assert sorted(gn_parts) == sorted(rho_parts) == [0, 1]
+        # each rank holds a strict part of the state: its shard alone is not the global value
+        assert gn_parts[0].num > 0
+        assert gn_parts[1].num > 0
+        assert _combine(list(gn_parts.values())) == pytest.approx(gn_ref[step], rel=1e-4)
+        assert _combine(list(rho_parts.values())) == pytest.approx(rho_ref[step], rel=1e-4)
+        assert rho_parts[0].op == nm.BY_NAME[nm.RHO].combine
+    losses = {(b.header.rank, r.step) for b in batches for r in b.records
+              if nm.LOSS in r.scalars}
+    assert {s for _, s in losses} == set(range(STEPS))
+
+
+@pytest.mark.slow
+def test_ddp_rank0_only(peer: Peer) -> None:
+    batches = _run(peer, "ddp")
+    hellos = [m for m in peer.first_seen() if isinstance(m, wire.Hello)]
+    assert [h.header.rank for h in hellos] == [0]
+    assert hellos[0].meta["sharded"] is False
+    assert {b.header.rank for b in batches} == {0}
+    gn_ref, _ = _reference()
+    gn = {r.step: r.scalars[nm.GRAD_NORM] for b in batches for r in b.records
+          if nm.GRAD_NORM in r.scalars}
+    # DDP all-reduces gradients: rank 0's full-model norm is the global one
+    assert [gn[s] for s in range(STEPS)] == pytest.approx(gn_ref, rel=1e-4)

@@ -1,0 +1,187 @@
+"""Profiles, cadences and budget enforcement, timed with an injected clock (never wall time)."""
+
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+
+import pytest
+
+from agent._profiles import (
+    CURVATURE,
+    FIXED,
+    HPARAMS,
+    LAMBDA_MAX,
+    LOSS,
+    PRECOND,
+    PROBES,
+    PROFILES,
+    SECANT,
+    Profile,
+)
+from agent._scheduler import Scheduler
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _profile(**cadences: int) -> Profile:
+    return Profile("test", MappingProxyType(dict.fromkeys(PROBES, 0) | cadences), drain_every=10)
+
+
+def _steps(s: Scheduler, clock: FakeClock, n: int, step_s: float, costs: dict[str, float],
+           start: int = 0) -> None:
+    """n training steps of `step_s` seconds; each due probe costs `costs[probe]` seconds."""
+    for step in range(start, start + n):
+        clock.t += step_s
+        for probe, cost in costs.items():
+            if s.due(probe, step):
+                with s.measure(probe):
+                    clock.t += cost
+        s.step_end()
+
+
+def test_profiles_order_cost() -> None:
+    light, default, full = (PROFILES[n] for n in ("light", "default", "full"))
+    for probe in PROBES:
+        lc, dc, fc = (p.cadences[probe] for p in (light, default, full))
+        if fc == 0:
+            continue
+        assert fc <= dc or dc == 0, probe
+        assert dc <= lc or lc == 0, probe
+    assert light.cadences[LAMBDA_MAX] == 0  # no extra-pass eigen-solver in the light profile
+    assert default.drain_every > full.drain_every
+
+
+def test_profile_validation() -> None:
+    with pytest.raises(ValueError, match="unknown probes"):
+        Profile("x", {"nope": 1}, 1)
+    with pytest.raises(ValueError, match="drain_every"):
+        Profile("x", {LOSS: 1}, 0)
+
+
+def test_due_is_aligned_to_the_step_number() -> None:
+    s = Scheduler(_profile(curvature=4, precond=1), 0.01, clock=FakeClock())
+    assert [t for t in range(12) if s.due(CURVATURE, t)] == [0, 4, 8]
+    assert all(s.due(PRECOND, t) for t in range(5))
+    assert not any(s.due(LAMBDA_MAX, t) for t in range(5))  # cadence 0 = off
+
+
+def test_over_budget_stretches_the_costly_probe_by_powers_of_two() -> None:
+    clock = FakeClock()
+    s = Scheduler(_profile(curvature=1, precond=1, loss=1), 0.01, clock=clock)
+    _steps(s, clock, 10, 0.100, {CURVATURE: 0.005, PRECOND: 0.0001})
+    r = s.adjust()
+    assert r is not None
+    # measured: 10 × 5.1 ms of agent work over 10 × 100 ms of training
+    assert r.overhead == pytest.approx(0.051, rel=1e-6)
+    assert r.step_time == pytest.approx(0.100, rel=1e-6)
+    # 5 ms / cadence must fit into what the budget leaves: 1 ms − 0.1 ms (precond) → 8
+    assert s.cadence(CURVATURE) == 8
+    assert s.cadence(PRECOND) == 1
+    assert s.cadence(LOSS) == 1
+    _steps(s, clock, 16, 0.100, {CURVATURE: 0.005, PRECOND: 0.0001}, start=10)
+    r2 = s.adjust()
+    assert r2 is not None
+    assert r2.overhead <= 0.01
+    assert r2.cadences[CURVATURE] == 8
+    assert r2.probe_overhead[CURVATURE] == pytest.approx(0.005 / 8 / 0.1, rel=1e-6)
+
+
+def test_cadence_relaxes_back_when_the_probe_gets_cheap() -> None:
+    clock = FakeClock()
+    s = Scheduler(_profile(curvature=2), 0.01, clock=clock)
+    _steps(s, clock, 8, 0.100, {CURVATURE: 0.010})
+    s.adjust()
+    stretched = s.cadence(CURVATURE)
+    assert stretched == 16  # 10 ms per run must average ≤ 1 ms per 100 ms step
+    for k in range(12):  # the probe is now nearly free: the cost EMA decays, cadence halves back
+        _steps(s, clock, stretched, 0.100, {CURVATURE: 1e-6}, start=1000 * (k + 1))
+        s.adjust()
+    assert s.cadence(CURVATURE) == 2  # back to the profile's, never below it
+
+
+def test_within_budget_nothing_changes() -> None:
+    clock = FakeClock()
+    s = Scheduler(PROFILES["default"], 0.5, clock=clock)
+    _steps(s, clock, 25, 0.100, {PRECOND: 0.001, CURVATURE: 0.002})
+    r = s.adjust()
+    assert r is not None
+    assert r.cadences == dict(PROFILES["default"].cadences)
+
+
+def test_fixed_probes_and_no_stretch_mode() -> None:
+    clock = FakeClock()
+    s = Scheduler(_profile(loss=1, hparams=1), 0.01, clock=clock)
+    _steps(s, clock, 5, 0.010, {LOSS: 0.01, HPARAMS: 0.01})
+    s.adjust()
+    assert {s.cadence(p) for p in FIXED} == {1}
+    clock2 = FakeClock()
+    s2 = Scheduler(_profile(curvature=1), 0.01, clock=clock2, stretch=False)
+    _steps(s2, clock2, 5, 0.010, {CURVATURE: 0.01})
+    r = s2.adjust()
+    assert r is not None
+    assert r.overhead == pytest.approx(1.0)
+    assert s2.cadence(CURVATURE) == 1  # sharded jobs keep ranks aligned: no stretching
+
+
+def test_setup_before_first_step_is_not_overhead() -> None:
+    clock = FakeClock()
+    s = Scheduler(_profile(curvature=1), 0.01, clock=clock)
+    assert s.adjust() is None
+    with s.measure(None):
+        clock.t += 5.0  # attach-time work
+    s.step_end()
+    _steps(s, clock, 4, 0.1, {})
+    r = s.adjust()
+    assert r is not None
+    assert r.overhead == 0.0
+
+
+def test_disable_turns_a_probe_off() -> None:
+    s = Scheduler(_profile(curvature=1), 0.01, clock=FakeClock())
+    s.disable(CURVATURE)
+    assert not s.due(CURVATURE, 0)
+    assert s.cadence(CURVATURE) == 0
+
+
+def test_fixed_cost_over_budget_does_not_starve_the_probes() -> None:
+    clock = FakeClock()
+    s = Scheduler(_profile(curvature=1, loss=1), 0.01, clock=clock)
+    for _step in range(10):
+        clock.t += 0.100
+        with s.measure(None):  # hooks and drains: 2 ms per step, twice the whole budget
+            clock.t += 0.002
+        with s.measure(CURVATURE):
+            clock.t += 0.001
+        s.step_end()
+    r = s.adjust()
+    assert r is not None
+    assert r.overhead == pytest.approx(0.03, rel=1e-6)
+    # the probes keep a quarter of the 1 ms budget: 1 ms per run / 4 = 0.25 ms per step
+    assert s.cadence(CURVATURE) == 4
+
+
+def test_runs_of_one_step_and_follow_ups_form_one_cost_sample() -> None:
+    clock = FakeClock()
+    s = Scheduler(_profile(secant=4, precond=1), math.inf, clock=clock)  # never stretch
+    for step in range(8):
+        clock.t += 0.1
+        if s.due(PRECOND, step):  # a pre and a post part in the same step: 2 + 1 ms
+            s.add(PRECOND, 0.002)
+            s.add(PRECOND, 0.001)
+        if s.due(SECANT, step):
+            s.add(SECANT, 0.003)  # post-step half at the due step ...
+        elif s.due(SECANT, step - 1):
+            s.add(SECANT, 0.001, follow=True)  # ... and the pre-step half one step later
+        s.step_end()
+    r = s.adjust()
+    assert r is not None
+    assert r.probe_overhead[PRECOND] * r.step_time == pytest.approx(0.003, rel=1e-6)
+    assert r.probe_overhead[SECANT] * r.step_time * s.cadence(SECANT) == pytest.approx(0.004,
+                                                                                      rel=1e-6)

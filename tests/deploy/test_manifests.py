@@ -206,7 +206,8 @@ def test_rules_configmap_is_a_valid_complete_rule_pack(
     assert default <= deployed, f"rules missing from the deployed pack: {default - deployed}"
     shipped = Path(rules.__file__).with_name("default.yaml").read_text(encoding="utf-8")
     assert (K8S / "rules.yaml").read_text(encoding="utf-8") == shipped, (
-        "deploy/kubernetes/rules.yaml drifted from server/rules/default.yaml: run `make sync-deploy`")
+        "deploy/kubernetes/rules.yaml drifted from server/rules/default.yaml: "
+        "run `make sync-deploy`")
 
 
 def test_servicemonitor_selects_the_service(objects: dict[str, dict[str, Any]]) -> None:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.server.conftest import PG_BIN, PostgresServer, _as_postgres, free_port  # noqa: E402
+from tests.server.conftest import PG_BIN, PostgresServer, free_port  # noqa: E402
 
 __all__ = ["PG_BIN", "DurablePostgres", "ServerProcess", "free_port", "peak_rss_bytes"]
 
@@ -40,15 +40,8 @@ def peak_rss_bytes(pid: int | str = "self") -> int:
 class DurablePostgres(PostgresServer):
     """`PostgresServer` with PostgreSQL's durable defaults (fsync, synchronous_commit on)."""
 
-    def start(self) -> None:
-        subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(self.data), "-U",
-                                     "postgres", "-A", "trust", "-E", "UTF8"]),
-                       check=True, capture_output=True, timeout=120)
-        opts = (f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 "
-                "-c max_connections=200")
-        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l",
-                                     str(self.root / "log"), "-w", "-t", "60", "-o", opts,
-                                     "start"]), check=True, capture_output=True, timeout=90)
+    def __init__(self) -> None:
+        super().__init__(durable=True)
 
     @staticmethod
     def available() -> bool:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,43 +27,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PG_BIN = Path(os.environ.get("SPIKEWATCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-class Postgres:
-    """A temporary PostgreSQL cluster on 127.0.0.1 with default (durable) settings."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="spikewatch-bench-pg-"))
-        os.chmod(self.root, 0o755)
-        (self.root / "sock").mkdir()
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres")
-            shutil.chown(self.root / "sock", "postgres")
-        self.port = free_port()
-        subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(self.root / "data"),
-                                     "-U", "postgres", "-A", "trust", "-E", "UTF8"]),
-                       check=True, capture_output=True, timeout=120)
-        subprocess.run(_as_postgres([
-            str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "log"),
-            "-w", "-o", f"-p {self.port} -k {self.root / 'sock'} -c listen_addresses=127.0.0.1",
-            "start"]), check=True, capture_output=True, timeout=90)
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def stop(self) -> None:
-        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"),
-                                     "-m", "fast", "-w", "stop"]), capture_output=True, timeout=60)
-        shutil.rmtree(self.root, ignore_errors=True)
+from benchmarks._services import DurablePostgres, free_port  # noqa: E402
 
 
 def agent(endpoint: str, run: str, seconds: float, window: int, records: int, scalars: int,
@@ -205,11 +167,12 @@ def main() -> None:
             if kind == "sqlite":
                 url = f"sqlite:///{Path(tmp) / 'bench.db'}"
             elif kind == "postgres":
-                if not (PG_BIN / "initdb").exists():
-                    print(f"{kind:<10} skipped: no PostgreSQL binaries in {PG_BIN}")
+                if not DurablePostgres.available():
+                    print(f"{kind:<10} skipped: no PostgreSQL binaries")
                     continue
-                pg = Postgres()
-                url = pg.url
+                pg = DurablePostgres()
+                pg.start()
+                url = pg.new_database()
             else:
                 raise SystemExit(f"unknown db {kind!r}")
             try:

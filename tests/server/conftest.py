@@ -35,9 +35,14 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 
 class PostgresServer:
-    """A throw-away PostgreSQL cluster on 127.0.0.1:port (trust auth, user postgres)."""
+    """A throw-away PostgreSQL cluster on 127.0.0.1:port (trust auth, user postgres).
 
-    def __init__(self) -> None:
+    Tests run it with fsync off for speed; benchmarks pass ``durable=True`` for PostgreSQL's
+    durable defaults (fsync and synchronous commit on).
+    """
+
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="spikewatch-pg-"))
         self.data, self.sock = self.root / "data", self.root / "sock"
         self.sock.mkdir()
@@ -49,11 +54,13 @@ class PostgresServer:
         self._names = itertools.count()
 
     def start(self) -> None:
-        subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(self.data), "-U",
-                                     "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]),
+        initdb = [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                  "-E", "UTF8"]
+        subprocess.run(_as_postgres(initdb if self.durable else [*initdb, "--no-sync"]),
                        check=True, capture_output=True, timeout=120)
-        opts = (f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
+        opts = f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l",
                                      str(self.root / "log"), "-w", "-t", "60", "-o", opts,
                                      "start"]), check=True, capture_output=True, timeout=90)

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.server.conftest import PG_BIN, PostgresServer, free_port  # noqa: E402
+from tests._net import free_port  # noqa: E402
+from tests.server.conftest import PG_BIN, PostgresServer  # noqa: E402
 
 __all__ = ["PG_BIN", "DurablePostgres", "ServerProcess", "free_port", "peak_rss_bytes"]
 

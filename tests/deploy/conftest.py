@@ -6,8 +6,6 @@ Tests needing a program are skipped, with the program named, when it is not inst
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,24 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests._net import free_port, program
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def program(*names: str) -> str:
-    """Absolute path of the first installed program among `names`, or skip the test."""
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip(f"{' / '.join(names)} is not installed (Debian: make system-deps)")
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:

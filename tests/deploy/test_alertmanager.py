@@ -21,7 +21,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, free_port, program, start, stop, wait_ready
+from tests._net import free_port, program
+from tests.deploy.conftest import DEPLOY, start, stop, wait_ready
 
 AM = DEPLOY / "alertmanager"
 MAIN = AM / "alertmanager.yml"

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, ROOT, program
+from tests._net import program
+from tests.deploy.conftest import DEPLOY, ROOT
 
 K8S = DEPLOY / "kubernetes"
 K8S_VERSION = "1.30"

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, program
+from tests._net import program
+from tests.deploy.conftest import DEPLOY
 
 PROM = DEPLOY / "prometheus"
 RULES = PROM / "rules" / "spikewatch-server.rules.yml"

@@ -20,7 +20,8 @@ from prometheus_client import start_http_server
 
 from agent.names import EXPORTED
 from server.exporter import AlertInfo, HealthStats, LatencyHistogram, RunInfo, build_registry
-from tests.deploy.conftest import DEPLOY, free_port, program, start, stop, wait_ready
+from tests._net import free_port, program
+from tests.deploy.conftest import DEPLOY, start, stop, wait_ready
 from tests.deploy.promql import all_expressions, concrete, rule_expressions
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]

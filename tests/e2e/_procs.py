@@ -10,9 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,26 +21,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
-import pytest
 import yaml
+
+from tests._net import free_port, program
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def program(*names: str) -> str:
-    """Absolute path of the first installed program among `names`, or skip the test."""
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip(f"{' / '.join(names)} is not installed (Debian: make system-deps)")
 
 
 def _tail(log: Path, n: int = 4000) -> str:

@@ -31,7 +31,7 @@ from server.exporter import StoreExportSource, build_registry
 from server.rules import DEFAULT_PACK, load_rules
 from server.store import Store
 from server.types import AlertState, Severity, Transition
-from tests.reliability._daemon import free_port
+from tests._net import free_port
 
 EXAMPLES = 30
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,15 +18,11 @@ from pathlib import Path
 import pytest
 
 from server.store import Store
+from tests._net import free_port
 
 PG_BIN = Path(os.environ.get("SPIKEWATCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:

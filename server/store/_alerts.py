@@ -18,7 +18,8 @@ _OPEN = (AlertState.PENDING.value, AlertState.FIRING.value)
 
 def save_transitions(txn: Txn, transitions: Sequence[Transition]) -> None:
     """Apply transitions in order: pending opens an episode, firing/resolved/inactive update the
-    open one (firing without a pending opens it at the firing step). A repeated pending or firing
+    open one (firing without a pending opens it at the firing step); resolving keeps the episode's
+    value and annotations from when it fired. A repeated pending or firing
     (a rule engine that restarted) refreshes the value and never moves an episode backwards."""
     a = m.alerts
     conn = txn.conn
@@ -37,7 +38,9 @@ def save_transitions(txn: Txn, transitions: Sequence[Transition]) -> None:
         if t.state is AlertState.FIRING:
             common.update(fired_step=t.step, fired_at=t.time)
         elif t.state in (AlertState.RESOLVED, AlertState.INACTIVE):
-            common.update(resolved_step=t.step, resolved_at=t.time)
+            # an episode keeps the value and text it went pending/fired with: that is what paged
+            common = {"state": t.state.value, "updated_at": txn.now,
+                      "resolved_step": t.step, "resolved_at": t.time}
         if open_id is not None and (t.state.value == open_state or (
                 t.state is AlertState.PENDING and open_state == AlertState.FIRING.value)):
             # the same state again (e.g. an engine restarted): refresh, keep the first times

@@ -241,12 +241,12 @@ def test_alert_lifecycle(store: Store) -> None:
     store.save_transitions([tr(AlertState.PENDING, 10, 1.1)])
     [a] = store.alerts("r1")
     assert (a.state, a.first_step, a.fired_step, a.value) == ("pending", 10, None, 1.1)
-    store.save_transitions([tr(AlertState.FIRING, 14, 1.3)])
-    store.save_transitions([tr(AlertState.RESOLVED, 30, math.nan)])
+    store.save_transitions([tr(AlertState.FIRING, 14, math.nan)])
+    store.save_transitions([tr(AlertState.RESOLVED, 30, 0.5)])
     [a] = store.alerts("r1")
     assert (a.state, a.first_step, a.fired_step, a.resolved_step) == ("resolved", 10, 14, 30)
     assert (a.started_at, a.fired_at, a.resolved_at) == (1010.0, 1014.0, 1030.0)
-    assert math.isnan(a.value)
+    assert math.isnan(a.value)  # the value it fired with (NaN kept), not the resolving 0.5
     assert a.severity == "page"
     assert a.labels == {"metric": "stability_ratio"}
     assert a.annotations == {"runbook": "lower lr"}

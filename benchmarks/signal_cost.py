@@ -21,6 +21,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,21 +38,10 @@ from monitor.secant import SecantEstimator
 from monitor.spectral_alignment import SpectralAlignment
 from monitor.spike_share import SpikeShare
 
-VOCAB, D_MODEL, LAYERS, HEADS, FF, BATCH, SEQ = 1000, 128, 2, 4, 512, 16, 64
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._tinylm import BATCH, SEQ, VOCAB, TinyLM
+
 LAMBDA_MAX_ITERS = 8  # the agent's fixed iteration count (agent/_probes.py)
-
-
-class TinyLM(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, D_MODEL)
-        layer = nn.TransformerEncoderLayer(D_MODEL, HEADS, FF, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
-        self.head = nn.Linear(D_MODEL, VOCAB)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        out: Tensor = self.head(self.encoder(self.embed(tokens)))
-        return out
 
 
 class Bench:

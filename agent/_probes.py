@@ -245,7 +245,9 @@ class HparamsProbe(Probe):
         from monitor.hparams import HparamWatch
 
         opt = ctx.optimizer
-        self.watch = HparamWatch() if isinstance(opt, torch.optim.Adam | torch.optim.SGD) else None
+        # one (the smallest) momentum buffer tells a rescale: a single tiny kernel per step
+        self.watch = (HparamWatch(sample_tensors=1)
+                      if isinstance(opt, torch.optim.Adam | torch.optim.SGD) else None)
         self._seen: tuple[Any, ...] | None = None
         self._quiet = 0  # consecutive steps with unchanged hyperparameters
 

@@ -28,6 +28,8 @@ PROBES: Final = (LOSS, HPARAMS, GRAD_NORM, PRECOND, SECANT, CURVATURE, LAMBDA_MA
                  SPIKE_SHARE, LOGITS)
 # Probes whose cadence the budget never stretches: they are host-only or a reference copy.
 FIXED: Final = frozenset({LOSS, HPARAMS})
+# Cheap leading indicators the budget protects: stretched only after the other probes yield.
+PREDICTIVE: Final = frozenset({PRECOND, SECANT})
 MAX_CADENCE: Final = 1 << 14
 
 

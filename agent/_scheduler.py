@@ -6,24 +6,32 @@ compares the agent's time with the training step's own time. When the predicted 
 
     (fixed cost per step + Σ_p cost_p / cadence_p) / step time
 
-exceeds the budget it doubles the cadence of the probe that costs most per step, repeatedly; when
-the prediction falls below half the budget it halves stretched cadences back towards the profile's.
-Powers of two keep stretched probes aligned with their base steps. The fixed part (hooks, drains,
-the every-step probes in `FIXED`) is not stretched; when it alone exceeds the budget the other
-probes keep a quarter of the budget instead of being stretched to nothing.
+exceeds the budget it stretches cadences (doubling: powers of two keep stretched probes aligned
+with their base steps), and when the prediction falls below half the budget it halves stretched
+cadences back towards the profile's (never below it).
+
+Who yields first. The fixed part (hooks, drains, the every-step probes in `FIXED`) is never
+stretched; the probes get what it leaves (at least a quarter of the budget, so a costly fixed part
+does not stretch them to nothing). The cheap leading indicators in `PREDICTIVE` (ρ and the secant
+curvature) claim up to `PREDICTIVE_SHARE` of that allowance first: they are stretched only when
+they alone exceed it. The expensive probes (extra-pass curvature, λ_max, SVD-based alignment and
+spike share, logits) share what the predictive ones leave, so they are stretched first whenever
+the budget is tight. Within each tier the probe with the largest load (cost per run / cadence) is
+doubled first; relaxing brings predictive probes back first.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from agent._profiles import FIXED, MAX_CADENCE, Profile
+from agent._profiles import FIXED, MAX_CADENCE, PREDICTIVE, Profile
 
 Clock = Callable[[], float]
 _EMA = 0.3  # weight of the newest cost measurement
+PREDICTIVE_SHARE = 0.75  # of the probes' allowance, the part the predictive probes may claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,25 +159,43 @@ class Scheduler:
         return sum(self._cost.get(p, 0.0) / c for p, c in self._cadence.items()
                    if c > 0 and p not in FIXED)
 
-    def _rebalance(self) -> None:
-        allowed = self.budget * self._step_time
-        # What the stretchable probes may use. If the fixed part alone exceeds the budget,
-        # stretching cannot fix that: the probes keep a quarter of the budget rather than stop.
-        allowance = max(allowed - self._fixed_load(), 0.25 * allowed)
-        stretchable = [p for p in self._cadence if p not in FIXED]
-        while self._probe_load() > allowance:
-            cands = [p for p in stretchable
+    def _load(self, probes: Iterable[str]) -> float:
+        """Predicted seconds per step of `probes` at their current cadences."""
+        return sum(self._cost.get(p, 0.0) / self._cadence[p] for p in probes
+                   if self._cadence.get(p, 0) > 0)
+
+    def _stretch(self, probes: list[str], allowance: float) -> None:
+        """Double the cadence of the probe with the largest load until `probes` fit."""
+        while self._load(probes) > allowance:
+            cands = [p for p in probes
                      if 0 < self._cadence[p] < MAX_CADENCE and self._cost.get(p, 0.0) > 0]
             if not cands:
                 break
             worst = max(cands, key=lambda p: self._cost[p] / self._cadence[p])
             self._cadence[worst] *= 2
+
+    def _rebalance(self) -> None:
+        allowed = self.budget * self._step_time
+        # What the stretchable probes may use. If the fixed part alone exceeds the budget,
+        # stretching cannot fix that: the probes keep a quarter of the budget rather than stop.
+        allowance = max(allowed - self._fixed_load(), 0.25 * allowed)
+        pred = [p for p in self._cadence if p in PREDICTIVE]
+        rest = [p for p in self._cadence if p not in FIXED and p not in PREDICTIVE]
+        self._stretch(pred, PREDICTIVE_SHARE * allowance)
+        self._stretch(rest, allowance - self._load(pred))
+        # relax: predictive probes first, then the cheapest to bring back; half the allowance
+        # (and half the predictive share) must remain free, so a relaxed cadence is not
+        # stretched again at the next window
         while True:
-            cands = [p for p in stretchable if self._cadence[p] > self._base[p] > 0]
-            if not cands:
+            cands = sorted((p for p in pred + rest if self._cadence[p] > self._base[p] > 0),
+                           key=lambda p: (p not in PREDICTIVE,
+                                          self._cost.get(p, 0.0) / self._cadence[p]))
+            for best in cands:
+                extra = self._cost.get(best, 0.0) / self._cadence[best]  # halving adds this
+                if self._probe_load() + extra <= 0.5 * allowance and (
+                        best not in PREDICTIVE
+                        or self._load(pred) + extra <= 0.5 * PREDICTIVE_SHARE * allowance):
+                    self._cadence[best] //= 2
+                    break
+            else:
                 break
-            best = min(cands, key=lambda p: self._cost.get(p, 0.0) / self._cadence[p])
-            extra = self._cost.get(best, 0.0) / self._cadence[best]  # halving adds this much
-            if self._probe_load() + extra > 0.5 * allowance:
-                break
-            self._cadence[best] //= 2

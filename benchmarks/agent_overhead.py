@@ -1,19 +1,26 @@
 """Step-time cost and memory of the attached agent, per profile, on a small transformer.
 
-Two identical models (same init, same batch, same optimizer) train in one process; one has the
-agent attached, the other not. They run in interleaved blocks (unattached, attached, unattached,
-...) so machine noise hits both alike. A block is a whole number of drain periods, so each holds
-the same share of the agent's periodic work; the ratio attached/unattached is the median over
-block pairs of the ratio of block mean step times (also printed: the ratio of total times).
-Pairs alternate which model runs first. The agent streams to a real ZeroMQ peer that acknowledges
-(the test peer, in its own process), or to `--endpoint`, or to nobody (`--no-server`: outage).
+A round runs three short blocks of training steps, A, B and W, in an order that rotates
+through all six permutations, so drifts of a shared machine hit all arms alike. By default
+(`--arms same`) all three train one model: the agent is attached once and paused during the A and
+B blocks (its hooks return at once), so no memory-layout difference between two model copies
+(measured at up to ±2%) biases the comparison; the cadences the overhead budget settled on during
+warm-up are kept while measuring. `--arms models` trains three identical models instead, the
+agent attached to W. The decision statistic is the ratio of summed training-thread CPU time
+(`time.thread_time`), W / mean(A, B), with a bootstrap 95% CI over rounds; the A/A control B / A,
+measured the same way in the same run, shows the noise floor. Totals span a whole number of drain
+periods. The verdict line says whether the default profile meets the 1.01x target, misses it, or
+whether this run's noise cannot decide. The transport thread's CPU is reported apart (+tx). A
+deterministic count of Python/C calls per step (sys.setprofile) is printed beside it.
+The agent streams to a real ZeroMQ peer that acknowledges (the test peer, in its own process),
+or to `--endpoint`, or to nobody (`--no-server`: outage).
 Memory: Python allocations (tracemalloc) and process RSS before/after attaching and training, and
 on CUDA the allocator's peak of an attached step minus an unattached one.
 
 Model (as benchmarks/signal_cost.py): token embedding + 2-layer nn.TransformerEncoder (d_model
 128, 4 heads, ff 512) + LM head, vocab 1000, batch 16×64 tokens, AdamW, one CPU thread.
 
-    .venv/bin/python benchmarks/agent_overhead.py [--blocks 12] [--block-steps 25]
+    .venv/bin/python benchmarks/agent_overhead.py [--rounds 60] [--block-steps 5]
         [--profiles light,default,full,full+closure] [--device cpu|cuda] [--no-server]
 """
 
@@ -22,8 +29,9 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import itertools
 import os
-import statistics
+import random
 import subprocess
 import sys
 import threading
@@ -100,6 +108,37 @@ def _block(job: Job, steps: int, sync: Callable[[], None]) -> tuple[float, float
     return (time.perf_counter() - w0) / steps, (time.thread_time() - c0) / steps
 
 
+def _calls_per_step(job: Job, steps: int) -> float:
+    """Python and C function calls per training step (sys.setprofile): a deterministic count of
+    the interpreter work a step does, free of timing noise."""
+    n = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal n
+        if event in ("call", "c_call"):
+            n += 1
+    sys.setprofile(count)
+    try:
+        for _ in range(steps):
+            job.step()
+    finally:
+        sys.setprofile(None)
+    return n / steps
+
+
+def _set_active(mon: Monitor, on: bool) -> None:
+    """Pause or resume an attached monitor: while paused its hooks and log() return at once
+    (a few Python calls per step remain, so a paused step is a conservative baseline)."""
+    if mon._closed != on:
+        return
+    mon._closed = not on
+    if on:
+        mon._arm(mon.step)
+    else:
+        for a in mon._armed:
+            a.arm(None)
+
+
 def _sender_cpu() -> float:
     """CPU seconds used so far by the agents' transport sender threads."""
     total = 0.0
@@ -117,72 +156,90 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
     base = TinyLM()
     gen = torch.Generator().manual_seed(1)
     data = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=gen).to(device)
-    plain, watched = Job(base, device, data), Job(base, device, data)
+    same = args.arms == "same"
+    if same:
+        plain = control = watched = Job(base, device, data)
+    else:
+        plain, control, watched = (Job(base, device, data) for _ in range(3))
+    jobs = list(dict.fromkeys((plain, control, watched)))
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for _ in range(3):  # warm both up (allocator, kernels) before anything is measured
-        plain.step()
-        watched.step()
+    for _ in range(3):  # warm all up (allocator, kernels) before anything is measured
+        for j in jobs:
+            j.step()
     gc.collect()
     tracemalloc.start()
     py0, rss0 = tracemalloc.get_traced_memory()[0], _rss()
-    watched.monitor = agent.attach(
+    mon = watched.monitor = agent.attach(
         watched.model, watched.opt, run=f"bench-{profile}-{variant or 'plain'}",
         endpoint=endpoint, profile=profile, closure=watched.loss if variant == "closure" else None,
         overhead_budget=args.budget, logits_module=watched.model.head)
-    _block(watched, args.warmup, sync)  # the agent's first drains and budget adjustments
-    wall_ratios, cpu_ratios = [], []
-    plain_wall, watched_wall, plain_cpu, watched_cpu = [], [], [], []
-    cuda_plain = cuda_watched = 0
+    for _ in range(args.warmup):  # the agent's first drains and budget adjustments
+        for j in jobs:
+            j.step()
+    report = mon.last_report  # what the budget settled on, measured with the agent alone on
+    if same:  # paused blocks would count as step time: keep the settled cadences
+        mon.scheduler.stretch = False
+    drain = mon.scheduler.profile.drain_every if mon.enabled else 1
+    rounds = -(-args.rounds * args.block_steps // drain) * drain // args.block_steps
+    arms = ("A", "B", "W")
+    job_of = {"A": plain, "B": control, "W": watched}
+    orders = list(itertools.permutations(arms))
+    cpu: dict[str, list[float]] = {a: [] for a in arms}
+    wall: dict[str, list[float]] = {a: [] for a in arms}
+    cuda_peak = dict.fromkeys(arms, 0)
     sender0 = _sender_cpu()
-    for b in range(args.blocks):
-        # alternate which of the pair runs first, so slow drifts of the machine cancel out
-        for job in (plain, watched) if b % 2 == 0 else (watched, plain):
+    for r in range(rounds):
+        for arm in orders[r % len(orders)]:
+            if same:
+                _set_active(mon, arm == "W")
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            if job is plain:
-                pw, pc = _block(plain, args.block_steps, sync)
-            else:
-                ww, wc = _block(watched, args.block_steps, sync)
+            w, c = _block(job_of[arm], args.block_steps, sync)
+            wall[arm].append(w)
+            cpu[arm].append(c)
             if cuda:
-                peak = torch.cuda.max_memory_allocated()
-                if job is plain:
-                    cuda_plain = max(cuda_plain, peak)
-                else:
-                    cuda_watched = max(cuda_watched, peak)
-        plain_wall.append(pw)
-        watched_wall.append(ww)
-        plain_cpu.append(pc)
-        watched_cpu.append(wc)
-        wall_ratios.append(ww / pw)
-        cpu_ratios.append(wc / pc)
-    sender_per_step = (_sender_cpu() - sender0) / (args.blocks * args.block_steps)
+                cuda_peak[arm] = max(cuda_peak[arm], torch.cuda.max_memory_allocated())
+    _set_active(mon, True)
+    steps = rounds * args.block_steps
+    sender_per_step = (_sender_cpu() - sender0) / steps
+    calls = {"A": 0.0, "W": 0.0}
+    for arm in calls:
+        _set_active(mon, arm == "W")
+        calls[arm] = _calls_per_step(job_of[arm], 2 * drain)
+    _set_active(mon, True)
+    ratio, lo, hi = _ratio_ci(cpu["W"], [0.5 * (x + y) for x, y in
+                                         zip(cpu["A"], cpu["B"], strict=True)])
+    aa, aa_lo, aa_hi = _ratio_ci(cpu["B"], cpu["A"])
+    wall_ratio, _, _ = _ratio_ci(wall["W"], [0.5 * (x + y) for x, y in
+                                             zip(wall["A"], wall["B"], strict=True)])
+    plain_per_step = 0.5 * (sum(cpu["A"]) + sum(cpu["B"])) / rounds
     py1, py_peak = tracemalloc.get_traced_memory()
     rss1 = _rss()
     tracemalloc.stop()
-    mon = watched.monitor
-    report = mon.last_report
     t0 = time.perf_counter()
     mon.close(timeout=5.0)
     close_s = time.perf_counter() - t0
     c = mon.counters()
     out = {
-        "cpu_ratio": statistics.median(cpu_ratios),
-        "cpu_total": (sum(watched_cpu) + sender_per_step * len(watched_cpu)) / sum(plain_cpu),
-        "wall_ratio": statistics.median(wall_ratios),
-        "wall_min": min(wall_ratios),
-        "wall_max": max(wall_ratios),
-        "plain_ms": 1e3 * statistics.median(plain_cpu),
-        "watched_ms": 1e3 * statistics.median(watched_cpu),
+        "cpu_ratio": ratio, "cpu_lo": lo, "cpu_hi": hi,
+        "aa_ratio": aa, "aa_lo": aa_lo, "aa_hi": aa_hi,
+        "cpu_total": ratio + sender_per_step / plain_per_step,
+        "wall_ratio": wall_ratio,
+        "plain_ms": 1e3 * plain_per_step,
+        "watched_ms": 1e3 * sum(cpu["W"]) / rounds,
         "sender_ms": 1e3 * sender_per_step,
         "self_overhead": report.overhead if report else float("nan"),
         "py_kib": (py1 - py0) / 1024,
         "py_peak_kib": (py_peak - py0) / 1024,
         "rss_mib": (rss1 - rss0) / 2**20,
-        "cuda_mib": (cuda_watched - cuda_plain) / 2**20,
+        "cuda_mib": (cuda_peak["W"] - max(cuda_peak["A"], cuda_peak["B"])) / 2**20,
         "close_s": close_s,
         "acked": float(c.acked) if c is not None else float("nan"),
         "dropped": float(c.dropped) if c is not None else float("nan"),
+        "rounds": float(rounds),
+        "calls_plain": calls["A"],
+        "calls_watched": calls["W"],
     }
     if report is not None:
         print(f"  {name}: cadences {dict(sorted(report.cadences.items()))}")
@@ -190,6 +247,30 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
                            sorted(report.probe_overhead.items(), key=lambda kv: -kv[1]))
         print(f"  {name}: per-probe share of step time: {shares}")
     return out
+
+
+def _ratio_ci(num: list[float], den: list[float], n_boot: int = 4000, seed: int = 0
+              ) -> tuple[float, float, float]:
+    """Σnum/Σden and its bootstrap 95% CI, resampling rounds (pairs stay together)."""
+    ratio = sum(num) / sum(den)
+    rng = random.Random(seed)
+    n = len(num)
+    boots = []
+    for _ in range(n_boot):
+        idx = [rng.randrange(n) for _ in range(n)]
+        boots.append(sum(num[i] for i in idx) / sum(den[i] for i in idx))
+    boots.sort()
+    return ratio, boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]
+
+
+def _verdict(r: dict[str, float], target: float) -> str:
+    ci = f"{r['cpu_ratio']:.4f}x, 95% CI {r['cpu_lo']:.4f}-{r['cpu_hi']:.4f}"
+    noise = f"A/A control {r['aa_ratio']:.4f}x, CI {r['aa_lo']:.4f}-{r['aa_hi']:.4f}"
+    if r["cpu_hi"] <= target:
+        return f"target MET: {ci} <= {target}x ({noise})"
+    if r["cpu_lo"] > target:
+        return f"target NOT MET: {ci} > {target}x ({noise})"
+    return f"UNDECIDABLE at this noise: {ci} straddles {target}x ({noise})"
 
 
 def _import_once(endpoint: str) -> None:
@@ -210,9 +291,14 @@ def _import_once(endpoint: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--profiles", default="light,default,full,full+closure")
-    ap.add_argument("--blocks", type=int, default=10)
-    ap.add_argument("--block-steps", type=int, default=50, help="a multiple of 50 (drains)")
+    ap.add_argument("--rounds", type=int, default=60, help="rounds of one block per model "
+                    "(rounded up to whole drain periods)")
+    ap.add_argument("--block-steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--target", type=float, default=1.01)
+    ap.add_argument("--arms", choices=("same", "models"), default="same",
+                    help="same: one model, the agent paused in the A and B blocks (no layout "
+                    "bias between models); models: three identical models, the agent on W")
     ap.add_argument("--budget", type=float, default=0.01)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
@@ -240,8 +326,8 @@ def main() -> None:
           f"batch {BATCH}x{SEQ}, device {device}, torch {torch.__version__}, "
           f"{args.threads} thread(s), budget {args.budget}, "
           f"server: {'none' if args.no_server else endpoint}")
-    print(f"{args.blocks} interleaved block pairs x {args.block_steps} steps (block mean) after "
-          f"{args.warmup} warm-up steps")
+    print(f"~{args.rounds} rounds x 3 interleaved blocks (A, B agent off; W on; arms: "
+          f"{args.arms}) x {args.block_steps} steps after {args.warmup} warm-up steps")
     _import_once(endpoint)
     rows = []
     try:
@@ -251,24 +337,26 @@ def main() -> None:
         if peer is not None:
             peer.communicate("stop\n", timeout=30)
     print()
-    print("ratio = attached/unattached: 'cpu' median over block pairs of training-thread CPU time;"
-          " 'cpu+tx' adds the\ntransport thread's CPU (ratio of totals); 'wall' median of wall"
-          " time ratios and its range (noisy on a shared machine)")
-    print(f"{'profile':<14}{'cpu':>8}{'cpu+tx':>8}{'wall':>8}{'wall range':>14}"
-          f"{'plain ms':>10}{'agent ms':>10}{'tx ms':>7}{'self-meas.':>11}{'py KiB':>9}"
-          f"{'RSS MiB':>9}{'CUDA MiB':>9}{'close s':>8}{'acked':>7}{'drop':>6}")
+    print("cpu = Σ training-thread CPU of W / mean of A and B, with bootstrap 95% CI over rounds;"
+          " A/A = B / A (noise\nfloor); +tx adds the transport thread's CPU; wall = the same"
+          " ratio of wall time (noisy on a shared machine)")
+    print(f"{'profile':<14}{'cpu':>8}{'95% CI':>16}{'A/A':>8}{'A/A CI':>16}{'+tx':>8}"
+          f"{'wall':>8}{'plain ms':>10}{'agent ms':>10}{'tx ms':>7}{'self-meas.':>11}"
+          f"{'py KiB':>9}{'RSS MiB':>9}{'CUDA MiB':>9}{'close s':>8}{'acked':>7}{'drop':>6}")
     for name, r in rows:
-        print(f"{name:<14}{r['cpu_ratio']:>8.4f}{r['cpu_total']:>8.4f}{r['wall_ratio']:>8.4f}"
-              f"   {r['wall_min']:.3f}-{r['wall_max']:.3f}"
-              f"{r['plain_ms']:>10.2f}{r['watched_ms']:>10.2f}{r['sender_ms']:>7.3f}"
-              f"{100 * r['self_overhead']:>10.2f}%"
+        print(f"{name:<14}{r['cpu_ratio']:>8.4f}   {r['cpu_lo']:.4f}-{r['cpu_hi']:.4f}"
+              f"{r['aa_ratio']:>8.4f}   {r['aa_lo']:.4f}-{r['aa_hi']:.4f}{r['cpu_total']:>8.4f}"
+              f"{r['wall_ratio']:>8.4f}{r['plain_ms']:>10.2f}{r['watched_ms']:>10.2f}"
+              f"{r['sender_ms']:>7.3f}{100 * r['self_overhead']:>10.2f}%"
               f"{r['py_kib']:>9.1f}{r['rss_mib']:>9.2f}{r['cuda_mib']:>9.2f}{r['close_s']:>8.3f}"
               f"{r['acked']:>7.0f}{r['dropped']:>6.0f}")
-    target = dict(rows).get("default")
-    if target is not None:
-        verdict = "meets" if target["cpu_total"] <= 1.01 else "MISSES"
-        print(f"\ndefault profile: {target['cpu_ratio']:.4f}x training-thread CPU, "
-              f"{target['cpu_total']:.4f}x with the transport thread: {verdict} the 1.01x target")
+    print()
+    for name, r in rows:
+        print(f"{name}: Python+C calls per step {r['calls_watched']:.0f} attached vs "
+              f"{r['calls_plain']:.0f} unattached (+{r['calls_watched'] - r['calls_plain']:.0f},"
+              " sys.setprofile, deterministic)")
+    for name, r in rows:
+        print(f"{name}: {_verdict(r, args.target)}")
 
 
 if __name__ == "__main__":

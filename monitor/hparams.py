@@ -12,10 +12,10 @@ reported once where it starts (no trend known yet: the previous move counts as 0
 or a hand-set β1 is reported at the step it takes effect.
 
 Momentum jumps (seed 002). Whether the buffer was rescaled is tested by comparing the norm of the
-momentum buffers (Adam exp_avg, SGD momentum_buffer; at most `sample_tensors` per group) recorded
-after step t−1 with the norm at the pre-step hook of step t: nothing else touches them in between,
-so the ratio is exactly the factor the user applied (1 when untouched). `rescaled` is True when it
-matches the seed note's factor (1−β_old)/(1−β_new) within `rescale_tol` (relative).
+momentum buffers (Adam exp_avg, SGD momentum_buffer; the `sample_tensors` smallest per group)
+recorded after step t−1 with the norm at the pre-step hook of step t: nothing else touches them in
+between, so the ratio is exactly the factor the user applied (1 when untouched). `rescaled` is
+True when it matches the seed note's factor (1−β_old)/(1−β_new) within `rescale_tol` (relative).
 Checked against the math rather than the note: that factor is right for SGD's summing buffer
 (buf ← μ·buf + (1−d)·g, steady state ∝ 1/(1−μ)), so it is the advised factor there; Adam's exp_avg
 is an average (m ← β1·m + (1−β1)·g, steady state ≈ E[g] for any β1), so the advised factor for
@@ -102,6 +102,8 @@ class HparamWatch:
         self.sample_tensors = sample_tensors
         self._last: list[_Group] | None = None
         self._delta: dict[tuple[int, str], float] = {}
+        # per group (by id): (its params list, its length, the sampled params)
+        self._sample: dict[int, tuple[list[Tensor], int, list[Tensor]]] = {}
 
     # --- hooks ---------------------------------------------------------------------------------
     def after_step(self, optimizer: object) -> None:
@@ -171,16 +173,33 @@ class HparamWatch:
         return groups
 
     def _buffer_sq(self, optimizer: Any, group: dict[str, Any], kind: str) -> Tensor | None:
+        """Σ‖buffer‖² over the `sample_tensors` smallest momentum buffers of the group: a user's
+        rescale applies to all of them alike, and small ones keep the per-step cost to a few
+        tiny kernels. The choice is cached per group and redone when the state changes."""
         key = "exp_avg" if kind == "adam" else "momentum_buffer"
+        params: list[Tensor] = group["params"]
+        state = optimizer.state
+        cached = self._sample.get(id(group))
         bufs: list[Tensor] = []
-        for p in group["params"]:
-            b = optimizer.state.get(p, {}).get(key)
-            if isinstance(b, Tensor):
-                bufs.append(b)
-                if len(bufs) == self.sample_tensors:
+        if cached is not None and cached[0] is params and cached[1] == len(params):
+            for p in cached[2]:
+                b = state.get(p, {}).get(key)
+                if not isinstance(b, Tensor):
+                    bufs = []
                     break
+                bufs.append(b)
         if not bufs:
-            return None
+            found = [(b.numel(), i, p) for i, p in enumerate(params)
+                     if isinstance(b := state.get(p, {}).get(key), Tensor)]
+            if not found:
+                self._sample.pop(id(group), None)
+                return None
+            chosen = [p for _, _, p in sorted(found, key=lambda f: f[:2])[:self.sample_tensors]]
+            self._sample[id(group)] = (params, len(params), chosen)
+            bufs = [state[p][key] for p in chosen]
+        if len(bufs) == 1:
+            one: Tensor = torch.linalg.vector_norm(bufs[0], dtype=torch.float32)
+            return one.square()
         return torch.stack(torch._foreach_norm(bufs, 2, dtype=torch.float32)).square().sum()
 
     def _discontinuities(self, gi: int, old: _Group, new: _Group) -> list[str]:

@@ -496,3 +496,28 @@ def test_hyperparameter_jumps_become_events(peer: Peer) -> None:
     assert {(5, "beta1"), (8, "lr")} <= changes
     assert _by_step(peer, nm.LR)[8] == 0.001
     assert _by_step(peer, nm.BETA1)[5] == 0.97
+
+
+def test_in_place_buffer_rescale_is_measured_at_the_jump(peer: Peer) -> None:
+    model, x, y = _mlp(13)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    monitor = agent.attach(model, opt, run="unit-rescale", endpoint=peer.endpoint,
+                           overhead_budget=math.inf)
+    note = (1 - 0.9) / (1 - 0.97)
+    for step in range(8):
+        if step == 4:  # the seed note's recipe: raise β1 and rescale every buffer in place
+            opt.param_groups[0]["betas"] = (0.97, 0.999)
+            with torch.no_grad():
+                for st in opt.state.values():
+                    st["exp_avg"].mul_(note)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        torch.autograd.backward(loss)
+        opt.step()
+        monitor.log(loss=loss)
+    _closed_and_delivered(peer, monitor)
+    (jump,) = _events(peer, EventType.MOMENTUM_JUMP.value)
+    assert jump[0] == 4
+    assert jump[1].data["buffer_ratio"] == pytest.approx(note, rel=1e-4)
+    assert jump[1].data["rescaled"] is True
+    assert jump[1].data["needs_rescale"] is True  # Adam's exp_avg is an average: advised 1

@@ -8,6 +8,7 @@ from types import MappingProxyType
 import pytest
 
 from agent._profiles import (
+    ALIGNMENT,
     CURVATURE,
     FIXED,
     HPARAMS,
@@ -185,3 +186,33 @@ def test_runs_of_one_step_and_follow_ups_form_one_cost_sample() -> None:
     assert r.probe_overhead[PRECOND] * r.step_time == pytest.approx(0.003, rel=1e-6)
     assert r.probe_overhead[SECANT] * r.step_time * s.cadence(SECANT) == pytest.approx(0.004,
                                                                                       rel=1e-6)
+
+
+def test_expensive_probes_yield_before_the_predictive_ones() -> None:
+    clock = FakeClock()
+    s = Scheduler(_profile(secant=2, precond=2, alignment=2, curvature=2), 0.01, clock=clock)
+    costs = {SECANT: 0.001, PRECOND: 0.0004, ALIGNMENT: 0.004, CURVATURE: 0.008}
+    _steps(s, clock, 8, 0.100, costs)
+    s.adjust()
+    # 1 ms per step allowed: secant + ρ (0.7 ms/step at cadence 2) fit in their 3/4 share and
+    # keep the profile's cadence; the SVD and extra-pass probes share the remaining 0.3 ms
+    assert (s.cadence(SECANT), s.cadence(PRECOND)) == (2, 2)
+    assert s.cadence(ALIGNMENT) > 2
+    assert s.cadence(CURVATURE) > 2
+    assert 0.004 / s.cadence(ALIGNMENT) + 0.008 / s.cadence(CURVATURE) <= 0.0003
+
+
+def test_predictive_probes_stretch_only_beyond_their_share() -> None:
+    clock = FakeClock()
+    s = Scheduler(_profile(secant=1, precond=1, alignment=100), 0.01, clock=clock)
+    _steps(s, clock, 8, 0.100, {SECANT: 0.004, PRECOND: 0.002, ALIGNMENT: 0.001})
+    s.adjust()
+    # secant + ρ cost 6 ms per step at cadence 1: they are doubled until within 3/4 of 1 ms
+    load = 0.004 / s.cadence(SECANT) + 0.002 / s.cadence(PRECOND)
+    assert 0.75 * 0.0005 < load <= 0.75 * 0.001
+    assert s.cadence(ALIGNMENT) >= 100
+    for k in range(12):  # both get cheap: they come back to the profile's cadence
+        _steps(s, clock, 64, 0.100, {SECANT: 1e-6, PRECOND: 1e-6, ALIGNMENT: 0.001},
+               start=1000 * (k + 1))
+        s.adjust()
+    assert (s.cadence(SECANT), s.cadence(PRECOND)) == (1, 1)

@@ -49,22 +49,7 @@ import contextlib
 
 import agent
 from agent._monitor import Monitor
-
-VOCAB, D_MODEL, LAYERS, HEADS, FF, BATCH, SEQ = 1000, 128, 2, 4, 512, 16, 64
-
-
-class TinyLM(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, D_MODEL)
-        layer = nn.TransformerEncoderLayer(D_MODEL, HEADS, FF, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
-        self.head = nn.Linear(D_MODEL, VOCAB)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        out: Tensor = self.head(self.encoder(self.embed(tokens)))
-        return out
-
+from benchmarks._tinylm import BATCH, SEQ, VOCAB, TinyLM
 
 _PEER = (
     "import sys; from tests.agent._peer import Peer\n"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -21,16 +20,11 @@ from agent import names as nm
 from agent import wire
 from agent.names import Combine
 from monitor.precond_decay import PreconditionerDecay
+from tests._net import free_port
 from tests.agent._peer import Peer
 
 STEPS = 6
 LR = 0.01
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _model() -> nn.Sequential:
@@ -96,7 +90,7 @@ def peer() -> Iterator[Peer]:
 
 def _run(peer: Peer, mode: str) -> list[wire.Batch]:
     ctx = multiprocessing.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(rank, 2, port, peer.endpoint, mode))
              for rank in range(2)]
     for p in procs:

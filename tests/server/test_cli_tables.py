@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from agent import wire
 from server._cli_tables import TOKEN_ENV, alerts_table, fmt_time, fmt_value, table
@@ -21,6 +18,7 @@ from server.api import Tokens, create_app
 from server.api._schemas import AlertOut
 from server.store import Store
 from server.types import AlertState, Severity, Transition
+from tests._net import free_port, live_app
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "cli-read-token-0123456789"
@@ -63,29 +61,13 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server_url(db: Path) -> Iterator[str]:
     """A real HTTP server (uvicorn) over the same database, with bearer tokens on."""
     store = Store(f"sqlite:///{db}")
     app = create_app(store, tokens=Tokens.from_lines([f"{TOKEN} read"]))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", ws="none"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_app(app) as url:
+        yield url
     store.close()
 
 
@@ -158,7 +140,7 @@ def test_errors_are_clear_and_nonzero(db: Path, server_url: str, tmp_path: Path)
     r = spikewatch("alerts", "--db", str(db), "--run", "nope")
     assert r.returncode == 1
     assert "unknown run" in r.stderr
-    r = spikewatch("runs", "--url", f"http://127.0.0.1:{_free_port()}", "--timeout", "2")
+    r = spikewatch("runs", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "2")
     assert r.returncode == 1
     assert "cannot reach" in r.stderr
     r = spikewatch("runs", "--db", str(tmp_path / "missing.db"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from server.notify import AlertmanagerNotifier, Dispatcher, WebhookNotifier
 from server.types import AlertState, Severity, Transition
+from tests._net import free_port
 
 AM_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 AM_CONFIG = """\
@@ -35,12 +35,6 @@ HOOK_RECEIVER = """\
       - url: {url}
         send_resolved: true
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:

@@ -7,17 +7,14 @@ import itertools
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from agent import wire
 from server.api import Tokens, create_app
@@ -30,6 +27,7 @@ from server.report._png import SIZE_PX
 from server.report._svg import panel_svg, thin
 from server.store import Store
 from server.types import AlertState, Severity, Transition
+from tests._net import live_app
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = "spiky-fnn"
@@ -346,28 +344,13 @@ def test_cli_bad_input_is_exit_2_and_writes_nothing(db: str, tmp_path: Path) -> 
     assert not (tmp_path / "o").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server_url(db: str) -> Iterator[str]:
     """A real HTTP server (uvicorn) over the same database, with a read token required."""
     store = Store(db)
     app = create_app(store, tokens=Tokens.from_lines([f"{TOKEN} read"]))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(),
-                                           log_level="warning", lifespan="off", ws="none"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.config.port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_app(app) as url:
+        yield url
     store.close()
 
 

@@ -4,6 +4,7 @@ Combine ops) they equal the global values of the same training run in a single p
 
 from __future__ import annotations
 
+import gc
 import math
 import multiprocessing
 from collections.abc import Iterator
@@ -42,27 +43,35 @@ def _worker(rank: int, world: int, port: int, endpoint: str, mode: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:
-        torch.set_num_threads(1)
-        model = DistributedDataParallel(_model())
-        if mode == "zero":
-            opt: torch.optim.Optimizer = ZeroRedundancyOptimizer(
-                model.parameters(), optimizer_class=torch.optim.Adam, lr=LR)
-        else:
-            opt = torch.optim.Adam(model.parameters(), lr=LR)
-        x, y = _data()
-        half = len(x) // world
-        xs, ys = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
-        monitor = agent.attach(model, opt, run=f"dist-{mode}", endpoint=endpoint,
-                               profile="full", overhead_budget=math.inf, ddp_ranks="rank0")
-        for _ in range(STEPS):
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(xs), ys)
-            torch.autograd.backward(loss)
-            opt.step()
-            monitor.log(loss=loss)
-        monitor.close(timeout=5.0)
+        _train(rank, world, endpoint, mode)
     finally:
+        # DDP's reducer must be gone before its process group: torch 2.13 on gloo hangs now and
+        # then (in plain torch, without the agent) when the order is the other way round.
+        gc.collect()
         dist.destroy_process_group()
+
+
+def _train(rank: int, world: int, endpoint: str, mode: str) -> None:
+    torch.set_num_threads(1)
+    model = DistributedDataParallel(_model())
+    if mode == "zero":
+        opt: torch.optim.Optimizer = ZeroRedundancyOptimizer(
+            model.parameters(), optimizer_class=torch.optim.Adam, lr=LR)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=LR)
+    x, y = _data()
+    half = len(x) // world
+    xs, ys = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
+    monitor = agent.attach(model, opt, run=f"dist-{mode}", endpoint=endpoint,
+                           profile="full", overhead_budget=math.inf, ddp_ranks="rank0")
+    for _ in range(STEPS):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(xs), ys)
+        torch.autograd.backward(loss)
+        opt.step()
+        monitor.log(loss=loss)
+    monitor.close(timeout=5.0)
+    dist.barrier()  # both ranks are done with collectives before either tears down
 
 
 def _reference() -> tuple[list[float], list[float]]:

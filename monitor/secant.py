@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from monitor.adam_state import ParamView, c_t, effective_grad, preconditioner, rebuild_update
+from monitor.adam_state import ParamView, c_t
 
 __all__ = ["SecantEstimator", "SecantReading"]
 
@@ -44,6 +44,51 @@ class SecantReading:
     step: int
     lambda_secant: Tensor
     stability_ratio: Tensor
+
+
+@dataclass(frozen=True, slots=True)
+class _Sums:
+    """0-d float32 reductions over one parameter of its rebuilt update Δθ_t (state at t)."""
+
+    dtheta_g: Tensor  # Δθ·g with g the raw ``.grad`` (sign of ``maximize`` not applied)
+    dtheta_theta: Tensor | None  # Δθ·θ_{t+1}; only for coupled L2
+    dtheta_sq: Tensor | None  # Δθ·Δθ; only for coupled L2
+    d_dtheta_sq: Tensor | None  # Δθᵀ D Δθ; only when asked
+
+
+def _sums(v: ParamView, *, with_metric: bool) -> _Sums:
+    """Rebuild Δθ_t = θ_{t+1} − θ_t from the state at t and reduce it, in about eight passes.
+
+    Same algebra as :func:`monitor.adam_state.rebuild_update`, fused: with D = √(v/b2) + ε,
+    Δθ_adam = −η·m/(b1·D), and AdamW's decay a = η·wd, Δθ = (Δθ_adam − a·θ_{t+1})/(1 − a).
+    """
+    h = v.hyper
+    if v.grad is None or v.exp_avg is None or v.exp_avg_sq is None:
+        raise ValueError(f"parameter {v.name!r} has no gradient or no Adam state")
+    b1, b2 = 1.0 - h.beta1**v.step, 1.0 - h.beta2**v.step
+    d = v.exp_avg_sq.float().div(b2).sqrt_().add_(h.eps)
+    dtheta = v.exp_avg.float().div(d).mul_(-h.lr / b1)
+    theta = v.param.detach()
+    decay = h.lr * h.weight_decay if h.decoupled_wd else 0.0
+    if decay != 0.0:
+        dtheta.add_(theta, alpha=-decay).div_(1.0 - decay)
+    flat = dtheta.view(-1)
+    coupled = h.weight_decay != 0.0 and not h.decoupled_wd
+    return _Sums(
+        dtheta_g=torch.dot(flat, v.grad.detach().float().reshape(-1)),
+        dtheta_theta=torch.dot(flat, theta.float().reshape(-1)) if coupled else None,
+        dtheta_sq=torch.dot(flat, flat) if coupled else None,
+        d_dtheta_sq=torch.dot(d.mul_(dtheta).view(-1), flat) if with_metric else None,
+    )
+
+
+def _dot_effective_grad(v: ParamView, s: _Sums) -> Tensor:
+    """Δθ_t·g_eff with g_eff = ±g + wd·θ_{t+1}: the effective gradient at the current point."""
+    h = v.hyper
+    out = -s.dtheta_g if h.maximize else s.dtheta_g
+    if s.dtheta_theta is not None:
+        out = out + h.weight_decay * s.dtheta_theta
+    return out
 
 
 def _key(views: Sequence[ParamView]) -> tuple[int, ...]:
@@ -80,13 +125,12 @@ class SecantEstimator:
             return
         terms = []
         for v in views:
-            dtheta = rebuild_update(v, include_current_grad=False)
-            g_next_point = effective_grad(v)  # uses θ_{t+1} for the coupled-L2 term
-            h = v.hyper
-            if h.weight_decay != 0.0 and not h.decoupled_wd:
-                # g_t's L2 term is wd·θ_t = wd·(θ_{t+1} − Δθ_t); effective_grad used θ_{t+1}.
-                g_next_point = g_next_point - h.weight_decay * dtheta
-            terms.append((dtheta * g_next_point).sum())
+            s = _sums(v, with_metric=False)
+            term = _dot_effective_grad(v, s)
+            if s.dtheta_sq is not None:
+                # g_t's L2 term is wd·θ_t = wd·(θ_{t+1} − Δθ_t), not wd·θ_{t+1}
+                term = term - v.hyper.weight_decay * s.dtheta_sq
+            terms.append(term)
         self._dtheta_dot_g = torch.stack(terms).sum()
         self._steps = steps
         self._key = _key(views)
@@ -103,14 +147,13 @@ class SecantEstimator:
         num, den_c, den_eta, den_decay = [], [], [], []
         for v in views:
             h = v.hyper
-            dtheta = rebuild_update(v, include_current_grad=False)
-            d = preconditioner(v, include_current_grad=False)
+            s = _sums(v, with_metric=True)
+            assert s.d_dtheta_sq is not None
             c = c_t(h.beta1, v.step)
-            sq = dtheta.square()
-            num.append((dtheta * effective_grad(v)).sum())
-            den_c.append((d * sq).sum() / c)
+            num.append(_dot_effective_grad(v, s))
+            den_c.append(s.d_dtheta_sq / c)
             if h.lr > 0.0:
-                a_sum = (d * sq).sum() / (h.lr * c)
+                a_sum = s.d_dtheta_sq / (h.lr * c)
                 den_eta.append(a_sum)
                 w = h.weight_decay if h.decoupled_wd else 0.0
                 den_decay.append(h.lr * w * a_sum)

@@ -245,8 +245,9 @@ class HparamsProbe(Probe):
         from monitor.hparams import HparamWatch
 
         opt = ctx.optimizer
-        # one (the smallest) momentum buffer tells a rescale: a single tiny kernel per step
-        self.watch = (HparamWatch(sample_tensors=1)
+        # one (the smallest) momentum buffer tells a rescale: for Adam its version counter, no
+        # kernel; for SGD one tiny norm per step
+        self.watch = (HparamWatch(sample_tensors=1, adam_buffer_norms=False)
                       if isinstance(opt, torch.optim.Adam | torch.optim.SGD) else None)
         self._seen: tuple[Any, ...] | None = None
         self._quiet = 0  # consecutive steps with unchanged hyperparameters

@@ -21,15 +21,21 @@ Checked against the math rather than the note: that factor is right for SGD's su
 is an average (m ← β1·m + (1−β1)·g, steady state ≈ E[g] for any β1), so the advised factor for
 Adam is 1 and rescaling by the note's factor would multiply the next updates by it.
 
+With `adam_buffer_norms=False` (the agent's choice: it runs every step) no kernel is launched for
+Adam: the buffers' identity and version counters (`Tensor._version`, bumped by every in-place
+write) tell whether they were touched; untouched gives the exact ratio 1, touched gives
+`rescaled` and `needs_rescale` True (Adam's advised factor is 1) with `buffer_ratio` None. SGD's
+buffers are always measured, because its advice depends on the factor.
+
 Stability threshold at the step of the change (DESIGN.md): Adam's is 2/(η·c_t) on D⁻¹H, i.e.
 2(1+β1)(1−β1^t)/((1−β1)η) → 2(1+β1)/((1−β1)η) for large t, so *lowering* β1 (or raising η) lowers
 it at once; SGD-momentum's is 2(1+μ)/((1−d)η) on H (None for Nesterov). Events carry the threshold
 before and after and `ratio_factor`, the factor by which the stability ratio r = λ/threshold changes
 at that step (and r itself before/after when the caller passes the last measured r).
 
-Host synchronisation: `after_step` only launches reductions; `before_step` reads hyper-parameters
-(Python numbers unless a group holds tensor hyper-parameters) and syncs once, only when a momentum
-jump needs the buffer ratio.
+Host synchronisation: `after_step` launches at most one small reduction per group; `before_step`
+reads hyper-parameters (Python numbers unless a group holds tensor hyper-parameters) and syncs
+once, only when a momentum jump needs the buffer ratio.
 """
 
 from __future__ import annotations
@@ -63,7 +69,9 @@ class _Group:
     kind: str  # "adam" | "sgd"
     values: dict[str, float]  # lr, beta1 (β1 or μ), beta2, eps, weight_decay, dampening
     nesterov: bool
-    buf_sq: Tensor | None  # Σ‖buffer‖² over the sampled tensors (device), None if no buffer
+    buf_sq: Tensor | None  # Σ‖buffer‖² over the sampled tensors (device), None if not measured
+    stamp: tuple[tuple[int, int], ...] | None  # (id, version) of the sampled buffers; None:
+    # inference tensors, which keep no version counter
 
 
 def stability_threshold(
@@ -94,12 +102,13 @@ class HparamWatch:
     """Detects hyper-parameter discontinuities per parameter group across step boundaries."""
 
     def __init__(self, rel_tol: float = 0.01, rescale_tol: float = 0.05,
-                 sample_tensors: int = 4) -> None:
+                 sample_tensors: int = 4, *, adam_buffer_norms: bool = True) -> None:
         if rel_tol <= 0 or rescale_tol <= 0 or sample_tensors < 1:
             raise ValueError("rel_tol, rescale_tol > 0 and sample_tensors >= 1 required")
         self.rel_tol = rel_tol
         self.rescale_tol = rescale_tol
         self.sample_tensors = sample_tensors
+        self.adam_buffer_norms = adam_buffer_norms
         self._last: list[_Group] | None = None
         self._delta: dict[tuple[int, str], float] = {}
         # per group (by id): (its params list, its length, the sampled params)
@@ -168,39 +177,33 @@ class HparamWatch:
                         "dampening": _num(group.get("dampening", 0.0))}
             vals["lr"] = _num(group["lr"])
             vals["weight_decay"] = _num(group.get("weight_decay", 0.0))
-            buf = self._buffer_sq(optimizer, group, kind) if with_buffers else None
-            groups.append(_Group(kind, vals, bool(group.get("nesterov", False)), buf))
+            bufs = self._buffers(optimizer, group, kind)
+            stamp = _stamp(bufs)
+            measure = with_buffers and (kind == "sgd" or self.adam_buffer_norms or stamp is None)
+            buf = _sum_sq(bufs) if measure and bufs else None
+            groups.append(_Group(kind, vals, bool(group.get("nesterov", False)), buf, stamp))
         return groups
 
-    def _buffer_sq(self, optimizer: Any, group: dict[str, Any], kind: str) -> Tensor | None:
-        """Σ‖buffer‖² over the `sample_tensors` smallest momentum buffers of the group: a user's
-        rescale applies to all of them alike, and small ones keep the per-step cost to a few
-        tiny kernels. The choice is cached per group and redone when the state changes."""
+    def _buffers(self, optimizer: Any, group: dict[str, Any], kind: str) -> list[Tensor]:
+        """The `sample_tensors` smallest momentum buffers of the group: a user's rescale applies
+        to all of them alike, and small ones keep the per-step cost to a few tiny kernels. The
+        choice is cached per group and redone when the state changes."""
         key = "exp_avg" if kind == "adam" else "momentum_buffer"
         params: list[Tensor] = group["params"]
         state = optimizer.state
         cached = self._sample.get(id(group))
-        bufs: list[Tensor] = []
         if cached is not None and cached[0] is params and cached[1] == len(params):
-            for p in cached[2]:
-                b = state.get(p, {}).get(key)
-                if not isinstance(b, Tensor):
-                    bufs = []
-                    break
-                bufs.append(b)
-        if not bufs:
-            found = [(b.numel(), i, p) for i, p in enumerate(params)
-                     if isinstance(b := state.get(p, {}).get(key), Tensor)]
-            if not found:
-                self._sample.pop(id(group), None)
-                return None
-            chosen = [p for _, _, p in sorted(found, key=lambda f: f[:2])[:self.sample_tensors]]
-            self._sample[id(group)] = (params, len(params), chosen)
-            bufs = [state[p][key] for p in chosen]
-        if len(bufs) == 1:
-            one: Tensor = torch.linalg.vector_norm(bufs[0], dtype=torch.float32)
-            return one.square()
-        return torch.stack(torch._foreach_norm(bufs, 2, dtype=torch.float32)).square().sum()
+            bufs = [b for p in cached[2] if isinstance(b := state.get(p, {}).get(key), Tensor)]
+            if len(bufs) == len(cached[2]):
+                return bufs
+        found = [(b.numel(), i, p) for i, p in enumerate(params)
+                 if isinstance(b := state.get(p, {}).get(key), Tensor)]
+        if not found:
+            self._sample.pop(id(group), None)
+            return []
+        chosen = [p for _, _, p in sorted(found, key=lambda f: f[:2])[:self.sample_tensors]]
+        self._sample[id(group)] = (params, len(params), chosen)
+        return [state[p][key] for p in chosen]
 
     def _discontinuities(self, gi: int, old: _Group, new: _Group) -> list[str]:
         changed: list[str] = []
@@ -227,11 +230,19 @@ class HparamWatch:
         note = (1.0 - b_old) / (1.0 - b_new) if b_new < 1.0 else math.inf
         advised = note if new.kind == "sgd" else 1.0
         ratio: float | None = None
-        now = self._buffer_sq(optimizer, optimizer.param_groups[gi], new.kind)
-        if old.buf_sq is not None and now is not None:
-            pair = torch.stack((now, old.buf_sq)).tolist()  # the one sync, only on a jump
-            ratio = math.sqrt(pair[0] / pair[1]) if pair[1] > 0 else None
-        rescaled = ratio is not None and abs(ratio - note) <= self.rescale_tol * abs(note)
+        touched = bool(old.stamp) and old.stamp != new.stamp
+        if old.buf_sq is not None:
+            bufs = self._buffers(optimizer, optimizer.param_groups[gi], new.kind)
+            if bufs:
+                pair = torch.stack((_sum_sq(bufs), old.buf_sq)).tolist()  # the one sync, on a jump
+                ratio = math.sqrt(pair[0] / pair[1]) if pair[1] > 0 else None
+        elif old.stamp and not touched:
+            ratio = 1.0  # the buffers' version counters did not move: nothing rescaled them
+        if ratio is not None:
+            rescaled = abs(ratio - note) <= self.rescale_tol * abs(note)
+            needs = abs(ratio - advised) > self.rescale_tol * advised
+        else:  # touched, not measured (Adam, advised 1): any rescale is one too many
+            rescaled = needs = touched
         data = dict(
             common,
             hparam="beta1",
@@ -241,6 +252,21 @@ class HparamWatch:
             rescaled=rescaled,
             note_factor=note,
             advised_factor=advised,
-            needs_rescale=(ratio is not None and abs(ratio - advised) > self.rescale_tol * advised),
+            needs_rescale=needs,
         )
         return HparamEvent(EventType.MOMENTUM_JUMP, step, data)
+
+
+def _stamp(bufs: list[Tensor]) -> tuple[tuple[int, int], ...] | None:
+    try:
+        return tuple((id(b), b._version) for b in bufs)
+    except RuntimeError:  # inference tensors keep no version counter
+        return None
+
+
+def _sum_sq(bufs: list[Tensor]) -> Tensor:
+    """Σ‖b‖² in float32 over the buffers (one kernel for one tensor)."""
+    if len(bufs) == 1:
+        one: Tensor = torch.linalg.vector_norm(bufs[0], dtype=torch.float32)
+        return one.square()
+    return torch.stack(torch._foreach_norm(bufs, 2, dtype=torch.float32)).square().sum()

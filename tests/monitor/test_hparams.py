@@ -88,6 +88,28 @@ def test_adam_beta1_jump(rescale: bool) -> None:
     assert j.data["ratio_factor"] == pytest.approx(c_t(0.97, t) / c_t(0.9, t))
 
 
+@pytest.mark.parametrize("rescale", [False, True], ids=["unrescaled", "rescaled"])
+def test_adam_jump_from_version_counters_launches_no_kernel(rescale: bool) -> None:
+    m = _model()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3, betas=(0.9, 0.999))
+    watch = HparamWatch(adam_buffer_norms=False)
+
+    def between(step: int) -> None:
+        if step == 20:
+            _set_beta1(opt, 0.97)
+            if rescale:
+                _scale_buffers(opt, "exp_avg", 0.1 / 0.03)
+
+    (j,) = _jumps(_train(opt, m, watch, 25, between))
+    assert j.data["buffer_ratio"] == (None if rescale else 1.0)
+    assert j.data["rescaled"] is rescale
+    assert j.data["needs_rescale"] is rescale
+    for norms, kernels in ((False, 0), (True, 1)):
+        with torch.profiler.profile() as prof:
+            HparamWatch(adam_buffer_norms=norms, sample_tensors=1).after_step(opt)
+        assert sum(e.name == "aten::linalg_vector_norm" for e in prof.events()) == kernels
+
+
 def test_lowering_beta1_lowers_the_threshold_and_raises_r() -> None:
     m = _model()
     opt = torch.optim.Adam(m.parameters(), lr=1e-3, betas=(0.97, 0.999))

@@ -116,6 +116,22 @@ def test_within_budget_nothing_changes() -> None:
     assert r.cadences == dict(PROFILES["default"].cadences)
 
 
+def test_untimed_factor_budgets_for_cost_the_clock_cannot_see() -> None:
+    """Timed 0.7% of step time fits a 1% budget, unless the true cost is 1.5× the timed one."""
+    cadences = {}
+    for untimed in (1.0, 1.5):
+        clock = FakeClock()
+        s = Scheduler(_profile(precond=1), 0.01, clock=clock, untimed=untimed)
+        _steps(s, clock, 10, 0.100, {PRECOND: 0.0007})
+        r = s.adjust()
+        assert r is not None
+        assert r.overhead == pytest.approx(0.007, rel=1e-6)  # what is reported stays the timed cost
+        cadences[untimed] = r.cadences[PRECOND]
+    assert cadences == {1.0: 1, 1.5: 2}
+    with pytest.raises(ValueError, match="untimed"):
+        Scheduler(_profile(precond=1), 0.01, untimed=0.5)
+
+
 def test_fixed_probes_and_no_stretch_mode() -> None:
     clock = FakeClock()
     s = Scheduler(_profile(loss=1, hparams=1), 0.01, clock=clock)

@@ -89,6 +89,12 @@ class Scheduler:
         c = self._cadence.get(probe, 0)
         return c > 0 and step % c == 0
 
+    def unmeasured(self) -> list[str]:
+        """Scheduled probes whose cost is not known yet (they have not run): until they have,
+        the budget cannot account for them."""
+        return [p for p, c in self._cadence.items() if c > 0 and p not in FIXED
+                and p not in self._cost]
+
     def disable(self, probe: str) -> None:
         self._cadence[probe] = 0
         self._base[probe] = 0

@@ -14,6 +14,10 @@ whether this run's noise cannot decide. The transport thread's CPU is reported a
 deterministic count of Python/C calls per step (sys.setprofile) is printed beside it.
 The agent streams to a real ZeroMQ peer that acknowledges (the test peer, in its own process),
 or to `--endpoint`, or to nobody (`--no-server`: outage).
+`--pin` gives the training thread a CPU of its own and puts every other thread and process (the
+transport sender, ZeroMQ's I/O thread, the peer) on the remaining CPUs, as on a training node whose
+server runs elsewhere; without it, on a 2-CPU machine the peer's decoding and the sender share the
+training thread's core and cool its caches, a cost a real deployment does not have.
 Memory: Python allocations (tracemalloc) and process RSS before/after attaching and training, and
 on CUDA the allocator's peak of an attached step minus an unattached one.
 
@@ -159,9 +163,23 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
         watched.model, watched.opt, run=f"bench-{profile}-{variant or 'plain'}",
         endpoint=endpoint, profile=profile, closure=watched.loss if variant == "closure" else None,
         overhead_budget=args.budget, logits_module=watched.model.head)
-    for _ in range(args.warmup):  # the agent's first drains and budget adjustments
+    # Warm up until the budget has seen every scheduled probe run and has adjusted after it (a
+    # probe with cadence 200 first runs at step 200): cadences frozen earlier would keep a costly
+    # probe at its profile's cadence for the whole measurement.
+    warm, settled_at = 0, None
+    while warm < args.warmup or settled_at is None or warm < settled_at:
         for j in jobs:
             j.step()
+        warm += 1
+        if settled_at is None and mon.enabled and not mon.scheduler.unmeasured():
+            settled_at = warm + 2 * mon.scheduler.profile.drain_every
+        if warm >= args.max_warmup:
+            print(f"  {name}: warm-up stopped at {warm} steps; unmeasured: "
+                  f"{mon.scheduler.unmeasured()}")
+            break
+    print(f"  {name}: {warm} warm-up steps")
+    if args.pin:  # threads created at attach started on the other CPUs; training gets its own
+        os.sched_setaffinity(0, args.pin[0])
     report = mon.last_report  # what the budget settled on, measured with the agent alone on
     if same:  # paused blocks would count as step time: keep the settled cadences
         mon.scheduler.stretch = False
@@ -202,6 +220,8 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
     py1, py_peak = tracemalloc.get_traced_memory()
     rss1 = _rss()
     tracemalloc.stop()
+    if args.pin:  # the next profile's threads must again start on the other CPUs
+        os.sched_setaffinity(0, args.pin[1])
     t0 = time.perf_counter()
     mon.close(timeout=5.0)
     close_s = time.perf_counter() - t0
@@ -279,7 +299,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=60, help="rounds of one block per model "
                     "(rounded up to whole drain periods)")
     ap.add_argument("--block-steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=100, help="at least this many warm-up steps")
+    ap.add_argument("--max-warmup", type=int, default=3000,
+                    help="at most this many, even if a probe has not run yet")
     ap.add_argument("--target", type=float, default=1.01)
     ap.add_argument("--arms", choices=("same", "models"), default="same",
                     help="same: one model, the agent paused in the A and B blocks (no layout "
@@ -289,8 +311,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--endpoint", default=None, help="a running spikewatch server")
     ap.add_argument("--no-server", action="store_true", help="stream to nobody (outage)")
+    ap.add_argument("--pin", action="store_true",
+                    help="training thread alone on one CPU, everything else on the others")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            ap.error("--pin needs at least 2 CPUs")
+        args.pin = ({cpus[0]}, set(cpus[1:]))
+        os.sched_setaffinity(0, args.pin[1])  # threads and processes started from now inherit
     device = torch.device(args.device)
     peer = None
     if args.endpoint:
@@ -310,9 +340,11 @@ def main() -> None:
     print(f"agent overhead: TinyLM {sum(p.numel() for p in TinyLM().parameters())} params, "
           f"batch {BATCH}x{SEQ}, device {device}, torch {torch.__version__}, "
           f"{args.threads} thread(s), budget {args.budget}, "
-          f"server: {'none' if args.no_server else endpoint}")
+          f"server: {'none' if args.no_server else endpoint}"
+          + (f", training thread pinned to CPU {min(args.pin[0])}" if args.pin else ""))
     print(f"~{args.rounds} rounds x 3 interleaved blocks (A, B agent off; W on; arms: "
-          f"{args.arms}) x {args.block_steps} steps after {args.warmup} warm-up steps")
+          f"{args.arms}) x {args.block_steps} steps after >= {args.warmup} warm-up steps "
+          "(until every probe ran)")
     _import_once(endpoint)
     rows = []
     try:

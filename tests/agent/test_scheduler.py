@@ -132,6 +132,14 @@ def test_untimed_factor_budgets_for_cost_the_clock_cannot_see() -> None:
         Scheduler(_profile(precond=1), 0.01, untimed=0.5)
 
 
+def test_unmeasured_lists_scheduled_probes_that_have_not_run() -> None:
+    clock = FakeClock()
+    s = Scheduler(_profile(loss=1, precond=1, curvature=4), 0.01, clock=clock)
+    assert s.unmeasured() == [PRECOND, CURVATURE]  # loss is fixed: never stretched, never costed
+    _steps(s, clock, 1, 0.1, {PRECOND: 0.001, CURVATURE: 0.002})
+    assert s.unmeasured() == []
+
+
 def test_fixed_probes_and_no_stretch_mode() -> None:
     clock = FakeClock()
     s = Scheduler(_profile(loss=1, hparams=1), 0.01, clock=clock)

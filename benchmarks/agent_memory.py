@@ -1,0 +1,127 @@
+"""The agent's extra host memory, measured in fresh processes: plain job vs attached job.
+
+Each cell is its own Python process: the small transformer of benchmarks/agent_overhead.py
+trains a few warm-up steps, then (attached arm) `agent.attach` streams to a real acknowledging
+peer, then it trains `--steps` more. Printed per arm: RSS after warm-up, the rise at attach, the
+rise over the steps, and peak RSS (ru_maxrss); then attached minus plain.
+
+Two allocator settings, because the answer depends on glibc. Under its default dynamic mmap
+threshold, large tensor temporaries of forward/backward come from the heap once the threshold has
+risen, and the agent's small tensors kept until the next drain pin heap pages between them: RSS
+of the attached job rises by tens of MiB that are reused, not leaked, and vary run to run. With
+`MALLOC_MMAP_THRESHOLD_=65536` large temporaries are mapped and unmapped each time, and what is
+left is the agent's own memory.
+
+    .venv/bin/python benchmarks/agent_memory.py [--steps 300] [--profile default] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def child(attached: bool, steps: int, profile: str, endpoint: str) -> dict[str, float]:
+    """One arm in this process; returns MiB figures."""
+    import torch
+    from torch import nn
+
+    import agent  # both arms import it: the import is not the agent's running cost
+    from benchmarks._tinylm import BATCH, SEQ, VOCAB, TinyLM
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    data = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=torch.Generator().manual_seed(1))
+    x, y = data[:, :-1], data[:, 1:]
+    monitor: agent.Monitor | None = None
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
+        torch.autograd.backward(loss)
+        opt.step()
+        if monitor is not None:
+            monitor.log(loss=loss)
+
+    for _ in range(5):
+        step()
+    base = _rss_mib()
+    if attached:
+        monitor = agent.attach(model, opt, run="bench-memory", endpoint=endpoint, profile=profile,
+                               logits_module=model.head)
+    at_attach = _rss_mib()
+    for _ in range(steps):
+        step()
+    end = _rss_mib()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if monitor is not None:
+        monitor.close(timeout=5.0)
+    return {"base": base, "attach": at_attach - base, "steps": end - at_attach,
+            "peak": peak}
+
+
+def _run_child(attached: bool, args: argparse.Namespace, endpoint: str,
+               env: dict[str, str]) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", "attached" if attached else "plain",
+           "--steps", str(args.steps), "--profile", args.profile, "--endpoint", endpoint]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, check=False)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--repeats", type=int, default=2, help="processes per cell (median shown)")
+    ap.add_argument("--child", choices=["plain", "attached"], help=argparse.SUPPRESS)
+    ap.add_argument("--endpoint", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child == "attached", args.steps, args.profile,
+                               args.endpoint)))
+        return
+    sys.path.insert(0, str(ROOT))
+    from tests.agent._peer import Peer
+
+    print(f"agent memory: TinyLM, profile {args.profile}, {args.steps} steps after attach, "
+          f"{args.repeats} process(es) per cell, median shown (MiB)")
+    print(f"{'allocator':<30}{'arm':<10}{'base':>8}{'+attach':>9}{'+steps':>8}{'peak':>8}")
+    with Peer() as peer:
+        for label, env in (("glibc default", {}), ("MALLOC_MMAP_THRESHOLD_=65536", _FIXED_MMAP)):
+            med: dict[bool, dict[str, float]] = {}
+            for attached in (False, True):
+                runs = [_run_child(attached, args, peer.endpoint, env)
+                        for _ in range(args.repeats)]
+                med[attached] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                m = med[attached]
+                print(f"{label:<30}{'attached' if attached else 'plain':<10}{m['base']:>8.1f}"
+                      f"{m['attach']:>9.1f}{m['steps']:>8.1f}{m['peak']:>8.1f}")
+            extra_end = (med[True]["attach"] + med[True]["steps"]) - med[False]["steps"]
+            extra_peak = (med[True]["peak"] - med[True]["base"]) - (
+                med[False]["peak"] - med[False]["base"])
+            print(f"{label:<30}{'agent':<10}{'':>8}{extra_end:>+17.1f}{extra_peak:>+8.1f}"
+                  "   (end of run, peak; attached minus plain)")
+
+
+if __name__ == "__main__":
+    main()

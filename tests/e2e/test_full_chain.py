@@ -26,14 +26,13 @@ import zmq
 from sqlalchemy.engine import make_url
 
 from agent import wire
+from tests._net import free_port, program
 from tests.deploy.promql import all_expressions, concrete
 from tests.e2e._procs import (
     ROOT,
     Daemon,
     Procs,
     WebhookReceiver,
-    free_port,
-    program,
     start_alertmanager,
     start_daemon,
     start_prometheus,

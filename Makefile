@@ -23,7 +23,6 @@ demo: install
 
 lint: install
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check . || true
 
 typecheck: install
 	$(PY) -m mypy

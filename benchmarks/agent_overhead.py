@@ -178,6 +178,9 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
                   f"{mon.scheduler.unmeasured()}")
             break
     print(f"  {name}: {warm} warm-up steps")
+    for probe in filter(None, args.disable.split(",")):  # diagnosis: what costs what
+        mon._disabled.add(probe)
+        mon.scheduler.disable(probe)
     if args.pin:  # threads created at attach started on the other CPUs; training gets its own
         os.sched_setaffinity(0, args.pin[0])
     report = mon.last_report  # what the budget settled on, measured with the agent alone on
@@ -311,6 +314,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--endpoint", default=None, help="a running spikewatch server")
     ap.add_argument("--no-server", action="store_true", help="stream to nobody (outage)")
+    ap.add_argument("--disable", default="",
+                    help="comma-separated probes to switch off after attach (to locate a cost)")
     ap.add_argument("--pin", action="store_true",
                     help="training thread alone on one CPU, everything else on the others")
     args = ap.parse_args()

@@ -69,6 +69,21 @@ class Daemon:
         self.engine = RuleEngine(rules)
         log.info("loaded %d rules from %s", len(rules), self.settings.rules or "the default pack")
 
+    def reload_rules(self) -> Sequence[Any]:
+        """Re-read the rule file (all or nothing: a bad file raises and the old rules stay) and
+        swap it in; alerts of rules that are gone end now. Returns the new rules."""
+        if self.engine is None:
+            raise RuntimeError("alert rules are not evaluated on this server")
+        from server.rules import load_rules
+
+        rules = load_rules(self.settings.rules)
+        with self._rules_lock:
+            ended = self.engine.replace_rules(rules)
+        self._publish(ended)
+        log.info("reloaded %d rules from %s (%d alerts ended)", len(rules),
+                 self.settings.rules or "the default pack", len(ended))
+        return list(self.engine.rules)
+
     def _notifiers(self) -> None:
         if not _has("server.notify"):
             return
@@ -139,6 +154,7 @@ class Daemon:
         engine = self.engine
         app = create_app(self.store, registry=registry,
                          rules=(lambda: engine.rules) if engine is not None else (),
+                         reload_rules=self.reload_rules if engine is not None else None,
                          checks=readiness_checks(self.store, self.stats), tokens=tokens)
         config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning",
                                 access_log=False, lifespan="off")

@@ -80,12 +80,20 @@ class RuleEngine:
         late_steps: int = LATE_STEPS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        names = [r.name for r in rules]
-        if len(set(names)) != len(names):
-            raise RuleError("duplicate rule names")
         if max_runs < 1 or idle_seconds <= 0 or late_steps < 0:
             raise ValueError("max_runs must be ≥ 1, idle_seconds > 0 and late_steps ≥ 0")
         self._late_steps = late_steps
+        self._set_rules(rules)
+        self._max_runs = max_runs
+        self._idle = idle_seconds
+        self._clock = clock
+        self._runs: OrderedDict[str, _Run] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _set_rules(self, rules: Sequence[Rule]) -> None:
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise RuleError("duplicate rule names")
         self._rules = tuple(rules)
         self._metrics = frozenset(m for r in rules for m in r.metrics())
         windows: dict[str, int] = {}
@@ -93,15 +101,30 @@ class RuleEngine:
             for m, n in r.windows().items():
                 windows[m] = max(windows.get(m, 0), n)
         self._windows = windows
-        self._max_runs = max_runs
-        self._idle = idle_seconds
-        self._clock = clock
-        self._runs: OrderedDict[str, _Run] = OrderedDict()
-        self._lock = threading.Lock()
 
     @property
     def rules(self) -> tuple[Rule, ...]:
         return self._rules
+
+    def replace_rules(self, rules: Sequence[Rule]) -> list[Transition]:
+        """Swap in a new rule set (a reload). Alerts of rules kept by name stay open with their
+        counts; alerts of removed rules end now (returned as transitions); every run's rolling
+        windows start afresh, since the new rules may read other metrics over other spans."""
+        with self._lock:
+            old = {r.name: r for r in self._rules}
+            self._set_rules(rules)
+            kept = {r.name for r in self._rules}
+            out: list[Transition] = []
+            for name, run in self._runs.items():
+                for rule_name in [n for n in run.slots if n not in kept]:
+                    s = run.slots.pop(rule_name)
+                    state = (AlertState.RESOLVED if s.state is AlertState.FIRING
+                             else AlertState.INACTIVE)
+                    t = self._transition(old[rule_name], name, state, run.last_step,
+                                         run.last_time, s.value)
+                    out.append(_annotated(t, "rule removed by a reload"))
+                run.signals = Signals(self._metrics, self._windows, self._late_steps)
+            return out
 
     def observe(self, obs: Observation, events: Iterable[EventLike] = ()) -> list[Transition]:
         """Evaluate every rule on one committed observation; return the transitions, in rule order.
@@ -215,19 +238,7 @@ class RuleEngine:
             t = self._transition(
                 by_name[rule_name], name, state, run.last_step, run.last_time, s.value
             )
-            out.append(
-                Transition(
-                    t.rule,
-                    t.run,
-                    t.severity,
-                    t.state,
-                    t.step,
-                    t.time,
-                    t.value,
-                    t.labels,
-                    {**t.annotations, "resolved_by": "run idle"},
-                )
-            )
+            out.append(_annotated(t, "run idle"))
         return out
 
     @staticmethod
@@ -252,6 +263,12 @@ class RuleEngine:
             labels=dict(rule.labels),
             annotations={k: _render(v, fields) for k, v in rule.annotations.items()},
         )
+
+
+def _annotated(t: Transition, resolved_by: str) -> Transition:
+    """`t` with a `resolved_by` annotation saying why the engine ended it."""
+    return Transition(t.rule, t.run, t.severity, t.state, t.step, t.time, t.value, t.labels,
+                      {**t.annotations, "resolved_by": resolved_by})
 
 
 def _render(text: str, fields: Mapping[str, str]) -> str:

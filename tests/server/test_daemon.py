@@ -276,3 +276,35 @@ def test_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
         load_settings(None)
     with pytest.raises(ConfigError, match=r"'http_port' from command line"):
         load_settings(None, http_port=70000)
+
+
+def test_rules_reload_through_the_api(sqlite_url: str, tmp_path: Path) -> None:
+    from server._settings import load_settings
+    from server.daemon import Daemon
+
+    rule = """rules:
+  - name: {name}
+    severity: warning
+    condition: {{metric: loss, op: ">", value: 5.0}}
+"""
+    path = tmp_path / "rules.yaml"
+    path.write_text(rule.format(name="loss_high"))
+    port = free_port()
+    daemon = Daemon(load_settings(None, db=sqlite_url, zmq="tcp://127.0.0.1:*", http_port=port,
+                                  rules=str(path)))
+    daemon.start()
+    base = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        assert [r["name"] for r in httpx.get(f"{base}/rules", timeout=5).json()] == ["loss_high"]
+        path.write_text(rule.format(name="loss_very_high"))
+        r = httpx.post(f"{base}/rules/reload", timeout=5)
+        assert r.status_code == 200
+        assert [x["name"] for x in r.json()] == ["loss_very_high"]
+        path.write_text("rules:\n  - name: broken\n")  # all or nothing: the old rules stay
+        r = httpx.post(f"{base}/rules/reload", timeout=5)
+        assert r.status_code == 400
+        assert "broken" in r.json()["detail"]
+        assert [x["name"] for x in httpx.get(f"{base}/rules", timeout=5).json()] == [
+            "loss_very_high"]
+    finally:
+        daemon.stop()

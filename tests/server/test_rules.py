@@ -69,6 +69,27 @@ def test_sustained_condition_goes_pending_firing_resolved() -> None:
     assert all(t.severity is Severity.PAGE and t.run == "r" for t in ts)
 
 
+def test_replace_rules_keeps_kept_alerts_and_ends_removed_ones() -> None:
+    loss = """
+  - name: loss_high
+    severity: warning
+    condition: {metric: loss, op: ">", value: 5.0}
+"""
+    engine = RuleEngine(rules(SR + loss))
+    ts = replay(engine, [{"stability_ratio": 1.2, "loss": 9.0}] * 3)
+    assert states(ts) == [("sr", P, 1), ("loss_high", P, 1), ("loss_high", F, 1), ("sr", F, 3)]
+    sr2 = SR.replace("value: 1.0", "value: 2.0")
+    ended = engine.replace_rules(rules(sr2))
+    assert states(ended) == [("loss_high", R, 3)]
+    assert ended[0].annotations["resolved_by"] == "rule removed by a reload"
+    assert [r.name for r in engine.rules] == ["sr"]
+    # sr stayed firing across the reload (no new pending) and resolves under its new threshold
+    assert states(replay(engine, sr(1.5), start=4)) == [("sr", R, 4)]
+    with pytest.raises(RuleError, match="duplicate"):
+        engine.replace_rules(rules(SR + SR))
+    assert [r.name for r in engine.rules] == ["sr"]
+
+
 def test_pending_that_clears_before_sustain_goes_inactive_and_restarts() -> None:
     ts = replay(RuleEngine(rules(SR)), sr(1.2, 1.3, 0.9, 1.0, 1.0, 1.0))
     assert states(ts) == [("sr", P, 1), ("sr", X, 3), ("sr", P, 4), ("sr", F, 6)]

@@ -188,7 +188,9 @@ def mlflow_worker(uri: str, experiment: str, jobs: list[tuple[str, int]], wl: Wo
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    exp_id = client.get_experiment_by_name(experiment).experiment_id  # type: ignore[union-attr]
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"MLflow experiment {experiment!r} was not created"
+    exp_id = exp.experiment_id
     ready.put(os.getpid())
     start.wait(300)
     deadline = time.monotonic() + budget

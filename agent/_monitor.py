@@ -522,9 +522,14 @@ def _backend(curvature: str, closure: Closure | None) -> str:
 def _select_layers(model: nn.Module, layers: Iterable[str | nn.Module] | None
                    ) -> list[tuple[str, nn.Module]]:
     by_name = {layer_name(n): m for n, m in model.named_modules()}
+    # nn.MultiheadAttention multiplies by out_proj.weight itself: out_proj's forward never runs,
+    # so a hook there would never see an input
+    never_called = {id(m.out_proj) for m in model.modules()
+                    if isinstance(m, nn.MultiheadAttention)}
     if layers is None:
         lin: list[tuple[str, nn.Module]] = [(n, m) for n, m in by_name.items()
-                                            if isinstance(m, nn.Linear)]
+                                            if isinstance(m, nn.Linear)
+                                            and id(m) not in never_called]
         if len(lin) <= MAX_SA_LAYERS:
             return lin
         return [lin[i * (len(lin) - 1) // (MAX_SA_LAYERS - 1)] for i in range(MAX_SA_LAYERS)]
@@ -541,6 +546,10 @@ def _select_layers(model: nn.Module, layers: Iterable[str | nn.Module] | None
             out.append((ids[id(item)], item))
         else:
             raise TypeError(f"layers: expected module names or modules, got {type(item).__name__}")
+        if id(out[-1][1]) in never_called:
+            raise ValueError(f"layers: {out[-1][0]!r} is the out_proj of an nn.MultiheadAttention, "
+                             "which uses its weight directly and never calls its forward: its "
+                             "inputs cannot be observed")
     return out
 
 

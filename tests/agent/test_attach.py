@@ -167,6 +167,26 @@ def test_bare_module_and_odd_names_are_valid_on_the_wire(peer: Peer) -> None:
     assert {"odd_name.weight", "weight", "bias"} <= rho
 
 
+def test_alignment_skips_attention_out_proj_whose_forward_never_runs(peer: Peer) -> None:
+    torch.manual_seed(11)
+    model = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match=r"out_proj of an nn\.MultiheadAttention"):
+        agent.attach(model, opt, layers=["self_attn.out_proj"])
+    monitor = agent.attach(model, opt, run="unit-mha", endpoint=peer.endpoint, profile="full",
+                           overhead_budget=math.inf)
+    x = torch.randn(4, 5, 8)
+    for _ in range(2):
+        opt.zero_grad()
+        loss = model(x).square().mean()
+        torch.autograd.backward(loss)
+        opt.step()
+        monitor.log(loss=loss)
+    _closed_and_delivered(peer, monitor)
+    first = next(r for r in _records(peer) if nm.SA_MEAN in r.layers)
+    assert set(first.layers[nm.SA_MEAN]) == {"linear1", "linear2"}  # every hooked layer reports
+
+
 def test_nonfinite_loss_raises_an_event_and_training_continues(peer: Peer) -> None:
     model, x, y = _mlp(1)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)

@@ -21,21 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._rss import peak_rss_bytes  # noqa: E402
 from tests._net import free_port  # noqa: E402
 from tests.server.conftest import PG_BIN, PostgresServer  # noqa: E402
 
 __all__ = ["PG_BIN", "DurablePostgres", "ServerProcess", "free_port", "peak_rss_bytes"]
-
-
-def peak_rss_bytes(pid: int | str = "self") -> int:
-    """VmHWM (peak resident set size) of a live process, in bytes; 0 if unreadable."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 class DurablePostgres(PostgresServer):

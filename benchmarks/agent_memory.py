@@ -3,7 +3,7 @@
 Each cell is its own Python process: the small transformer of benchmarks/agent_overhead.py
 trains a few warm-up steps, then (attached arm) `agent.attach` streams to a real acknowledging
 peer, then it trains `--steps` more. Printed per arm: RSS after warm-up, the rise at attach, the
-rise over the steps, and peak RSS (ru_maxrss); then attached minus plain.
+rise over the steps, and peak RSS (VmHWM); then attached minus plain.
 
 Two allocator settings, because the answer depends on glibc. Under its default dynamic mmap
 threshold, large tensor temporaries of forward/backward come from the heap once the threshold has
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,17 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 _FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def child(attached: bool, steps: int, profile: str, endpoint: str) -> dict[str, float]:
     """One arm in this process; returns MiB figures."""
     import torch
     from torch import nn
 
     import agent  # both arms import it: the import is not the agent's running cost
+    from benchmarks._rss import peak_rss_bytes, rss_bytes
     from benchmarks._tinylm import BATCH, SEQ, VOCAB, TinyLM
 
     torch.set_num_threads(1)
@@ -62,15 +57,15 @@ def child(attached: bool, steps: int, profile: str, endpoint: str) -> dict[str, 
 
     for _ in range(5):
         step()
-    base = _rss_mib()
+    base = rss_bytes() / 2**20
     if attached:
         monitor = agent.attach(model, opt, run="bench-memory", endpoint=endpoint, profile=profile,
                                logits_module=model.head)
-    at_attach = _rss_mib()
+    at_attach = rss_bytes() / 2**20
     for _ in range(steps):
         step()
-    end = _rss_mib()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    end = rss_bytes() / 2**20
+    peak = peak_rss_bytes() / 2**20
     if monitor is not None:
         monitor.close(timeout=5.0)
     return {"base": base, "attach": at_attach - base, "steps": end - at_attach,

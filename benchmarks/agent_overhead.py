@@ -53,17 +53,13 @@ import contextlib
 
 import agent
 from agent._monitor import Monitor
+from benchmarks._rss import rss_bytes
 from benchmarks._tinylm import BATCH, SEQ, VOCAB, TinyLM
 
 _PEER = (
     "import sys; from tests.agent._peer import Peer\n"
     "p = Peer().start(); print(p.endpoint, flush=True); sys.stdin.readline(); p.stop()\n"
 )
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class Job:
@@ -158,7 +154,7 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
             j.step()
     gc.collect()
     tracemalloc.start()
-    py0, rss0 = tracemalloc.get_traced_memory()[0], _rss()
+    py0, rss0 = tracemalloc.get_traced_memory()[0], rss_bytes()
     mon = watched.monitor = agent.attach(
         watched.model, watched.opt, run=f"bench-{profile}-{variant or 'plain'}",
         endpoint=endpoint, profile=profile, closure=watched.loss if variant == "closure" else None,
@@ -221,7 +217,7 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
                                              zip(wall["A"], wall["B"], strict=True)])
     plain_per_step = 0.5 * (sum(cpu["A"]) + sum(cpu["B"])) / rounds
     py1, py_peak = tracemalloc.get_traced_memory()
-    rss1 = _rss()
+    rss1 = rss_bytes()
     tracemalloc.stop()
     if args.pin:  # the next profile's threads must again start on the other CPUs
         os.sched_setaffinity(0, args.pin[1])

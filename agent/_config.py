@@ -10,7 +10,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -51,6 +51,16 @@ class Config:
 
 def _src(name: str, env_var: str, from_env: bool) -> str:
     return f"{env_var}" if from_env else f"{name}="
+
+
+def _choice(value: object, name: str, env_var: str, env: Mapping[str, str], default: str,
+            choices: Iterable[str]) -> str:
+    """The argument or environment value, lower-cased, checked against `choices`."""
+    v, fe = _pick(value, env_var, env)
+    out = default if v is None else str(v).lower()
+    if out not in choices:
+        raise ConfigError(f"{_src(name, env_var, fe)} {out!r}: choose one of {', '.join(choices)}")
+    return out
 
 
 def _pick(value: object, env_var: str, env: Mapping[str, str]) -> tuple[object, bool]:
@@ -132,11 +142,7 @@ def resolve(
         raise ConfigError(f"{_src('endpoint', 'SPIKEWATCH_ENDPOINT', fe)} {ep!r}: expected a "
                           "ZeroMQ endpoint such as tcp://127.0.0.1:5557")
 
-    v, fe = _pick(profile, "SPIKEWATCH_PROFILE", env)
-    prof = "default" if v is None else str(v).lower()
-    if prof not in PROFILES:
-        raise ConfigError(f"{_src('profile', 'SPIKEWATCH_PROFILE', fe)} {prof!r}: choose one of "
-                          f"{', '.join(PROFILES)}")
+    prof = _choice(profile, "profile", "SPIKEWATCH_PROFILE", env, "default", PROFILES)
 
     v, fe = _pick(overhead_budget, "SPIKEWATCH_OVERHEAD_BUDGET", env)
     if v is None:
@@ -158,17 +164,9 @@ def resolve(
         raise ConfigError(f"{_src('spool_dir', 'SPIKEWATCH_SPOOL_DIR', fe)} {str(spool)!r} "
                           "exists and is not a directory")
 
-    v, fe = _pick(curvature, "SPIKEWATCH_CURVATURE", env)
-    curv = "auto" if v is None else str(v).lower()
-    if curv not in CURVATURE_CHOICES:
-        raise ConfigError(f"{_src('curvature', 'SPIKEWATCH_CURVATURE', fe)} {curv!r}: choose one "
-                          f"of {', '.join(CURVATURE_CHOICES)}")
+    curv = _choice(curvature, "curvature", "SPIKEWATCH_CURVATURE", env, "auto", CURVATURE_CHOICES)
 
-    v, fe = _pick(ddp_ranks, "SPIKEWATCH_DDP_RANKS", env)
-    ranks = "all" if v is None else str(v).lower()
-    if ranks not in DDP_CHOICES:
-        raise ConfigError(f"{_src('ddp_ranks', 'SPIKEWATCH_DDP_RANKS', fe)} {ranks!r}: choose one "
-                          f"of {', '.join(DDP_CHOICES)}")
+    ranks = _choice(ddp_ranks, "ddp_ranks", "SPIKEWATCH_DDP_RANKS", env, "all", DDP_CHOICES)
 
     if enabled is None:
         raw = env.get("SPIKEWATCH_DISABLED", "").strip().lower()

@@ -112,6 +112,9 @@ class Monitor:
         self.step = _resumed_step(local)
         self.resumed_at = self.step
         self._stepped_since_log = False
+        self._due_step = -1
+        self._due_probes: list[Probe] = []
+        self._follow: list[Probe] = []  # probes whose post-step asked for the next pre-step
         self.scheduler = Scheduler(PROFILES[config.profile], config.overhead_budget,
                                    **({"clock": clock} if clock is not None else {}),
                                    stretch=not self.world.sharded, untimed=UNTIMED)
@@ -301,7 +304,7 @@ class Monitor:
         if not self._closed:
             self._after_step()
 
-    def _run(self, probe: Probe, phase: str, step: int) -> float:
+    def _run(self, probe: Probe, phase: str, step: int, *, due: bool = True) -> float:
         sched = self.scheduler
         t0 = sched.now()
         try:
@@ -309,8 +312,16 @@ class Monitor:
         except Exception as e:
             self._fail(probe.name, e)
         dt = sched.now() - t0
-        sched.add(probe.name, dt, follow=not sched.due(probe.name, step))
+        sched.add(probe.name, dt, follow=not due)
         return dt
+
+    def _due(self, step: int) -> list[Probe]:
+        """The probes due at `step` by their cadence, worked out once for both hooks."""
+        if self._due_step != step:
+            due = self.scheduler.due
+            self._due_probes = [p for p in self._probes if due(p.name, step)]
+            self._due_step = step
+        return self._due_probes
 
     def _before_step(self) -> None:
         sched = self.scheduler
@@ -319,11 +330,16 @@ class Monitor:
         try:
             step = self.step
             for a in self._armed:
-                if isinstance(a, AlignmentProbe) and a.armed_step == step:
+                if a.armed_step == step and isinstance(a, AlignmentProbe):
                     a.finish(step)
-            for p in self._probes:
-                if (sched.due(p.name, step) or p.follow == step) and p.name not in self._disabled:
+            due = self._due(step)
+            for p in due:
+                if p.name not in self._disabled:
                     spent += self._run(p, "pre", step)
+            follow, self._follow = self._follow, []
+            for p in follow:  # second halves asked for by the last post-step (the secant's)
+                if p.follow == step and p not in due and p.name not in self._disabled:
+                    spent += self._run(p, "pre", step, due=False)
         except Exception as e:
             self._fail("agent", e, disable=False)
         finally:
@@ -336,9 +352,11 @@ class Monitor:
         spent = 0.0
         try:
             step = self.step
-            for p in self._probes:
-                if (sched.due(p.name, step) or p.follow == step) and p.name not in self._disabled:
+            for p in self._due(step):
+                if p.name not in self._disabled:
                     spent += self._run(p, "post", step)
+                    if p.follow is not None:
+                        self._follow.append(p)
             self.ctx.clear()
             self.step += 1
             self._stepped_since_log = True

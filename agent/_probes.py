@@ -251,6 +251,8 @@ class HparamsProbe(Probe):
                       if isinstance(opt, torch.optim.Adam | torch.optim.SGD) else None)
         self._seen: tuple[Any, ...] | None = None
         self._quiet = 0  # consecutive steps with unchanged hyperparameters
+        self._stamped: tuple[Any, ...] | None = None  # signature at the watch's last after_step
+        self._host: tuple[tuple[Any, ...], dict[str, float]] | None = None  # signature, scalars
 
     def _signature(self) -> tuple[Any, ...] | None:
         """The groups' hyperparameters as plain numbers; None if any is a tensor (always check)."""
@@ -265,28 +267,39 @@ class HparamsProbe(Probe):
         return tuple(sig)
 
     def pre(self, step: int, out: Collector) -> None:
-        if self.watch is None:
-            return
         sig = self._signature()
         self._quiet = self._quiet + 1 if sig is not None and sig == self._seen else 0
         self._seen = sig
-        if self._quiet >= 2:
+        if self.watch is None or self._quiet >= 2:
             return  # unchanged at this step and the last: the watch would see Δ = 0 twice
         for e in self.watch.before_step(self.ctx.optimizer, step, self.ctx.last_ratio):
             out.event(step, wire.Event(e.type.value, {k: _wire_scalar(v)
                                                        for k, v in e.data.items()}))
 
     def post(self, step: int, out: Collector) -> None:
-        g = self.ctx.optimizer.param_groups[0]
-        out.scalar(step, nm.LR, _maybe_tensor(g["lr"]))
-        betas = g.get("betas")
-        if isinstance(betas, tuple | list) and len(betas) == 2:
-            out.scalar(step, nm.BETA1, _maybe_tensor(betas[0]))
-            out.scalar(step, nm.BETA2, _maybe_tensor(betas[1]))
-        elif "momentum" in g:
-            out.scalar(step, nm.BETA1, _maybe_tensor(g["momentum"]))
-        if self.watch is not None:
+        """lr and betas of group 0; with plain-number hyperparameters unchanged since the last
+        step, the same host numbers are reused and the watch only re-stamps the buffers."""
+        sig = self._seen
+        if sig is not None and self._host is not None and self._host[0] == sig:
+            out.host_scalars(step, self._host[1])
+        else:
+            g = self.ctx.optimizer.param_groups[0]
+            values = {nm.LR: g["lr"]}
+            betas = g.get("betas")
+            if isinstance(betas, tuple | list) and len(betas) == 2:
+                values[nm.BETA1], values[nm.BETA2] = betas
+            elif "momentum" in g:
+                values[nm.BETA1] = g["momentum"]
+            for k, v in values.items():
+                out.scalar(step, k, _maybe_tensor(v))
+            self._host = (sig, {k: float(v) for k, v in values.items()}) if sig else None
+        if self.watch is None:
+            return
+        if sig is not None and sig == self._stamped:
+            self.watch.restamp(self.ctx.optimizer)
+        else:
             self.watch.after_step(self.ctx.optimizer)
+            self._stamped = sig
 
 
 def _maybe_tensor(v: Any) -> Tensor | float:
@@ -393,21 +406,41 @@ class LambdaMaxProbe(Probe):
 
 
 class Armed:
-    """A forward-hook probe: the hook does nothing unless armed for the coming step."""
+    """A forward-hook probe whose hooks exist only while it is armed for a step.
+
+    Between due steps the watched modules carry no hook at all, so their forward calls stay on
+    PyTorch's hook-free fast path and cost the training step nothing.
+    """
 
     name: str = ""
 
     def __init__(self) -> None:
         self.armed_step: int | None = None
         self.handles: list[Any] = []
+        self._targets: list[tuple[nn.Module, Callable[..., None]]] = []
+
+    def watch(self, module: nn.Module, hook: Callable[[nn.Module, tuple[Any, ...], Any], None]
+              ) -> None:
+        """Hook `module`'s forward on armed steps."""
+        self._targets.append((module, hook))
 
     def arm(self, step: int | None) -> None:
+        """Arm for `step` (hooks in place) or disarm (None: hooks removed)."""
         self.armed_step = step
+        if step is None:
+            if self.handles:
+                self._unhook()
+        elif not self.handles:
+            self.handles = [m.register_forward_hook(h) for m, h in self._targets]
 
-    def remove(self) -> None:
+    def _unhook(self) -> None:
         for h in self.handles:
             h.remove()
-        self.handles.clear()
+        self.handles = []
+
+    def remove(self) -> None:
+        self._unhook()
+        self._targets.clear()
 
 
 class AlignmentProbe(Armed):
@@ -432,10 +465,10 @@ class AlignmentProbe(Armed):
         for name, mod in layers:
             declared_linear_weight(mod)  # refuse a layer without an out×in weight up front
             self._trackers[name] = SpectralAlignment()
-            self.handles.append(mod.register_forward_hook(self._hook(name)))
+            self.watch(mod, self._hook(name))
 
     def arm(self, step: int | None) -> None:
-        self.armed_step = step
+        super().arm(step)
         self._done.clear()
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
@@ -513,7 +546,7 @@ class LogitsProbe(Armed):
         self._on_error = on_error
         self._timer = timer
         self._spent = spent
-        self.handles.append(module.register_forward_hook(self._hook))
+        self.watch(module, self._hook)
 
     def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         step = self.armed_step

@@ -119,6 +119,23 @@ class HparamWatch:
         """Record hyper-parameters and momentum-buffer norms as step t−1 left them."""
         self._last = self._read(optimizer, with_buffers=True)
 
+    def restamp(self, optimizer: Any) -> None:
+        """`after_step` for a caller that knows no hyper-parameter changed since the last one:
+        only the momentum buffers' version stamps are refreshed. Falls back to `after_step`
+        where buffers are measured by their norm (SGD, `adam_buffer_norms`, no version counter)
+        or the groups changed."""
+        last = self._last
+        groups = optimizer.param_groups
+        if last is None or len(last) != len(groups):
+            self.after_step(optimizer)
+            return
+        for i, (old, group) in enumerate(zip(last, groups, strict=True)):
+            stamp = _stamp(self._buffers(optimizer, group, old.kind))
+            if old.buf_sq is not None or old.stamp is None or stamp is None:
+                self.after_step(optimizer)
+                return
+            last[i] = _Group(old.kind, old.values, old.nesterov, None, stamp)
+
     def before_step(
         self, optimizer: object, step: int, last_ratio: float | None = None
     ) -> list[HparamEvent]:

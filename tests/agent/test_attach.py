@@ -516,8 +516,9 @@ def test_hyperparameter_jumps_become_events(peer: Peer) -> None:
     assert jumps[0][1].data["needs_rescale"] is False
     changes = {(s, e.data["hparam"]) for s, e in _events(peer, EventType.HPARAM_CHANGE.value)}
     assert {(5, "beta1"), (8, "lr")} <= changes
-    assert _by_step(peer, nm.LR)[8] == 0.001
-    assert _by_step(peer, nm.BETA1)[5] == 0.97
+    # every step carries its values, also the quiet ones that reuse the last host numbers
+    assert _by_step(peer, nm.LR) == {s: 0.01 if s < 8 else 0.001 for s in range(12)}
+    assert _by_step(peer, nm.BETA1) == {s: 0.9 if s < 5 else 0.97 for s in range(12)}
 
 
 def test_in_place_buffer_rescale_is_measured_at_the_jump(peer: Peer) -> None:
@@ -545,3 +546,28 @@ def test_in_place_buffer_rescale_is_measured_at_the_jump(peer: Peer) -> None:
     assert jump[1].data["buffer_ratio"] is None
     assert jump[1].data["rescaled"] is True
     assert jump[1].data["needs_rescale"] is True  # Adam's exp_avg is an average: advised 1
+
+
+def test_cadences_hold_and_forward_hooks_exist_only_on_armed_steps(peer: Peer) -> None:
+    model, x, y = _mlp(14)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    monitor = agent.attach(model, opt, run="unit-cadence", endpoint=peer.endpoint,
+                           profile="default", overhead_budget=math.inf, logits_module=model[2])
+    hooked = []
+    for _ in range(24):
+        hooked.append(bool(model[0]._forward_hooks or model[2]._forward_hooks))
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        torch.autograd.backward(loss)
+        opt.step()
+        monitor.log(loss=loss)
+    _closed_and_delivered(peer, monitor)
+    # default profile: logits every 10 steps, alignment every 100; other steps keep the modules
+    # on PyTorch's hook-free path
+    assert [s for s, h in enumerate(hooked) if h] == [0, 10, 20]
+    assert not model[0]._forward_hooks
+    assert not model[2]._forward_hooks
+    assert sorted(_by_step(peer, nm.RHO)) == list(range(0, 24, 2))
+    # the secant's second half runs at the pre-step after each due step, off its cadence
+    assert sorted(_by_step(peer, nm.LAMBDA_SECANT)) == list(range(0, 23, 2))
+    assert sorted(_by_step(peer, nm.MAX_PROB)) == [0, 10, 20]

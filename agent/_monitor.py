@@ -48,7 +48,7 @@ from agent._profiles import (
     PROFILES,
     SECANT,
 )
-from agent._scheduler import UNTIMED, Clock, Report, Scheduler
+from agent._scheduler import HEADROOM, UNTIMED, Clock, Report, Scheduler
 from agent.names import EventType
 
 __all__ = ["Monitor", "attach"]
@@ -117,7 +117,8 @@ class Monitor:
         self._follow: list[Probe] = []  # probes whose post-step asked for the next pre-step
         self.scheduler = Scheduler(PROFILES[config.profile], config.overhead_budget,
                                    **({"clock": clock} if clock is not None else {}),
-                                   stretch=not self.world.sharded, untimed=UNTIMED)
+                                   stretch=not self.world.sharded, untimed=UNTIMED,
+                                   headroom=HEADROOM)
         self.out = Collector()
         self.last_report: Report | None = None  # the scheduler's last overhead measurement
         names: dict[Tensor, str] = {p: layer_name(n, "param")

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import torch
 from torch import Tensor, nn
@@ -235,6 +235,9 @@ class SpikeShareProbe(Probe):
                 out.scalar(step, nm.GRAD_SPIKE_SHARE, top)
 
 
+_HP_KEYS: Final = ("lr", "betas", "eps", "weight_decay", "momentum", "dampening")
+
+
 class HparamsProbe(Probe):
     """lr/β1/β2 of group 0 every step, and discontinuity events (momentum jumps included)."""
 
@@ -249,7 +252,8 @@ class HparamsProbe(Probe):
         # kernel; for SGD one tiny norm per step
         self.watch = (HparamWatch(sample_tensors=1, adam_buffer_norms=False)
                       if isinstance(opt, torch.optim.Adam | torch.optim.SGD) else None)
-        self._seen: tuple[Any, ...] | None = None
+        self._seen: tuple[Any, ...] | None = None  # signature at the last pre-step
+        self._raw: list[tuple[Any, ...]] | None = None  # the same, as read (plain numbers only)
         self._quiet = 0  # consecutive steps with unchanged hyperparameters
         self._stamped: tuple[Any, ...] | None = None  # signature at the watch's last after_step
         self._host: tuple[tuple[Any, ...], dict[str, float]] | None = None  # signature, scalars
@@ -258,7 +262,7 @@ class HparamsProbe(Probe):
         """The groups' hyperparameters as plain numbers; None if any is a tensor (always check)."""
         sig: list[Any] = []
         for g in self.ctx.optimizer.param_groups:
-            for k in ("lr", "betas", "eps", "weight_decay", "momentum", "dampening"):
+            for k in _HP_KEYS:
                 v = g.get(k)
                 if isinstance(v, Tensor) or (isinstance(v, tuple | list)
                                              and any(isinstance(x, Tensor) for x in v)):
@@ -267,9 +271,14 @@ class HparamsProbe(Probe):
         return tuple(sig)
 
     def pre(self, step: int, out: Collector) -> None:
-        sig = self._signature()
-        self._quiet = self._quiet + 1 if sig is not None and sig == self._seen else 0
-        self._seen = sig
+        raw = [tuple(map(g.get, _HP_KEYS)) for g in self.ctx.optimizer.param_groups]
+        if self._seen is not None and raw == self._raw:
+            self._quiet += 1  # the same plain numbers as at the last step (cheap path)
+        else:
+            sig = self._signature()
+            self._quiet = self._quiet + 1 if sig is not None and sig == self._seen else 0
+            self._seen = sig
+            self._raw = raw if sig is not None else None
         if self.watch is None or self._quiet >= 2:
             return  # unchanged at this step and the last: the watch would see Δ = 0 twice
         for e in self.watch.before_step(self.ctx.optimizer, step, self.ctx.last_ratio):

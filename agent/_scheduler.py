@@ -18,6 +18,12 @@ benchmarks/agent_overhead.py, which measured the true step-time cost at 1.2–1.
 a small CPU transformer (timed 0.65/0.82/0.78%, measured 0.78/0.95/1.19%). The streamed overhead
 stays the timed figure.
 
+Aiming below the ceiling. The budget is a ceiling, not a target: probe costs are EMAs of timings
+that vary by ±50% between runs, cadences move by factors of two, and a window that went over is
+corrected only at the next drain. The agent therefore plans for `headroom` of the budget
+(`HEADROOM`): on the benchmark model that put the measured cost at 0.5–0.6% for a 1% budget,
+where planning for the whole budget had measured 0.79% (95% CI 0.29–1.32%).
+
 Who yields first. The fixed part (hooks, drains, the every-step probes in `FIXED`) is never
 stretched; the probes get what it leaves (at least a quarter of the budget, so a costly fixed part
 does not stretch them to nothing). The cheap leading indicators in `PREDICTIVE` (ρ and the secant
@@ -41,6 +47,7 @@ Clock = Callable[[], float]
 _EMA = 0.3  # weight of the newest cost measurement
 PREDICTIVE_SHARE = 0.75  # of the probes' allowance, the part the predictive probes may claim
 UNTIMED = 1.5  # true cost / timed cost the agent budgets for (see the module docstring)
+HEADROOM = 0.75  # share of the budget the agent plans for (see the module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +64,15 @@ class Scheduler:
     """Cadences, self-timing and budget enforcement for one monitor (single-threaded)."""
 
     def __init__(self, profile: Profile, budget: float, *, clock: Clock = time.perf_counter,
-                 stretch: bool = True, untimed: float = 1.0) -> None:
+                 stretch: bool = True, untimed: float = 1.0, headroom: float = 1.0) -> None:
         if untimed < 1.0:
             raise ValueError(f"untimed must be >= 1 (a factor on the timed cost), got {untimed}")
+        if not 0.0 < headroom <= 1.0:
+            raise ValueError(f"headroom must be in (0, 1] (a share of the budget), got {headroom}")
         self.profile = profile
         self.budget = budget
         self.untimed = untimed
+        self.headroom = headroom
         self.stretch = stretch
         self._clock = clock
         self._base = dict(profile.cadences)
@@ -193,7 +203,7 @@ class Scheduler:
             self._cadence[worst] *= 2
 
     def _rebalance(self) -> None:
-        allowed = self.budget * self._step_time / self.untimed
+        allowed = self.budget * self.headroom * self._step_time / self.untimed
         # What the stretchable probes may use. If the fixed part alone exceeds the budget,
         # stretching cannot fix that: the probes keep a quarter of the budget rather than stop.
         allowance = max(allowed - self._fixed_load(), 0.25 * allowed)

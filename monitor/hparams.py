@@ -40,6 +40,7 @@ once, only when a momentum jump needs the buffer ratio.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,28 +114,42 @@ class HparamWatch:
         self._delta: dict[tuple[int, str], float] = {}
         # per group (by id): (its params list, its length, the sampled params)
         self._sample: dict[int, tuple[list[Tensor], int, list[Tensor]]] = {}
+        # buffer stamps of the last `restamp`, newer than those in `_last`
+        self._stamps: list[tuple[tuple[int, int], ...] | None] | None = None
+        self._src: tuple[object, list[list[Tensor]]] | None = None  # state, sampled buffers
 
     # --- hooks ---------------------------------------------------------------------------------
     def after_step(self, optimizer: object) -> None:
         """Record hyper-parameters and momentum-buffer norms as step t−1 left them."""
         self._last = self._read(optimizer, with_buffers=True)
+        self._stamps = None
 
     def restamp(self, optimizer: Any) -> None:
         """`after_step` for a caller that knows no hyper-parameter changed since the last one:
-        only the momentum buffers' version stamps are refreshed. Falls back to `after_step`
-        where buffers are measured by their norm (SGD, `adam_buffer_norms`, no version counter)
-        or the groups changed."""
+        only the momentum buffers' version stamps are read again (a few attribute reads, the
+        cheap path of a step with nothing to report). Falls back to `after_step` where buffers
+        are measured by their norm (SGD, `adam_buffer_norms`, no version counter) or the
+        groups changed."""
         last = self._last
         groups = optimizer.param_groups
         if last is None or len(last) != len(groups):
             self.after_step(optimizer)
             return
-        for i, (old, group) in enumerate(zip(last, groups, strict=True)):
-            stamp = _stamp(self._buffers(optimizer, group, old.kind))
+        state = optimizer.state
+        src = self._src if self._src is not None and self._src[0] is state else None
+        stamps: list[tuple[tuple[int, int], ...] | None] = []
+        for gi, (old, group) in enumerate(zip(last, groups, strict=True)):
+            # the buffers sampled by the last `_read`, unless the state dict was replaced (a
+            # load_state_dict); a buffer swapped inside it shows as touched at the next jump,
+            # which it was, and the `after_step` of that jump samples afresh
+            bufs = src[1][gi] if src is not None and src[1][gi] else self._buffers(
+                optimizer, group, old.kind)
+            stamp = _stamp(bufs)
             if old.buf_sq is not None or old.stamp is None or stamp is None:
                 self.after_step(optimizer)
                 return
-            last[i] = _Group(old.kind, old.values, old.nesterov, None, stamp)
+            stamps.append(stamp)
+        self._stamps = stamps
 
     def before_step(
         self, optimizer: object, step: int, last_ratio: float | None = None
@@ -150,6 +165,8 @@ class HparamWatch:
             changed = self._discontinuities(gi, old, new)
             if not changed:
                 continue
+            if self._stamps is not None:
+                old = dataclasses.replace(old, stamp=self._stamps[gi])
             t = self._adam_step(optimizer, gi) if new.kind == "adam" else 0
             before = stability_threshold(old.kind, old.values["lr"], old.values["beta1"], t,
                                          old.values["dampening"], old.nesterov)
@@ -184,6 +201,7 @@ class HparamWatch:
                 f"hyper-parameter watch supports Adam/AdamW and SGD, not {type(optimizer).__name__}"
             )
         groups: list[_Group] = []
+        sampled: list[list[Tensor]] = []
         for group in optimizer.param_groups:
             if kind == "adam":
                 b1, b2 = group["betas"]
@@ -195,10 +213,12 @@ class HparamWatch:
             vals["lr"] = _num(group["lr"])
             vals["weight_decay"] = _num(group.get("weight_decay", 0.0))
             bufs = self._buffers(optimizer, group, kind)
+            sampled.append(bufs)
             stamp = _stamp(bufs)
             measure = with_buffers and (kind == "sgd" or self.adam_buffer_norms or stamp is None)
             buf = _sum_sq(bufs) if measure and bufs else None
             groups.append(_Group(kind, vals, bool(group.get("nesterov", False)), buf, stamp))
+        self._src = (optimizer.state, sampled)
         return groups
 
     def _buffers(self, optimizer: Any, group: dict[str, Any], kind: str) -> list[Tensor]:

@@ -132,6 +132,23 @@ def test_untimed_factor_budgets_for_cost_the_clock_cannot_see() -> None:
         Scheduler(_profile(precond=1), 0.01, untimed=0.5)
 
 
+def test_headroom_plans_for_a_share_of_the_budget() -> None:
+    """Timed 0.65% fits the predictive share (75%) of a 1% budget planned in full, not of one
+    planned at 75%."""
+    cadences = {}
+    for headroom in (1.0, 0.75):
+        clock = FakeClock()
+        s = Scheduler(_profile(precond=1), 0.01, clock=clock, headroom=headroom)
+        _steps(s, clock, 10, 0.100, {PRECOND: 0.00065})
+        r = s.adjust()
+        assert r is not None
+        cadences[headroom] = r.cadences[PRECOND]
+    assert cadences == {1.0: 1, 0.75: 2}
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="headroom"):
+            Scheduler(_profile(precond=1), 0.01, headroom=bad)
+
+
 def test_unmeasured_lists_scheduled_probes_that_have_not_run() -> None:
     clock = FakeClock()
     s = Scheduler(_profile(loss=1, precond=1, curvature=4), 0.01, clock=clock)

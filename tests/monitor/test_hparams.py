@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -108,6 +109,36 @@ def test_adam_jump_from_version_counters_launches_no_kernel(rescale: bool) -> No
         with torch.profiler.profile() as prof:
             HparamWatch(adam_buffer_norms=norms, sample_tensors=1).after_step(opt)
         assert sum(e.name == "aten::linalg_vector_norm" for e in prof.events()) == kernels
+
+
+@pytest.mark.parametrize("touch", ["untouched", "rescaled", "reloaded"])
+def test_restamp_between_jumps_keeps_the_buffer_check_exact(touch: str) -> None:
+    """The cheap path (`restamp` on steps that changed no hyperparameter) sees the same as
+    `after_step`: untouched buffers give ratio 1; rescaled or reloaded ones read as touched."""
+    m = _model()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3, betas=(0.9, 0.999))
+    watch = HparamWatch(adam_buffer_norms=False, sample_tensors=1)
+    g = torch.Generator().manual_seed(0)
+    events: list[HparamEvent] = []
+    for i in range(12):
+        if i == 10:
+            _set_beta1(opt, 0.97)
+            if touch == "rescaled":
+                _scale_buffers(opt, "exp_avg", 0.1 / 0.03)
+            elif touch == "reloaded":  # new tensors with the same values
+                opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        opt.zero_grad()
+        m(torch.randn(8, 4, generator=g)).square().mean().backward()
+        events += watch.before_step(opt, i + 1)
+        opt.step()
+        if i in (0, 10):
+            watch.after_step(opt)
+        else:
+            watch.restamp(opt)
+    (j,) = _jumps(events)
+    assert j.step == 11
+    assert j.data["buffer_ratio"] == (1.0 if touch == "untouched" else None)
+    assert j.data["rescaled"] is (touch != "untouched")
 
 
 def test_lowering_beta1_lowers_the_threshold_and_raises_r() -> None:

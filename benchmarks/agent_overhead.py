@@ -36,8 +36,10 @@ import gc
 import itertools
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -158,6 +160,7 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
     mon = watched.monitor = agent.attach(
         watched.model, watched.opt, run=f"bench-{profile}-{variant or 'plain'}",
         endpoint=endpoint, profile=profile, closure=watched.loss if variant == "closure" else None,
+        spool_dir=args.spool_dir,
         overhead_budget=args.budget, logits_module=watched.model.head)
     # Warm up until the budget has seen every scheduled probe run and has adjusted after it (a
     # probe with cadence 200 first runs at step 200): cadences frozen earlier would keep a costly
@@ -241,6 +244,7 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
         "close_s": close_s,
         "acked": float(c.acked) if c is not None else float("nan"),
         "dropped": float(c.dropped) if c is not None else float("nan"),
+        "spooled": float(c.spooled) if c is not None else float("nan"),
         "rounds": float(rounds),
         "calls_plain": calls["A"],
         "calls_watched": calls["W"],
@@ -309,7 +313,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--endpoint", default=None, help="a running spikewatch server")
-    ap.add_argument("--no-server", action="store_true", help="stream to nobody (outage)")
+    ap.add_argument("--no-server", action="store_true",
+                    help="stream to nobody (outage): batches spool to a temporary directory")
+    ap.add_argument("--spool-dir", default=None, help="the agent's spool directory")
     ap.add_argument("--disable", default="",
                     help="comma-separated probes to switch off after attach (to locate a cost)")
     ap.add_argument("--pin", action="store_true",
@@ -324,12 +330,15 @@ def main() -> None:
         os.sched_setaffinity(0, args.pin[1])  # threads and processes started from now inherit
     device = torch.device(args.device)
     peer = None
+    made_spool: str | None = None
     if args.endpoint:
         endpoint = args.endpoint
     elif args.no_server:
         from tests.agent._peer import free_endpoint
 
         endpoint = free_endpoint()
+        if args.spool_dir is None:
+            args.spool_dir = made_spool = tempfile.mkdtemp(prefix="spikewatch-bench-spool-")
     else:
         # the acknowledging peer runs in its own process, as a server would: its decoding must
         # not compete with the training thread for this process's GIL
@@ -354,20 +363,23 @@ def main() -> None:
     finally:
         if peer is not None:
             peer.communicate("stop\n", timeout=30)
+        if made_spool is not None:
+            shutil.rmtree(made_spool, ignore_errors=True)
     print()
     print("cpu = Σ training-thread CPU of W / mean of A and B, with bootstrap 95% CI over rounds;"
           " A/A = B / A (noise\nfloor); +tx adds the transport thread's CPU; wall = the same"
           " ratio of wall time (noisy on a shared machine)")
     print(f"{'profile':<14}{'cpu':>8}{'95% CI':>16}{'A/A':>8}{'A/A CI':>16}{'+tx':>8}"
           f"{'wall':>8}{'plain ms':>10}{'agent ms':>10}{'tx ms':>7}{'self-meas.':>11}"
-          f"{'py KiB':>9}{'RSS MiB':>9}{'CUDA MiB':>9}{'close s':>8}{'acked':>7}{'drop':>6}")
+          f"{'py KiB':>9}{'RSS MiB':>9}{'CUDA MiB':>9}{'close s':>8}{'acked':>7}{'spool':>6}"
+          f"{'drop':>6}")
     for name, r in rows:
         print(f"{name:<14}{r['cpu_ratio']:>8.4f}   {r['cpu_lo']:.4f}-{r['cpu_hi']:.4f}"
               f"{r['aa_ratio']:>8.4f}   {r['aa_lo']:.4f}-{r['aa_hi']:.4f}{r['cpu_total']:>8.4f}"
               f"{r['wall_ratio']:>8.4f}{r['plain_ms']:>10.2f}{r['watched_ms']:>10.2f}"
               f"{r['sender_ms']:>7.3f}{100 * r['self_overhead']:>10.2f}%"
               f"{r['py_kib']:>9.1f}{r['rss_mib']:>9.2f}{r['cuda_mib']:>9.2f}{r['close_s']:>8.3f}"
-              f"{r['acked']:>7.0f}{r['dropped']:>6.0f}")
+              f"{r['acked']:>7.0f}{r['spooled']:>6.0f}{r['dropped']:>6.0f}")
     print()
     for name, r in rows:
         print(f"{name}: Python+C calls per step {r['calls_watched']:.0f} attached vs "

@@ -1,0 +1,107 @@
+"""The agent's cost on a step where no probe is due: hooks, `log()` and drains, timed in situ.
+
+The interleaved benchmark (agent_overhead.py) measures the whole cost but resolves it only to
+about ±0.5%; this one breaks the fixed per-step part down. It trains the small transformer of
+agent_overhead.py with every scheduled probe switched off except the hyper-parameter probe (the
+one that runs every step), wraps the monitor's entry points in timers and prints microseconds
+per call and per step. Timings are taken inside the real training loop on purpose: after a
+forward/backward/Adam step the interpreter's caches are cold, and the same code costs several
+times what a tight loop would show.
+
+    .venv/bin/python benchmarks/agent_step_path.py [--steps 400] [--warmup 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import agent
+from agent._monitor import Monitor
+from agent._profiles import FIXED, PROBES
+from benchmarks._tinylm import BATCH, SEQ, VOCAB, TinyLM
+from tests.agent._peer import Peer
+
+# the monitor's own entry points; `_run` is the per-probe wrapper (here: the hparams probe)
+ENTRY_POINTS = ("_pre_hook", "_post_hook", "log", "_drain", "_arm", "_run")
+
+
+def _timed(fn: Callable[..., Any], totals: dict[str, float], calls: collections.Counter[str],
+           name: str) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            totals[name] += time.perf_counter() - t0
+            calls[name] += 1
+    return wrapper
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--warmup", type=int, default=100)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    totals: dict[str, float] = collections.defaultdict(float)
+    calls: collections.Counter[str] = collections.Counter()
+    for name in ENTRY_POINTS:
+        setattr(Monitor, name, _timed(getattr(Monitor, name), totals, calls, name))
+    peer = Peer().start()
+    try:
+        torch.manual_seed(0)
+        model = TinyLM()
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+        data = torch.randint(0, VOCAB, (BATCH, SEQ + 1))
+        x, y = data[:, :-1], data[:, 1:]
+        mon = agent.attach(model, opt, run="bench-step-path", endpoint=peer.endpoint,
+                           logits_module=model.head)
+        for probe in PROBES:
+            if probe not in FIXED:
+                mon._disabled.add(probe)
+                mon.scheduler.disable(probe)
+        mon._arm(mon.step)  # disarm the forward probes switched off above
+        step_time = 0.0
+        for i in range(args.warmup + args.steps):
+            if i == args.warmup:
+                totals.clear()
+                calls.clear()
+                t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
+            torch.autograd.backward(loss)
+            opt.step()
+            mon.log(loss=loss)
+        step_time = (time.perf_counter() - t0) / args.steps
+        mon.close()
+    finally:
+        peer.stop()
+    hooks = totals["_pre_hook"] + totals["_post_hook"] + totals["log"]
+    print(f"agent step path: TinyLM, 1 thread, {args.steps} steps, step {1e3 * step_time:.1f} ms, "
+          "every probe off but hparams")
+    print(f"{'entry point':12s} {'calls':>6s} {'µs/call':>8s} {'µs/step':>8s}")
+    for name in ENTRY_POINTS:
+        n = calls[name]
+        if n:
+            print(f"{name:12s} {n:6d} {1e6 * totals[name] / n:8.1f} "
+                  f"{1e6 * totals[name] / args.steps:8.1f}")
+    per_step = hooks / args.steps
+    print(f"total (pre + post + log; drains, arming and probes run inside the hooks): "
+          f"{1e6 * per_step:.1f} µs per step = {100 * per_step / step_time:.2f}% of step time")
+
+
+if __name__ == "__main__":
+    main()

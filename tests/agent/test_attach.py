@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -62,6 +62,19 @@ def _mlp(seed: int = 0) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
 def _grad_norm(model: nn.Module) -> float:
     return float(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]
                            ).norm())
+
+
+def _train(monitor: Monitor, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+           y: torch.Tensor, steps: int, before: Callable[[int], None] | None = None) -> None:
+    """`steps` ordinary training steps, each logging its loss; `before(i)` runs ahead of step i."""
+    for i in range(steps):
+        if before is not None:
+            before(i)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        torch.autograd.backward(loss)
+        opt.step()
+        monitor.log(loss=loss)
 
 
 def _closed_and_delivered(peer: Peer, monitor: Monitor) -> None:
@@ -218,12 +231,7 @@ def test_no_server_training_continues_and_close_is_bounded(tmp_path: Path) -> No
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     monitor = agent.attach(model, opt, run="unit-offline", endpoint=free_endpoint(),
                            spool_dir=tmp_path, profile="default")
-    for _ in range(60):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        torch.autograd.backward(loss)
-        opt.step()
-        monitor.log(loss=loss)
+    _train(monitor, model, opt, x, y, 60)
     t0 = time.monotonic()
     monitor.close(timeout=1.0)
     elapsed = time.monotonic() - t0
@@ -252,12 +260,7 @@ def test_failing_probes_are_isolated(peer: Peer) -> None:
     monitor = agent.attach(model, opt, run="unit-probe-error", endpoint=peer.endpoint,
                            closure=bad_closure, layers=[emb, "2"], profile="full",
                            overhead_budget=math.inf)
-    for _ in range(8):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(tokens), target)
-        torch.autograd.backward(loss)
-        opt.step()
-        monitor.log(loss=loss)
+    _train(monitor, model, opt, tokens, target, 8)
     _closed_and_delivered(peer, monitor)
     errors = {e.data["probe"]: (s, e) for s, e in _events(peer, EventType.PROBE_ERROR.value)}
     assert set(errors) >= {"alignment", "curvature"}
@@ -356,12 +359,7 @@ def test_resumed_optimizer_continues_the_step_count(peer: Peer) -> None:
         torch.autograd.backward(nn.functional.cross_entropy(model(x), y))
         opt.step()
     monitor = agent.attach(model, opt, run="unit-resume", endpoint=peer.endpoint)
-    for _ in range(3):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        torch.autograd.backward(loss)
-        opt.step()
-        monitor.log(loss=loss)
+    _train(monitor, model, opt, x, y, 3)
     _closed_and_delivered(peer, monitor)
     assert _hello(peer).meta["resumed_at_step"] == 7
     assert [(s, e.data["resumed_at_step"]) for s, e in _events(peer, EventType.RESUMED.value)
@@ -498,16 +496,14 @@ def test_hyperparameter_jumps_become_events(peer: Peer) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     monitor = agent.attach(model, opt, run="unit-hparams", endpoint=peer.endpoint,
                            overhead_budget=math.inf)
-    for step in range(12):
+
+    def edit(step: int) -> None:
         if step == 5:
             opt.param_groups[0]["betas"] = (0.97, 0.999)  # β1 raised, buffer not rescaled
         if step == 8:
             opt.param_groups[0]["lr"] = 0.001
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        torch.autograd.backward(loss)
-        opt.step()
-        monitor.log(loss=loss)
+
+    _train(monitor, model, opt, x, y, 12, edit)
     _closed_and_delivered(peer, monitor)
     jumps = _events(peer, EventType.MOMENTUM_JUMP.value)
     assert [(s, e.data["old"], e.data["new"]) for s, e in jumps] == [(5, 0.9, 0.97)]
@@ -527,17 +523,15 @@ def test_in_place_buffer_rescale_is_measured_at_the_jump(peer: Peer) -> None:
     monitor = agent.attach(model, opt, run="unit-rescale", endpoint=peer.endpoint,
                            overhead_budget=math.inf)
     note = (1 - 0.9) / (1 - 0.97)
-    for step in range(8):
+
+    def rescale(step: int) -> None:
         if step == 4:  # the seed note's recipe: raise β1 and rescale every buffer in place
             opt.param_groups[0]["betas"] = (0.97, 0.999)
             with torch.no_grad():
                 for st in opt.state.values():
                     st["exp_avg"].mul_(note)
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        torch.autograd.backward(loss)
-        opt.step()
-        monitor.log(loss=loss)
+
+    _train(monitor, model, opt, x, y, 8, rescale)
     _closed_and_delivered(peer, monitor)
     (jump,) = _events(peer, EventType.MOMENTUM_JUMP.value)
     assert jump[0] == 4
@@ -553,14 +547,9 @@ def test_cadences_hold_and_forward_hooks_exist_only_on_armed_steps(peer: Peer) -
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     monitor = agent.attach(model, opt, run="unit-cadence", endpoint=peer.endpoint,
                            profile="default", overhead_budget=math.inf, logits_module=model[2])
-    hooked = []
-    for _ in range(24):
-        hooked.append(bool(model[0]._forward_hooks or model[2]._forward_hooks))
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        torch.autograd.backward(loss)
-        opt.step()
-        monitor.log(loss=loss)
+    hooked: list[bool] = []
+    _train(monitor, model, opt, x, y, 24,
+           lambda _: hooked.append(bool(model[0]._forward_hooks or model[2]._forward_hooks)))
     _closed_and_delivered(peer, monitor)
     # default profile: logits every 10 steps, alignment every 100; other steps keep the modules
     # on PyTorch's hook-free path

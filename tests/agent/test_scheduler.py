@@ -116,18 +116,22 @@ def test_within_budget_nothing_changes() -> None:
     assert r.cadences == dict(PROFILES["default"].cadences)
 
 
+def _settled_precond_cadence(cost: float, *, untimed: float = 1.0, headroom: float = 1.0) -> int:
+    """The precond cadence after one window of 10 steps of 100 ms, each spending `cost` s on
+    precond (cadence 1), under a 1% budget."""
+    clock = FakeClock()
+    s = Scheduler(_profile(precond=1), 0.01, clock=clock, untimed=untimed, headroom=headroom)
+    _steps(s, clock, 10, 0.100, {PRECOND: cost})
+    r = s.adjust()
+    assert r is not None
+    assert r.overhead == pytest.approx(cost / 0.100, rel=1e-6)  # the report stays the timed cost
+    return r.cadences[PRECOND]
+
+
 def test_untimed_factor_budgets_for_cost_the_clock_cannot_see() -> None:
     """Timed 0.7% of step time fits a 1% budget, unless the true cost is 1.5× the timed one."""
-    cadences = {}
-    for untimed in (1.0, 1.5):
-        clock = FakeClock()
-        s = Scheduler(_profile(precond=1), 0.01, clock=clock, untimed=untimed)
-        _steps(s, clock, 10, 0.100, {PRECOND: 0.0007})
-        r = s.adjust()
-        assert r is not None
-        assert r.overhead == pytest.approx(0.007, rel=1e-6)  # what is reported stays the timed cost
-        cadences[untimed] = r.cadences[PRECOND]
-    assert cadences == {1.0: 1, 1.5: 2}
+    assert _settled_precond_cadence(0.0007, untimed=1.0) == 1
+    assert _settled_precond_cadence(0.0007, untimed=1.5) == 2
     with pytest.raises(ValueError, match="untimed"):
         Scheduler(_profile(precond=1), 0.01, untimed=0.5)
 
@@ -135,15 +139,8 @@ def test_untimed_factor_budgets_for_cost_the_clock_cannot_see() -> None:
 def test_headroom_plans_for_a_share_of_the_budget() -> None:
     """Timed 0.65% fits the predictive share (75%) of a 1% budget planned in full, not of one
     planned at 75%."""
-    cadences = {}
-    for headroom in (1.0, 0.75):
-        clock = FakeClock()
-        s = Scheduler(_profile(precond=1), 0.01, clock=clock, headroom=headroom)
-        _steps(s, clock, 10, 0.100, {PRECOND: 0.00065})
-        r = s.adjust()
-        assert r is not None
-        cadences[headroom] = r.cadences[PRECOND]
-    assert cadences == {1.0: 1, 0.75: 2}
+    assert _settled_precond_cadence(0.00065, headroom=1.0) == 1
+    assert _settled_precond_cadence(0.00065, headroom=0.75) == 2
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="headroom"):
             Scheduler(_profile(precond=1), 0.01, headroom=bad)

@@ -1,8 +1,17 @@
-"""The small transformer language model the cost benchmarks time (0.65 M parameters)."""
+"""The small transformer language model the cost benchmarks time (0.65 M parameters), and one
+training job of it."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from agent._monitor import Monitor
 
 VOCAB, D_MODEL, LAYERS, HEADS, FF, BATCH, SEQ = 1000, 128, 2, 4, 512, 16, 64
 
@@ -20,3 +29,32 @@ class TinyLM(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         out: Tensor = self.head(self.encoder(self.embed(tokens)))
         return out
+
+
+class Job:
+    """One model + optimizer + fixed batch; `step()` is one ordinary training step."""
+
+    def __init__(self, base: TinyLM, device: torch.device, data: Tensor) -> None:
+        self.model = copy.deepcopy(base).to(device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=3e-4)
+        self.x, self.y = data[:, :-1], data[:, 1:]
+        self.monitor: Monitor | None = None
+
+    def loss(self) -> Tensor:
+        logits = self.model(self.x)
+        return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), self.y.reshape(-1))
+
+    def step(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss()
+        torch.autograd.backward(loss)
+        self.opt.step()
+        if self.monitor is not None:
+            self.monitor.log(loss=loss)
+
+
+def disable_probes(monitor: Monitor, probes: Iterable[str]) -> None:
+    """Switch probes off in a running monitor (diagnosis: which probe costs what)."""
+    for probe in probes:
+        monitor._disabled.add(probe)
+        monitor.scheduler.disable(probe)

@@ -31,7 +31,6 @@ Model (as benchmarks/signal_cost.py): token embedding + 2-layer nn.TransformerEn
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import itertools
 import os
@@ -47,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -56,34 +55,12 @@ import contextlib
 import agent
 from agent._monitor import Monitor
 from benchmarks._rss import rss_bytes
-from benchmarks._tinylm import BATCH, SEQ, VOCAB, TinyLM
+from benchmarks._tinylm import BATCH, SEQ, VOCAB, Job, TinyLM, disable_probes
 
 _PEER = (
     "import sys; from tests.agent._peer import Peer\n"
     "p = Peer().start(); print(p.endpoint, flush=True); sys.stdin.readline(); p.stop()\n"
 )
-
-
-class Job:
-    """One model + optimizer + fixed batch; `step()` is one ordinary training step."""
-
-    def __init__(self, base: TinyLM, device: torch.device, data: Tensor) -> None:
-        self.model = copy.deepcopy(base).to(device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=3e-4)
-        self.x, self.y = data[:, :-1], data[:, 1:]
-        self.monitor: Monitor | None = None
-
-    def loss(self) -> Tensor:
-        logits = self.model(self.x)
-        return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), self.y.reshape(-1))
-
-    def step(self) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.loss()
-        torch.autograd.backward(loss)
-        self.opt.step()
-        if self.monitor is not None:
-            self.monitor.log(loss=loss)
 
 
 def _block(job: Job, steps: int, sync: Callable[[], None]) -> tuple[float, float]:
@@ -177,9 +154,7 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
                   f"{mon.scheduler.unmeasured()}")
             break
     print(f"  {name}: {warm} warm-up steps")
-    for probe in filter(None, args.disable.split(",")):  # diagnosis: what costs what
-        mon._disabled.add(probe)
-        mon.scheduler.disable(probe)
+    disable_probes(mon, filter(None, args.disable.split(",")))  # diagnosis: what costs what
     if args.pin:  # threads created at attach started on the other CPUs; training gets its own
         os.sched_setaffinity(0, args.pin[0])
     report = mon.last_report  # what the budget settled on, measured with the agent alone on

@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import agent
 from agent._monitor import Monitor
 from agent._profiles import FIXED, PROBES
-from benchmarks._tinylm import BATCH, SEQ, VOCAB, TinyLM
+from benchmarks._tinylm import BATCH, SEQ, VOCAB, Job, TinyLM, disable_probes
 from tests.agent._peer import Peer
 
 # the monitor's own entry points; `_run` is the per-probe wrapper (here: the hparams probe)
@@ -63,28 +62,17 @@ def main() -> None:
     peer = Peer().start()
     try:
         torch.manual_seed(0)
-        model = TinyLM()
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-        data = torch.randint(0, VOCAB, (BATCH, SEQ + 1))
-        x, y = data[:, :-1], data[:, 1:]
-        mon = agent.attach(model, opt, run="bench-step-path", endpoint=peer.endpoint,
-                           logits_module=model.head)
-        for probe in PROBES:
-            if probe not in FIXED:
-                mon._disabled.add(probe)
-                mon.scheduler.disable(probe)
+        job = Job(TinyLM(), torch.device("cpu"), torch.randint(0, VOCAB, (BATCH, SEQ + 1)))
+        mon = job.monitor = agent.attach(job.model, job.opt, run="bench-step-path",
+                                         endpoint=peer.endpoint, logits_module=job.model.head)
+        disable_probes(mon, (p for p in PROBES if p not in FIXED))
         mon._arm(mon.step)  # disarm the forward probes switched off above
-        step_time = 0.0
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
                 totals.clear()
                 calls.clear()
                 t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
-            torch.autograd.backward(loss)
-            opt.step()
-            mon.log(loss=loss)
+            job.step()
         step_time = (time.perf_counter() - t0) / args.steps
         mon.close()
     finally:

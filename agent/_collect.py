@@ -110,13 +110,12 @@ class Collector:
 
     def __len__(self) -> int:
         """Number of pending device values (drain when it grows past `max_values`)."""
-        return sum(b.used for b in self._bufs.values()) if self._bufs else 0
+        return sum(b.used for b in self._bufs.values())
 
     @property
     def full(self) -> bool:
         """Time to drain early: too many pending device values or pending steps."""
-        return len(self._steps) >= self.max_steps or (
-            bool(self._bufs) and len(self) >= self.max_values)
+        return len(self._steps) >= self.max_steps or len(self) >= self.max_values
 
     def _step(self, step: int) -> _Step:
         s = self._steps.get(step)

@@ -85,6 +85,12 @@ class ReactiveDetector:
         self._first_n = 0
         self._window: deque[float] = deque(maxlen=self.rule.window)
         self._over = 0
+        # z-score: Σ(x−shift) and Σ(x−shift)² over the window, updated in O(1) per value and
+        # recomputed about the window's mean once per window length (bounded rounding drift)
+        self._shift = 0.0
+        self._s1 = 0.0
+        self._s2 = 0.0
+        self._since_exact = 0
 
     def update(self, step: int, value: SupportsFloat) -> Detection | None:
         """Feed one value; returns a Detection when the rule fires (or the value is non-finite)."""
@@ -125,14 +131,28 @@ class ReactiveDetector:
 
     def _zscore(self, step: int, x: float) -> Detection | None:
         w = self._window
-        if len(w) == w.maxlen:
-            mean = sum(w) / len(w)
-            std = math.sqrt(sum((v - mean) ** 2 for v in w) / len(w))
+        n = len(w)
+        if n == w.maxlen:
+            d = self._s1 / n
+            mean = self._shift + d
+            std = math.sqrt(max(self._s2 / n - d * d, 0.0))
             std = max(std, _REL_STD_FLOOR * abs(mean))  # a flat window must not fire on noise
             threshold = mean + self.rule.factor * std
             if x >= threshold and x > mean:
                 return Detection(step, Kind.SPIKE, self.rule.name, x, threshold)
+            old = w[0] - self._shift
+            self._s1 -= old
+            self._s2 -= old * old
         w.append(x)
+        d = x - self._shift
+        self._s1 += d
+        self._s2 += d * d
+        self._since_exact += 1
+        if self._since_exact >= len(w):
+            self._shift = sum(w) / len(w)
+            self._s1 = math.fsum(v - self._shift for v in w)
+            self._s2 = math.fsum((v - self._shift) ** 2 for v in w)
+            self._since_exact = 0
         return None
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 
@@ -36,14 +35,18 @@ Value = torch.Tensor | float | int
 _Ref = tuple[torch.device, int, int] | float | list[float]
 
 
-@dataclass(slots=True)
 class _Step:
-    time: float
-    scalars: dict[str, _Ref] = field(default_factory=dict)
-    layers: dict[str, dict[str, _Ref]] = field(default_factory=dict)
-    hists: dict[str, dict[str, tuple[float, float, _Ref, _Ref]]] = field(default_factory=dict)
-    partials: dict[str, tuple[Combine, _Ref, _Ref]] = field(default_factory=dict)
-    events: list[wire.Event] = field(default_factory=list)
+    """One step's pending values (refs into device buffers or host numbers) and events."""
+
+    __slots__ = ("events", "hists", "layers", "partials", "scalars", "time")
+
+    def __init__(self, t: float) -> None:  # plain literals: made once per step on the hot path
+        self.time = t
+        self.scalars: dict[str, _Ref] = {}
+        self.layers: dict[str, dict[str, _Ref]] = {}
+        self.hists: dict[str, dict[str, tuple[float, float, _Ref, _Ref]]] = {}
+        self.partials: dict[str, tuple[Combine, _Ref, _Ref]] = {}
+        self.events: list[wire.Event] = []
 
 
 _CHUNK = 4096  # values per buffer chunk
@@ -107,15 +110,16 @@ class Collector:
         self._read_cpu = read_cpu  # False: CPU values take the device path too (tests)
         self._steps: dict[int, _Step] = {}
         self._bufs: dict[torch.device, _DeviceBuffer] = {}
+        self._pending = 0  # device values written since the last drain, over all devices
 
     def __len__(self) -> int:
         """Number of pending device values (drain when it grows past `max_values`)."""
-        return sum(b.used for b in self._bufs.values())
+        return self._pending
 
     @property
     def full(self) -> bool:
         """Time to drain early: too many pending device values or pending steps."""
-        return len(self._steps) >= self.max_steps or len(self) >= self.max_values
+        return len(self._steps) >= self.max_steps or self._pending >= self.max_values
 
     def _step(self, step: int) -> _Step:
         s = self._steps.get(step)
@@ -126,8 +130,10 @@ class Collector:
     def _ref(self, v: Value) -> _Ref:
         if not isinstance(v, torch.Tensor):
             return float(v)
-        if self._read_cpu and v.device.type == "cpu":
-            return float(v.item()) if v.numel() == 1 else [float(x) for x in v.reshape(-1).tolist()]
+        if self._read_cpu and v.is_cpu:
+            if v.dim() == 0:
+                return float(v.item())
+            return [float(x) for x in v.reshape(-1).tolist()]
         return self._vec(v)
 
     def _vec(self, v: torch.Tensor) -> tuple[torch.device, int, int]:
@@ -135,7 +141,9 @@ class Collector:
         buf = self._bufs.get(dev)
         if buf is None:
             buf = self._bufs[dev] = _DeviceBuffer(dev)
-        return (dev, buf.put(v), v.numel())
+        n = v.numel()
+        self._pending += n
+        return (dev, buf.put(v), n)
 
     # --- recording (no host sync) -----------------------------------------------------------
     def scalar(self, step: int, name: str, value: Value) -> None:
@@ -177,6 +185,7 @@ class Collector:
         """Copy every pending value to the host (one transfer per device); build the records of
         steps ≤ `upto` (all when None). Later steps stay pending, already on the host."""
         host = {dev: buf.to_host() for dev, buf in self._bufs.items() if buf.used}
+        self._pending = 0
 
         def res(r: _Ref) -> _Ref:
             if isinstance(r, tuple):

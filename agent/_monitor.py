@@ -42,6 +42,7 @@ from agent._probes import (
 from agent._profiles import (
     ALIGNMENT,
     CURVATURE,
+    HPARAMS,
     LAMBDA_MAX,
     LOGITS,
     PRECOND,
@@ -55,6 +56,7 @@ __all__ = ["Monitor", "attach"]
 
 log = logging.getLogger("spikewatch.agent")
 RECORDS_PER_SUBMIT = 64
+_PLAN_STEPS = 64  # steps whose due probes are worked out at once
 _ERR_LEN = 300
 
 
@@ -112,8 +114,12 @@ class Monitor:
         self.step = _resumed_step(local)
         self.resumed_at = self.step
         self._stepped_since_log = False
-        self._due_step = -1
-        self._due_probes: list[Probe] = []
+        self._due_probes: list[Probe] = []  # the probes due at `self.step` (see `_plan`)
+        self._table: list[tuple[list[Probe], frozenset[Armed]]] = []  # plans from _table_at on
+        self._table_at = 0
+        self._table_version = -1
+        self._armed_now = False
+        self._hparams: Any = None  # the every-step hyper-parameter probe, run inline
         self._follow: list[Probe] = []  # probes whose post-step asked for the next pre-step
         self.scheduler = Scheduler(PROFILES[config.profile], config.overhead_budget,
                                    **({"clock": clock} if clock is not None else {}),
@@ -134,7 +140,7 @@ class Monitor:
             self._event(self.step, EventType.RESUMED, resumed_at_step=self.resumed_at)
         self._handles.append(optimizer.register_step_pre_hook(self._pre_hook))
         self._handles.append(optimizer.register_step_post_hook(self._post_hook))
-        self._arm(self.step)
+        self._plan(self.step)
         _live.add(self)
         _register_exit()
 
@@ -223,9 +229,14 @@ class Monitor:
             if self.scheduler.cadence(kind.name) == 0:
                 continue
             try:
-                self._probes.append(kind(ctx))
+                probe = kind(ctx)
             except Exception as e:
                 self._fail(kind.name, e)
+                continue
+            if isinstance(probe, pr.HparamsProbe) and self.scheduler.cadence(HPARAMS) == 1:
+                self._hparams = probe  # every step: called inline, timed with the hooks
+            else:
+                self._probes.append(probe)
         for name in (CURVATURE, LAMBDA_MAX, SECANT, PRECOND):
             if not any(p.name == name for p in self._probes):
                 self.scheduler.disable(name)
@@ -278,8 +289,9 @@ class Monitor:
         if self._closed:
             return None
         # args[0] is the optimizer itself; step(closure) passes the closure next or by keyword
-        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-        if callable(closure):
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None) if (
+            kwargs or len(args) > 1) else None
+        if closure is not None and callable(closure):
             # step(closure): gradients exist only once the closure ran inside step().
             wrapped = self._wrap_closure(closure)
             if "closure" in kwargs:
@@ -316,13 +328,30 @@ class Monitor:
         sched.add(probe.name, dt, follow=not due)
         return dt
 
-    def _due(self, step: int) -> list[Probe]:
-        """The probes due at `step` by their cadence, worked out once for both hooks."""
-        if self._due_step != step:
-            due = self.scheduler.due
-            self._due_probes = [p for p in self._probes if due(p.name, step)]
-            self._due_step = step
-        return self._due_probes
+    def _plan(self, step: int) -> None:
+        """Set the probes due at `step` (both hooks use the list) and arm the forward-hook probes
+        due at it; called when the previous step ends. Plans are made `_PLAN_STEPS` steps at a
+        time and remade when a cadence changes."""
+        i = step - self._table_at
+        if not 0 <= i < len(self._table) or self._table_version != self.scheduler.version:
+            self._make_table(step)
+            i = 0
+        self._due_probes, arm = self._table[i]
+        if arm or self._armed_now:
+            off = self._disabled
+            for a in self._armed:
+                a.arm(step if a in arm and a.name not in off else None)
+            self._armed_now = bool(arm)
+
+    def _make_table(self, start: int) -> None:
+        sched = self.scheduler
+        off = self._disabled
+        table = []
+        for step in range(start, start + _PLAN_STEPS):
+            due = sched.due_at(step)
+            table.append(([p for p in self._probes if p.name in due and p.name not in off],
+                          frozenset(a for a in self._armed if a.name in due)))
+        self._table, self._table_at, self._table_version = table, start, sched.version
 
     def _before_step(self) -> None:
         sched = self.scheduler
@@ -330,17 +359,26 @@ class Monitor:
         spent = 0.0
         try:
             step = self.step
-            for a in self._armed:
-                if a.armed_step == step and isinstance(a, AlignmentProbe):
-                    a.finish(step)
-            due = self._due(step)
+            if self._armed_now:
+                for a in self._armed:
+                    if a.armed_step == step and isinstance(a, AlignmentProbe):
+                        a.finish(step)
+            if self._hparams is not None:
+                try:
+                    self._hparams.pre(step, self.out)
+                except Exception as e:
+                    self._hparams = None
+                    self._fail(HPARAMS, e)
+            due = self._due_probes
+            off = self._disabled
             for p in due:
-                if p.name not in self._disabled:
+                if p.name not in off:
                     spent += self._run(p, "pre", step)
-            follow, self._follow = self._follow, []
-            for p in follow:  # second halves asked for by the last post-step (the secant's)
-                if p.follow == step and p not in due and p.name not in self._disabled:
-                    spent += self._run(p, "pre", step, due=False)
+            if self._follow:
+                follow, self._follow = self._follow, []
+                for p in follow:  # second halves asked for by the last post-step (the secant's)
+                    if p.follow == step and p not in due and p.name not in off:
+                        spent += self._run(p, "pre", step, due=False)
         except Exception as e:
             self._fail("agent", e, disable=False)
         finally:
@@ -351,34 +389,36 @@ class Monitor:
         sched = self.scheduler
         t0 = sched.now()
         spent = 0.0
+        step = self.step
         try:
-            step = self.step
-            for p in self._due(step):
-                if p.name not in self._disabled:
+            if self._hparams is not None:
+                try:
+                    self._hparams.post(step, self.out)
+                except Exception as e:
+                    self._hparams = None
+                    self._fail(HPARAMS, e)
+            off = self._disabled
+            for p in self._due_probes:
+                if p.name not in off:
                     spent += self._run(p, "post", step)
                     if p.follow is not None:
                         self._follow.append(p)
             self.ctx.clear()
-            self.step += 1
-            self._stepped_since_log = True
         except Exception as e:
             self._fail("agent", e, disable=False)
+        self.step = step + 1
+        self._stepped_since_log = True
         sched.add(None, sched.now() - t0 - spent)
         sched.step_end()
         t1 = sched.now()
         try:
-            if sched.drain_due(self.step - 1) or self.out.full:
+            if sched.drain_due(step) or self.out.full:
                 # the loss of this step is usually logged after step(): leave its record open
-                self._drain(upto=self.step - 2)
-            self._arm(self.step)
+                self._drain(upto=step - 1)
+            self._plan(step + 1)
         except Exception as e:
             self._fail("drain", e, disable=False)
         sched.add(None, sched.now() - t1)
-
-    def _arm(self, step: int) -> None:
-        for a in self._armed:
-            due = self.scheduler.due(a.name, step) and a.name not in self._disabled
-            a.arm(step if due else None)
 
     # --- errors and events ------------------------------------------------------------------
     def _event(self, step: int, kind: str, **data: wire.Scalar) -> None:

@@ -78,6 +78,9 @@ class Scheduler:
         self._clock = clock
         self._base = dict(profile.cadences)
         self._cadence = dict(profile.cadences)
+        self._active: tuple[tuple[str, int], ...] = ()  # (probe, cadence) with cadence > 0
+        self.version = 0  # bumped whenever a cadence changes (plans made before are stale)
+        self._refresh()
         self._cost: dict[str, float] = {}  # EMA seconds per due step of each probe
         self._pending: dict[str, float] = {}  # this step's seconds per probe, not yet a sample
         self._weight: dict[str, float] = {}  # weight of the newest sample in each EMA
@@ -100,6 +103,16 @@ class Scheduler:
         c = self._cadence.get(probe, 0)
         return c > 0 and step % c == 0
 
+    def due_at(self, step: int) -> set[str]:
+        """Every probe due at `step`: one pass over the scheduled cadences."""
+        return {p for p, c in self._active if step % c == 0}
+
+    def _refresh(self) -> None:
+        active = tuple((p, c) for p, c in self._cadence.items() if c > 0)
+        if active != self._active:
+            self._active = active
+            self.version += 1
+
     def unmeasured(self) -> list[str]:
         """Scheduled probes whose cost is not known yet (they have not run): until they have,
         the budget cannot account for them."""
@@ -109,6 +122,7 @@ class Scheduler:
     def disable(self, probe: str) -> None:
         self._cadence[probe] = 0
         self._base[probe] = 0
+        self._refresh()
 
     def drain_due(self, step: int) -> bool:
         return (step + 1) % self.profile.drain_every == 0
@@ -172,6 +186,7 @@ class Scheduler:
         self._fixed_cost = fixed if self._fixed_cost == 0.0 else 0.5 * (self._fixed_cost + fixed)
         if self.stretch:
             self._rebalance()
+            self._refresh()
         share = {p: (self._cost[p] / c) / self._step_time
                  for p, c in self._cadence.items() if c > 0 and p in self._cost}
         self._win_start = self._last_step_end

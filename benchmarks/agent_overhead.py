@@ -97,7 +97,7 @@ def _set_active(mon: Monitor, on: bool) -> None:
         return
     mon._closed = not on
     if on:
-        mon._arm(mon.step)
+        mon._plan(mon.step)
     else:
         for a in mon._armed:
             a.arm(None)

@@ -33,7 +33,7 @@ from benchmarks._tinylm import BATCH, SEQ, VOCAB, Job, TinyLM, disable_probes
 from tests.agent._peer import Peer
 
 # the monitor's own entry points; `_run` is the per-probe wrapper (here: the hparams probe)
-ENTRY_POINTS = ("_pre_hook", "_post_hook", "log", "_drain", "_arm", "_run")
+ENTRY_POINTS = ("_pre_hook", "_post_hook", "log", "_drain", "_plan", "_run")
 
 
 def _timed(fn: Callable[..., Any], totals: dict[str, float], calls: collections.Counter[str],
@@ -66,7 +66,7 @@ def main() -> None:
         mon = job.monitor = agent.attach(job.model, job.opt, run="bench-step-path",
                                          endpoint=peer.endpoint, logits_module=job.model.head)
         disable_probes(mon, (p for p in PROBES if p not in FIXED))
-        mon._arm(mon.step)  # disarm the forward probes switched off above
+        mon._plan(mon.step)  # disarm the forward probes switched off above
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
                 totals.clear()

@@ -117,39 +117,33 @@ class HparamWatch:
         # buffer stamps of the last `restamp`, newer than those in `_last`
         self._stamps: list[tuple[tuple[int, int], ...] | None] | None = None
         self._src: tuple[object, list[list[Tensor]]] | None = None  # state, sampled buffers
+        self._restampable = False  # `restamp` may stand in for `after_step` (version stamps)
 
     # --- hooks ---------------------------------------------------------------------------------
     def after_step(self, optimizer: object) -> None:
         """Record hyper-parameters and momentum-buffer norms as step t−1 left them."""
-        self._last = self._read(optimizer, with_buffers=True)
+        self._last = last = self._read(optimizer, with_buffers=True)
         self._stamps = None
+        self._restampable = self._src is not None and all(
+            g.buf_sq is None and g.stamp is not None for g in last) and all(self._src[1])
 
     def restamp(self, optimizer: Any) -> None:
         """`after_step` for a caller that knows no hyper-parameter changed since the last one:
-        only the momentum buffers' version stamps are read again (a few attribute reads, the
-        cheap path of a step with nothing to report). Falls back to `after_step` where buffers
-        are measured by their norm (SGD, `adam_buffer_norms`, no version counter) or the
-        groups changed."""
-        last = self._last
-        groups = optimizer.param_groups
-        if last is None or len(last) != len(groups):
+        only the version stamps of the buffers sampled by the last `after_step` are read again
+        (the cheap path of a step with nothing to report). Falls back to `after_step` where
+        buffers are measured by their norm (SGD, `adam_buffer_norms`, no version counter), a
+        group had no buffer yet, or the groups or the state dict changed (a load_state_dict; a
+        buffer swapped inside the state shows as touched at the next jump, which it was, and
+        the `after_step` of that jump samples afresh)."""
+        src = self._src
+        if (not self._restampable or src is None or src[0] is not optimizer.state
+                or len(src[1]) != len(optimizer.param_groups)):
             self.after_step(optimizer)
             return
-        state = optimizer.state
-        src = self._src if self._src is not None and self._src[0] is state else None
-        stamps: list[tuple[tuple[int, int], ...] | None] = []
-        for gi, (old, group) in enumerate(zip(last, groups, strict=True)):
-            # the buffers sampled by the last `_read`, unless the state dict was replaced (a
-            # load_state_dict); a buffer swapped inside it shows as touched at the next jump,
-            # which it was, and the `after_step` of that jump samples afresh
-            bufs = src[1][gi] if src is not None and src[1][gi] else self._buffers(
-                optimizer, group, old.kind)
-            stamp = _stamp(bufs)
-            if old.buf_sq is not None or old.stamp is None or stamp is None:
-                self.after_step(optimizer)
-                return
-            stamps.append(stamp)
-        self._stamps = stamps
+        try:
+            self._stamps = [tuple((id(b), b._version) for b in bufs) for bufs in src[1]]
+        except RuntimeError:  # inference tensors keep no version counter
+            self.after_step(optimizer)
 
     def before_step(
         self, optimizer: object, step: int, last_ratio: float | None = None

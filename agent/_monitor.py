@@ -415,9 +415,13 @@ class Monitor:
             if sched.drain_due(step) or self.out.full:
                 # the loss of this step is usually logged after step(): leave its record open
                 self._drain(upto=step - 1)
-            self._plan(step + 1)
         except Exception as e:
             self._fail("drain", e, disable=False)
+        try:
+            self._plan(step + 1)
+        except Exception as e:
+            self._due_probes = []  # a stale plan would run last step's probes
+            self._fail("agent", e, disable=False)
         sched.add(None, sched.now() - t1)
 
     # --- errors and events ------------------------------------------------------------------

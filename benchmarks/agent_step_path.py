@@ -32,7 +32,8 @@ from agent._profiles import FIXED, PROBES
 from benchmarks._tinylm import BATCH, SEQ, VOCAB, Job, TinyLM, disable_probes
 from tests.agent._peer import Peer
 
-# the monitor's own entry points; `_run` is the per-probe wrapper (here: the hparams probe)
+# the monitor's own entry points: `_plan` looks up the next step's due probes and arms forward
+# hooks; `_run` wraps a due probe (none here: the every-step hparams probe runs inside the hooks)
 ENTRY_POINTS = ("_pre_hook", "_post_hook", "log", "_drain", "_plan", "_run")
 
 

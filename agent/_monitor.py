@@ -34,6 +34,7 @@ from agent._probes import (
     Armed,
     Closure,
     Ctx,
+    HparamsProbe,
     LogitsProbe,
     Probe,
     layer_name,
@@ -119,7 +120,7 @@ class Monitor:
         self._table_at = 0
         self._table_version = -1
         self._armed_now = False
-        self._hparams: Any = None  # the every-step hyper-parameter probe, run inline
+        self._hparams: HparamsProbe | None = None  # every-step probe, run inside the hooks
         self._follow: list[Probe] = []  # probes whose post-step asked for the next pre-step
         self.scheduler = Scheduler(PROFILES[config.profile], config.overhead_budget,
                                    **({"clock": clock} if clock is not None else {}),
@@ -233,7 +234,7 @@ class Monitor:
             except Exception as e:
                 self._fail(kind.name, e)
                 continue
-            if isinstance(probe, pr.HparamsProbe) and self.scheduler.cadence(HPARAMS) == 1:
+            if isinstance(probe, HparamsProbe) and self.scheduler.cadence(HPARAMS) == 1:
                 self._hparams = probe  # every step: called inline, timed with the hooks
             else:
                 self._probes.append(probe)
@@ -289,9 +290,8 @@ class Monitor:
         if self._closed:
             return None
         # args[0] is the optimizer itself; step(closure) passes the closure next or by keyword
-        closure = kwargs.get("closure", args[1] if len(args) > 1 else None) if (
-            kwargs or len(args) > 1) else None
-        if closure is not None and callable(closure):
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if callable(closure):
             # step(closure): gradients exist only once the closure ran inside step().
             wrapped = self._wrap_closure(closure)
             if "closure" in kwargs:

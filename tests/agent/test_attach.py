@@ -3,6 +3,7 @@ ZeroMQ test peer on 127.0.0.1."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -394,6 +395,30 @@ def test_logits_passed_to_log(peer: Peer) -> None:
     assert _by_step(peer, nm.BETA1)[0] == 0.9
 
 
+def test_failing_hparams_probe_is_reported_once_and_the_rest_keeps_running(
+        peer: Peer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent._collect import Collector
+    from agent._probes import HparamsProbe
+
+    def broken(self: HparamsProbe, step: int, out: Collector) -> None:
+        if step >= 3:
+            raise KeyError("lr")
+        original(self, step, out)
+    original = HparamsProbe.post
+    monkeypatch.setattr(HparamsProbe, "post", broken)
+    model, x, y = _mlp(8)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    monitor = agent.attach(model, opt, run="unit-hparams-error", endpoint=peer.endpoint)
+    _train(monitor, model, opt, x, y, 8)
+    _closed_and_delivered(peer, monitor)
+    errors = _events(peer, EventType.PROBE_ERROR.value)
+    reported = [(s, e.data["probe"], e.data["error"]) for s, e in errors]
+    assert reported == [(3, "hparams", "KeyError")]
+    assert sorted(_by_step(peer, nm.LR)) == [0, 1, 2]  # disabled at the failure
+    assert sorted(_by_step(peer, nm.LOSS)) == list(range(8))
+    assert sorted(_by_step(peer, nm.GRAD_NORM)) == list(range(8))
+
+
 def test_cadence_stretches_under_budget_with_injected_clock(peer: Peer) -> None:
     """Every reading of the agent's clock costs 1 ms; a training step costs 40 ms."""
 
@@ -435,6 +460,17 @@ def test_cadence_stretches_under_budget_with_injected_clock(peer: Peer) -> None:
     for p in stretched:
         ratio = last[p] / _full_cadence(p)
         assert ratio == 2 ** round(math.log2(ratio))
+    # the probes run at the cadences streamed: a cadence set at the drain that ended step s
+    # (reported on record s - 1) holds from step s + 1 on
+    rho_steps = set(_by_step(peer, nm.RHO))
+    reports = [(r.step, r.layers[nm.AGENT_CADENCE]["precond"]) for r in recs]
+    checked = 0
+    for (s0, c), (s1, c1) in itertools.pairwise(reports):
+        if c == c1:
+            span = range(s0 + 2, s1 + 2)
+            assert {s for s in rho_steps if s in span} == {s for s in span if s % c == 0}
+            checked += 1
+    assert checked >= 5
 
 
 def _full_cadence(probe: str) -> int:

@@ -328,6 +328,15 @@ class Monitor:
         sched.add(probe.name, dt, follow=not due)
         return dt
 
+    def _run_hparams(self, phase: Callable[[int, Collector], None], step: int) -> None:
+        """One half of the every-step hyper-parameter probe, timed with its hook (it is part of
+        the fixed per-step cost); disabled at its first failure."""
+        try:
+            phase(step, self.out)
+        except Exception as e:
+            self._hparams = None
+            self._fail(HPARAMS, e)
+
     def _plan(self, step: int) -> None:
         """Set the probes due at `step` (both hooks use the list) and arm the forward-hook probes
         due at it; called when the previous step ends. Plans are made `_PLAN_STEPS` steps at a
@@ -364,11 +373,7 @@ class Monitor:
                     if a.armed_step == step and isinstance(a, AlignmentProbe):
                         a.finish(step)
             if self._hparams is not None:
-                try:
-                    self._hparams.pre(step, self.out)
-                except Exception as e:
-                    self._hparams = None
-                    self._fail(HPARAMS, e)
+                self._run_hparams(self._hparams.pre, step)
             due = self._due_probes
             off = self._disabled
             for p in due:
@@ -392,11 +397,7 @@ class Monitor:
         step = self.step
         try:
             if self._hparams is not None:
-                try:
-                    self._hparams.post(step, self.out)
-                except Exception as e:
-                    self._hparams = None
-                    self._fail(HPARAMS, e)
+                self._run_hparams(self._hparams.post, step)
             off = self._disabled
             for p in self._due_probes:
                 if p.name not in off:

@@ -69,18 +69,34 @@ class SpectralAlignment:
 
     def update(self, weight: torch.Tensor, inputs: torch.Tensor) -> SAResult:
         """Refresh v₁ from `weight` (out×in) and measure the rows of `inputs` (..., in)."""
+        v1, sigma = self.refresh(weight)
+        return self.summarise(self.cosines(inputs, v1), sigma)
+
+    def refresh(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight half: v₁ (fp32, (in,)) and σ₁ of `weight` (out×in), warm-started."""
         if weight.ndim != 2:
             raise ValueError(f"weight must be out×in, got shape {tuple(weight.shape)}")
-        if inputs.ndim < 1 or inputs.shape[-1] != weight.shape[1]:
-            raise ValueError(
-                f"inputs shape {tuple(inputs.shape)}: last dim != weight in-features "
-                f"{weight.shape[1]}"
-            )
         v1, sigma = top_right_singular(weight, self.v1, self.iters, self.seed)
         self.v1 = v1
+        return v1, sigma
+
+    def cosines(self, inputs: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        """The input half: cos(x_i, v₁) of up to `max_rows` rows of `inputs` (..., in).
+
+        Tensor code only, so a compiled forward can run it in its graph and keep just the
+        cosines, not the inputs."""
+        if inputs.ndim < 1 or inputs.shape[-1] != v1.shape[0]:
+            raise ValueError(
+                f"inputs shape {tuple(inputs.shape)}: last dim != weight in-features "
+                f"{v1.shape[0]}"
+            )
         x = sample_rows(inputs.detach(), self.max_rows).float()
         tiny = torch.finfo(torch.float32).tiny
-        cos = (x @ v1) / (x.norm(dim=1) * v1.norm()).clamp_min(tiny)
+        cos: torch.Tensor = (x @ v1) / (x.norm(dim=1) * v1.norm()).clamp_min(tiny)
+        return cos
+
+    def summarise(self, cos: torch.Tensor, sigma: torch.Tensor) -> SAResult:
+        """Histogram, mean and sign diversity of the cosines from `cosines`."""
         return _summarise(cos, self.bins, sigma)
 
 

@@ -28,17 +28,21 @@ from agent import wire
 from agent._collect import Collector
 from agent._config import Config, resolve
 from agent._distributed import World, detect, local_optimizer
-from agent._probes import (
-    MAX_SA_LAYERS,
+from agent._forward_probes import (
     AlignmentProbe,
     Armed,
+    HookEnv,
+    HookGate,
+    LogitsProbe,
+    over_confidence,
+)
+from agent._probes import (
+    MAX_SA_LAYERS,
     Closure,
     Ctx,
     HparamsProbe,
-    LogitsProbe,
     Probe,
     layer_name,
-    over_confidence,
 )
 from agent._profiles import (
     ALIGNMENT,
@@ -51,6 +55,7 @@ from agent._profiles import (
     SECANT,
 )
 from agent._scheduler import HEADROOM, UNTIMED, Clock, Report, Scheduler
+from agent._untraced import untraced
 from agent.names import EventType
 
 __all__ = ["Monitor", "attach"]
@@ -97,6 +102,8 @@ class Monitor:
         world: World | None = None,
     ) -> None:
         self.config = config
+        compiled = _compiled(model)
+        model = _uncompiled(model)
         self.model = model
         self.optimizer = optimizer
         self.world = world or detect(model, optimizer)
@@ -133,7 +140,8 @@ class Monitor:
         self.ctx = Ctx(model, local, names, self.world, closure,
                        _backend(config.curvature, closure), auto=config.curvature == "auto")
         self._reactive = _Reactive()
-        self._build_probes(layers, logits_module)
+        self._gate = HookGate()
+        self._build_probes(layers, logits_module, compiled=compiled)
         self.transport = transport if transport is not None else _make_transport(config,
                                                                                    self.world)
         self.transport.hello(self._meta(model, local))
@@ -146,6 +154,7 @@ class Monitor:
         _register_exit()
 
     # --- public API -------------------------------------------------------------------------
+    @untraced  # a compiled training step calls the agent, never traces it
     def log(self, loss: Tensor | float | None = None, *, step: int | None = None,
             logits: Tensor | None = None, **scalars: Tensor | float) -> None:
         """Record this step's loss (tensor or float), optional logits and extra scalars.
@@ -210,7 +219,7 @@ class Monitor:
 
     # --- setup ------------------------------------------------------------------------------
     def _build_probes(self, layers: Iterable[str | nn.Module] | None,
-                      logits_module: nn.Module | None) -> None:
+                      logits_module: nn.Module | None, *, compiled: bool) -> None:
         from agent import _probes as pr
 
         ctx = self.ctx
@@ -241,17 +250,17 @@ class Monitor:
         for name in (CURVATURE, LAMBDA_MAX, SECANT, PRECOND):
             if not any(p.name == name for p in self._probes):
                 self.scheduler.disable(name)
+        env = HookEnv(self.out, self._fail_armed, self.scheduler.now, self.scheduler.add,
+                      self._gate, compiled=compiled)
         if self.scheduler.cadence(ALIGNMENT) > 0:
             try:
                 sel = _select_layers(self.model, layers)
                 if sel:
-                    self._armed.append(AlignmentProbe(sel, self.out, self._fail_armed,
-                                                      self.scheduler.now, self.scheduler.add))
+                    self._armed.append(AlignmentProbe(sel, env))
             except Exception as e:
                 self._fail(ALIGNMENT, e)
         if logits_module is not None and self.scheduler.cadence(LOGITS) > 0:
-            self._armed.append(LogitsProbe(logits_module, self.out, self._fail_armed,
-                                           self.scheduler.now, self.scheduler.add))
+            self._armed.append(LogitsProbe(logits_module, env))
 
     def _meta(self, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, wire.Scalar]:
         meta: dict[str, wire.Scalar] = {
@@ -285,6 +294,7 @@ class Monitor:
         return meta
 
     # --- hooks ------------------------------------------------------------------------------
+    @untraced
     def _pre_hook(self, opt: torch.optim.Optimizer, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         if self._closed:
@@ -312,6 +322,7 @@ class Monitor:
             return result
         return wrapped
 
+    @untraced
     def _post_hook(self, opt: torch.optim.Optimizer, args: tuple[Any, ...],
                    kwargs: dict[str, Any]) -> None:
         if not self._closed:
@@ -350,7 +361,7 @@ class Monitor:
             off = self._disabled
             for a in self._armed:
                 a.arm(step if a in arm and a.name not in off else None)
-            self._armed_now = bool(arm)
+            self._armed_now = self._gate.open = bool(arm)
 
     def _make_table(self, start: int) -> None:
         sched = self.scheduler
@@ -370,8 +381,7 @@ class Monitor:
             step = self.step
             if self._armed_now:
                 for a in self._armed:
-                    if a.armed_step == step and isinstance(a, AlignmentProbe):
-                        a.finish(step)
+                    a.settle(step)
             if self._hparams is not None:
                 self._run_hparams(self._hparams.pre, step)
             due = self._due_probes
@@ -583,6 +593,20 @@ def _backend(curvature: str, closure: Closure | None) -> str:
     return curvature
 
 
+def _compiled(model: nn.Module) -> bool:
+    """Whether torch.compile wraps the model or any of its modules (wrapper or in place)."""
+    return any(isinstance(getattr(m, "_orig_mod", None), nn.Module)
+               or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+
+
+def _uncompiled(model: nn.Module) -> nn.Module:
+    """The module inside torch.compile's wrapper: layers and parameters keep the model's own
+    names (not `_orig_mod.…`), and hooks go on the modules the compiled code calls."""
+    while isinstance(inner := getattr(model, "_orig_mod", None), nn.Module):
+        model = inner
+    return model
+
+
 def _select_layers(model: nn.Module, layers: Iterable[str | nn.Module] | None
                    ) -> list[tuple[str, nn.Module]]:
     by_name = {layer_name(n): m for n, m in model.named_modules()}
@@ -692,7 +716,7 @@ def attach(
                   client_public_key=client_public_key)
     _backend(cfg.curvature, closure)  # refuse exact/fd without a closure up front
     if layers is not None and cfg.enabled:
-        _select_layers(model, layers)
+        _select_layers(_uncompiled(model), layers)
     return Monitor(model, optimizer, cfg, closure=closure, layers=layers,
                    logits_module=logits_module)
 

@@ -1,7 +1,7 @@
 """Probes: adapters from the signal library (`monitor/`) to the agent's hooks and collector.
 
 A probe runs in the optimizer pre-step hook (`pre`: θ_t, ``.grad`` = g_t, state at t−1), in the
-post-step hook (`post`: state at t) or from a forward hook (`Armed`: spectral alignment, logits).
+post-step hook (`post`: state at t); forward-hook probes live in `agent._forward_probes`.
 It only launches device work and hands 0-d tensors to the collector; it never reads them back.
 `follow` asks the monitor to call the probe at one more step regardless of its cadence (the secant
 needs the pre-step of the step after it was due).
@@ -9,7 +9,6 @@ needs the pre-step of the step after it was due).
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,12 +22,10 @@ from agent import wire
 from agent._collect import Collector
 from agent._distributed import World
 from agent._profiles import (
-    ALIGNMENT,
     CURVATURE,
     GRAD_NORM,
     HPARAMS,
     LAMBDA_MAX,
-    LOGITS,
     PRECOND,
     SECANT,
     SPIKE_SHARE,
@@ -156,7 +153,10 @@ _BAD_LAYER_CHARS = re.compile(r"[^A-Za-z0-9_.:/\-\[\]]")
 
 def layer_name(name: str, fallback: str = "model") -> str:
     """A module/parameter name as the wire accepts it (`wire.LAYER_RE`): the root module, which
-    has the empty name, becomes `fallback`; other characters become "_"; at most 128 long."""
+    has the empty name, becomes `fallback`; torch.compile's `_orig_mod.` wrappers are left out;
+    other characters become "_"; at most 128 long."""
+    if "_orig_mod" in name:
+        name = ".".join(part for part in name.split(".") if part != "_orig_mod")
     n = _BAD_LAYER_CHARS.sub("_", name) or fallback
     if not re.match(r"[A-Za-z0-9_]", n[0]):
         n = "_" + n
@@ -412,162 +412,3 @@ class LambdaMaxProbe(Probe):
             out.scalar(step, nm.GRAD_TOP_EIG_COS, tc.grad_cos)
 
         self.ctx.with_hvp(step, out, measure)
-
-
-class Armed:
-    """A forward-hook probe whose hooks exist only while it is armed for a step.
-
-    Between due steps the watched modules carry no hook at all, so their forward calls stay on
-    PyTorch's hook-free fast path and cost the training step nothing.
-    """
-
-    name: str = ""
-
-    def __init__(self) -> None:
-        self.armed_step: int | None = None
-        self.handles: list[Any] = []
-        self._targets: list[tuple[nn.Module, Callable[..., None]]] = []
-
-    def watch(self, module: nn.Module, hook: Callable[[nn.Module, tuple[Any, ...], Any], None]
-              ) -> None:
-        """Hook `module`'s forward on armed steps."""
-        self._targets.append((module, hook))
-
-    def arm(self, step: int | None) -> None:
-        """Arm for `step` (hooks in place) or disarm (None: hooks removed)."""
-        self.armed_step = step
-        if step is None:
-            if self.handles:
-                self._unhook()
-        elif not self.handles:
-            self.handles = [m.register_forward_hook(h) for m, h in self._targets]
-
-    def _unhook(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-
-    def remove(self) -> None:
-        self._unhook()
-        self._targets.clear()
-
-
-class AlignmentProbe(Armed):
-    """Spectral alignment of the inputs of selected nn.Linear layers, on due steps only."""
-
-    name = ALIGNMENT
-
-    def __init__(self, layers: Sequence[tuple[str, nn.Module]], out: Collector,
-                 on_error: Callable[[str, BaseException], None], timer: Callable[[], float],
-                 spent: Callable[[str, float], None]) -> None:
-        super().__init__()
-        from monitor.spectral_alignment import SpectralAlignment, declared_linear_weight
-
-        self._weight = declared_linear_weight
-        self._out = out
-        self._on_error = on_error
-        self._timer = timer
-        self._spent = spent
-        self._trackers: dict[str, SpectralAlignment] = {}
-        self._done: set[str] = set()
-        self._div: list[Tensor] = []
-        for name, mod in layers:
-            declared_linear_weight(mod)  # refuse a layer without an out×in weight up front
-            self._trackers[name] = SpectralAlignment()
-            self.watch(mod, self._hook(name))
-
-    def arm(self, step: int | None) -> None:
-        super().arm(step)
-        self._done.clear()
-
-    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
-        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            step = self.armed_step
-            if step is None or name in self._done:
-                return
-            t0 = self._timer()
-            try:
-                self._done.add(name)
-                x = inputs[0] if inputs else None
-                if not isinstance(x, Tensor):
-                    return
-                with torch.no_grad():
-                    r = self._trackers[name].update(self._weight(module), x)
-                self._out.layer(step, nm.SA_MEAN, name, r.mean)
-                self._out.layer(step, nm.SA_SIGN_DIVERSITY, name, r.sign_diversity)
-                self._out.hist(step, nm.SA_HIST, name, r.hist, -1.0, 1.0, r.nonfinite)
-                self._div.append(r.sign_diversity)
-                if len(self._done) == len(self._trackers):
-                    self.finish(step)
-            except Exception as e:
-                self.arm(None)
-                self._on_error(self.name, e)
-            finally:
-                self._spent(self.name, self._timer() - t0)
-        return hook
-
-    def finish(self, step: int) -> None:
-        """The min sign diversity over the layers measured at `step` (called once per step)."""
-        if self._div:
-            dev = self._div[0].device
-            low = torch.stack([d.to(dev) for d in self._div])
-            low = torch.where(torch.isnan(low), torch.full_like(low, math.inf), low).min()
-            low = torch.where(torch.isinf(low), torch.full_like(low, math.nan), low)
-            self._out.scalar(step, nm.SA_SIGN_DIVERSITY, low)
-            self._div = []
-        self.armed_step = None
-
-
-def over_confidence(step: int, logits: Tensor, out: Collector) -> None:
-    """Over-confidence proxies of a logits tensor (..., classes) into the collector."""
-    from monitor.overconfidence import overconfidence
-
-    with torch.no_grad():
-        r = overconfidence(logits)
-    out.scalar(step, nm.MAX_PROB, r.max_prob)
-    out.scalar(step, nm.ENTROPY, r.entropy)
-    out.scalar(step, nm.PROB_IMPURITY, r.impurity)
-    out.scalar(step, nm.LOGIT_NORM, r.logit_norm)
-
-
-def logits_of(output: Any) -> Tensor | None:
-    """The logits in a module's output: a tensor, `.logits` (Hugging Face) or the first tensor."""
-    if isinstance(output, Tensor):
-        return output
-    lg = getattr(output, "logits", None)
-    if isinstance(lg, Tensor):
-        return lg
-    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
-        return output[0]
-    return None
-
-
-class LogitsProbe(Armed):
-    """Over-confidence from a forward hook on the module that outputs the logits."""
-
-    name = LOGITS
-
-    def __init__(self, module: nn.Module, out: Collector,
-                 on_error: Callable[[str, BaseException], None], timer: Callable[[], float],
-                 spent: Callable[[str, float], None]) -> None:
-        super().__init__()
-        self._out = out
-        self._on_error = on_error
-        self._timer = timer
-        self._spent = spent
-        self.watch(module, self._hook)
-
-    def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        step = self.armed_step
-        if step is None:
-            return
-        self.armed_step = None
-        t0 = self._timer()
-        try:
-            lg = logits_of(output)
-            if lg is not None:
-                over_confidence(step, lg, self._out)
-        except Exception as e:
-            self._on_error(self.name, e)
-        finally:
-            self._spent(self.name, self._timer() - t0)

@@ -419,6 +419,23 @@ def test_failing_hparams_probe_is_reported_once_and_the_rest_keeps_running(
     assert sorted(_by_step(peer, nm.GRAD_NORM)) == list(range(8))
 
 
+def test_forward_hooks_that_are_never_called_are_reported_not_silently_missing(
+        peer: Peer) -> None:
+    model, x, y = _mlp(9)
+    unused = nn.Linear(24, 3)  # declared as the logits module, but the forward never calls it
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    monitor = agent.attach(model, opt, run="unit-unused-logits", endpoint=peer.endpoint,
+                           profile="full", overhead_budget=math.inf, logits_module=unused)
+    _train(monitor, model, opt, x, y, 6)
+    _closed_and_delivered(peer, monitor)
+    errors = _events(peer, EventType.PROBE_ERROR.value)
+    reported = [(s, e.data["probe"], e.data["error"], e.data["disabled"]) for s, e in errors]
+    assert reported == [(1, "logits", "HooksNotCalledError", True)]  # two armed steps, 0 and 1
+    assert "Linear" in str(errors[0][1].data["message"])
+    assert not unused._forward_hooks  # disarmed: its hooks are gone
+    assert sorted(_by_step(peer, nm.SA_SIGN_DIVERSITY)) == [0, 5]  # the other probe carries on
+
+
 def test_cadence_stretches_under_budget_with_injected_clock(peer: Peer) -> None:
     """Every reading of the agent's clock costs 1 ms; a training step costs 40 ms."""
 

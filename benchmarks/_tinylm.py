@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -32,16 +32,20 @@ class TinyLM(nn.Module):
 
 
 class Job:
-    """One model + optimizer + fixed batch; `step()` is one ordinary training step."""
+    """One model + optimizer + fixed batch; `step()` is one ordinary training step. `compile`:
+    the forward runs through `torch.compile(model)` (`net`), which is what to attach to."""
 
-    def __init__(self, base: TinyLM, device: torch.device, data: Tensor) -> None:
+    def __init__(self, base: TinyLM, device: torch.device, data: Tensor,
+                 compile: bool = False) -> None:
         self.model = copy.deepcopy(base).to(device)
+        self.net: nn.Module = (cast(nn.Module, torch.compile(self.model)) if compile
+                               else self.model)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=3e-4)
         self.x, self.y = data[:, :-1], data[:, 1:]
         self.monitor: Monitor | None = None
 
     def loss(self) -> Tensor:
-        logits = self.model(self.x)
+        logits = self.net(self.x)
         return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), self.y.reshape(-1))
 
     def step(self) -> None:

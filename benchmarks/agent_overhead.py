@@ -18,6 +18,9 @@ or to `--endpoint`, or to nobody (`--no-server`: outage).
 transport sender, ZeroMQ's I/O thread, the peer) on the remaining CPUs, as on a training node whose
 server runs elsewhere; without it, on a 2-CPU machine the peer's decoding and the sender share the
 training thread's core and cool its caches, a cost a real deployment does not have.
+`--compile` runs the model through torch.compile (inductor) and attaches to the compiled module
+before its first forward; a paused agent closes its hook gate, so A and B run the ordinary-step
+graph, which carries no agent code (tests/agent/test_compile.py).
 Memory: Python allocations (tracemalloc) and process RSS before/after attaching and training, and
 on CUDA the allocator's peak of an attached step minus an unattached one.
 
@@ -25,7 +28,7 @@ Model (as benchmarks/signal_cost.py): token embedding + 2-layer nn.TransformerEn
 128, 4 heads, ff 512) + LM head, vocab 1000, batch 16×64 tokens, AdamW, one CPU thread.
 
     .venv/bin/python benchmarks/agent_overhead.py [--rounds 60] [--block-steps 5]
-        [--profiles light,default,full,full+closure] [--device cpu|cuda] [--no-server]
+        [--profiles light,default,full,full+closure] [--device cpu|cuda] [--no-server] [--compile]
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ def _set_active(mon: Monitor, on: bool) -> None:
     else:
         for a in mon._armed:
             a.arm(None)
+        mon._gate.open = False  # a compiled forward takes its ordinary-step graph
 
 
 def _sender_cpu() -> float:
@@ -122,20 +126,20 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
     data = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=gen).to(device)
     same = args.arms == "same"
     if same:
-        plain = control = watched = Job(base, device, data)
+        plain = control = watched = Job(base, device, data, args.compile)
     else:
-        plain, control, watched = (Job(base, device, data) for _ in range(3))
+        plain, control, watched = (Job(base, device, data, args.compile) for _ in range(3))
     jobs = list(dict.fromkeys((plain, control, watched)))
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for _ in range(3):  # warm all up (allocator, kernels) before anything is measured
-        for j in jobs:
+    for _ in range(0 if args.compile else 3):  # warm up (allocator, kernels) before measuring;
+        for j in jobs:  # a compiled model must meet the agent's hooks at its first forward
             j.step()
     gc.collect()
     tracemalloc.start()
     py0, rss0 = tracemalloc.get_traced_memory()[0], rss_bytes()
     mon = watched.monitor = agent.attach(
-        watched.model, watched.opt, run=f"bench-{profile}-{variant or 'plain'}",
+        watched.net, watched.opt, run=f"bench-{profile}-{variant or 'plain'}",
         endpoint=endpoint, profile=profile, closure=watched.loss if variant == "closure" else None,
         spool_dir=args.spool_dir,
         overhead_budget=args.budget, logits_module=watched.model.head)
@@ -293,6 +297,8 @@ def main() -> None:
     ap.add_argument("--spool-dir", default=None, help="the agent's spool directory")
     ap.add_argument("--disable", default="",
                     help="comma-separated probes to switch off after attach (to locate a cost)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model (inductor) and attach to the compiled module")
     ap.add_argument("--pin", action="store_true",
                     help="training thread alone on one CPU, everything else on the others")
     args = ap.parse_args()
@@ -325,6 +331,7 @@ def main() -> None:
     print(f"agent overhead: TinyLM {sum(p.numel() for p in TinyLM().parameters())} params, "
           f"batch {BATCH}x{SEQ}, device {device}, torch {torch.__version__}, "
           f"{args.threads} thread(s), budget {args.budget}, "
+          f"{'torch.compile, ' if args.compile else ''}"
           f"server: {'none' if args.no_server else endpoint}"
           + (f", training thread pinned to CPU {min(args.pin[0])}" if args.pin else ""))
     print(f"~{args.rounds} rounds x 3 interleaved blocks (A, B agent off; W on; arms: "

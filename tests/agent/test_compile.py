@@ -52,7 +52,14 @@ class RecordingBackend:
 
 def _ours(files: set[str]) -> set[str]:
     """The spikewatch files among `files`, relative to the project root."""
-    return {f[len(ROOT):] for f in files if f.startswith(ROOT) and "/tests/" not in f}
+    return {f[len(ROOT):] for f in files
+            if f.startswith(ROOT) and f[len(ROOT):].split("/")[0] in ("agent", "monitor")}
+
+
+@pytest.fixture
+def peer() -> Iterator[Peer]:
+    with Peer() as p:
+        yield p
 
 
 @pytest.fixture(autouse=True)
@@ -163,3 +170,34 @@ def test_compiling_a_module_attach_was_given_plain_recovers_after_one_due_step()
     assert sorted(got["layers:" + nm.SA_MEAN]) == [5, 10]
     # whole graphs, one per set of hooks in place; settled once each set was seen
     assert graphs[5] == graphs[-1] == 3
+
+
+def test_a_compiled_training_step_calls_the_agent_without_tracing_it(peer: Peer) -> None:
+    """The user compiles the whole step: forward, backward, optimizer step and log()."""
+    backend = RecordingBackend()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 24), nn.Tanh(), nn.Linear(24, 3))
+    x, y = torch.randn(48, 6), torch.randint(0, 3, (48,))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    monitor = agent.attach(model, opt, run="compiled-step", endpoint=peer.endpoint,
+                           profile="full", overhead_budget=math.inf, logits_module=model[2])
+
+    @torch.compile(backend=backend)
+    def step() -> None:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        torch.autograd.backward(loss)
+        opt.step()
+        monitor.log(loss=loss)
+
+    for _ in range(6):
+        step()
+    monitor.close(timeout=5.0)
+    assert peer.wait_for(lambda: monitor.counters().acked == monitor.counters().submitted, 10)
+    records = [r for m in peer.first_seen() if isinstance(m, wire.Batch) for r in m.records]
+    assert [e for r in records for e in r.events] == []
+    for signal in (nm.LOSS, nm.GRAD_NORM, nm.RHO, nm.MAX_PROB):
+        assert sorted(r.step for r in records if signal in r.scalars) == list(range(6)), signal
+    # the agent ran eagerly at graph breaks; the graphs hold the model, the loss and the captures
+    assert set().union(*map(_ours, backend.files)) <= {
+        "agent/_forward_probes.py", "monitor/spectral_alignment.py", "monitor/overconfidence.py"}

@@ -21,6 +21,7 @@ from agent._config import resolve
 from agent._monitor import Monitor
 from agent._profiles import PROFILES
 from agent.names import EventType
+from tests.agent._loop import train_on
 from tests.agent._peer import Peer, free_endpoint
 
 
@@ -65,20 +66,6 @@ def _grad_norm(model: nn.Module) -> float:
                            ).norm())
 
 
-def _train_on(monitor: Monitor, opt: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor],
-              steps: int, before: Callable[[int], None] | None = None) -> None:
-    """`steps` ordinary training steps on `loss_fn()`, each logging its loss; `before(i)` runs
-    ahead of step i."""
-    for i in range(steps):
-        if before is not None:
-            before(i)
-        opt.zero_grad()
-        loss = loss_fn()
-        torch.autograd.backward(loss)
-        opt.step()
-        monitor.log(loss=loss)
-
-
 def _square_mean(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
     """A loss for models without targets: the mean square of `model(x)`."""
     return lambda: model(x).square().mean()
@@ -86,8 +73,8 @@ def _square_mean(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor
 
 def _train(monitor: Monitor, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
            y: torch.Tensor, steps: int, before: Callable[[int], None] | None = None) -> None:
-    """`_train_on` with the cross-entropy of `model(x)` against `y`."""
-    _train_on(monitor, opt, lambda: nn.functional.cross_entropy(model(x), y), steps, before)
+    """`train_on` with the cross-entropy of `model(x)` against `y`."""
+    train_on(monitor, opt, lambda: nn.functional.cross_entropy(model(x), y), steps, before)
 
 
 def _closed_and_delivered(peer: Peer, monitor: Monitor) -> None:
@@ -180,7 +167,7 @@ def test_bare_module_and_odd_names_are_valid_on_the_wire(peer: Peer) -> None:
     x = torch.randn(8, 4)
     for _ in range(3):
         for m, o, mon in ((model["odd name"], opt, monitor), (bare, opt2, monitor2)):
-            _train_on(mon, o, _square_mean(m, x), 1)
+            train_on(mon, o, _square_mean(m, x), 1)
     _closed_and_delivered(peer, monitor)
     _closed_and_delivered(peer, monitor2)
     layers = {lay for r in _records(peer) for lay in r.layers.get(nm.SA_MEAN, {})}
@@ -198,7 +185,7 @@ def test_alignment_skips_attention_out_proj_whose_forward_never_runs(peer: Peer)
     monitor = agent.attach(model, opt, run="unit-mha", endpoint=peer.endpoint, profile="full",
                            overhead_budget=math.inf)
     x = torch.randn(4, 5, 8)
-    _train_on(monitor, opt, _square_mean(model, x), 2)
+    train_on(monitor, opt, _square_mean(model, x), 2)
     _closed_and_delivered(peer, monitor)
     first = next(r for r in _records(peer) if nm.SA_MEAN in r.layers)
     assert set(first.layers[nm.SA_MEAN]) == {"linear1", "linear2"}  # every hooked layer reports

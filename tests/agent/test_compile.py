@@ -25,6 +25,7 @@ import agent
 from agent import names as nm
 from agent import wire
 from agent.names import EventType
+from tests.agent._loop import train_on
 from tests.agent._peer import Peer
 
 ROOT = str(Path(agent.__file__).resolve().parents[1]) + "/"
@@ -89,13 +90,9 @@ def _run(backend: RecordingBackend | None, profile: str = "full", steps: int = 3
         monitor = agent.attach(model if attach_plain else net, opt, run="compiled",
                                endpoint=peer.endpoint, profile=profile,
                                overhead_budget=math.inf, logits_module=model[4])
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(net(x), y)
-            torch.autograd.backward(loss)
-            opt.step()
-            monitor.log(loss=loss)
-            graphs.append(0 if backend is None else backend.graphs)
+        train_on(monitor, opt, lambda: nn.functional.cross_entropy(net(x), y), steps,
+                 before=lambda i: graphs.append(0 if backend is None else backend.graphs))
+        graphs = [*graphs[1:], 0 if backend is None else backend.graphs]  # after each step
         monitor.close(timeout=5.0)
         assert dict(counters["graph_break"]) == {}  # whole graphs only
         assert peer.wait_for(lambda: monitor.counters().acked == monitor.counters().submitted, 10)

@@ -71,7 +71,7 @@ class Armed:
         self._targets: list[tuple[nn.Module, ForwardHook]] = []
         self._done: set[str] = set()  # keys of the modules measured at the armed step
         self._captured: dict[str, tuple[nn.Module, Any]] = {}  # compiled forwards: key -> capture
-        self._traced = env.compiled  # captures come from compiled forwards: prepare at arming
+        self.traced = env.compiled  # captures come from compiled graphs: prepare at arming
 
     # --- what a probe defines ---------------------------------------------------------------
     def measure_now(self, key: str, module: nn.Module, inputs: tuple[Any, ...], output: Any,
@@ -136,7 +136,7 @@ class Armed:
         self.armed_step = step
         self._done.clear()
         self._captured.clear()
-        if step is not None and self._traced:
+        if step is not None and self.traced:
             self._timed(self.prepare, step)
         if self.env.compiled:
             return
@@ -155,7 +155,7 @@ class Armed:
                 self._timed(self.measure, key, module, value, step)
         if self._captured:
             # compiled after attach() (given the plain module): prepare from the next arming on
-            self._traced = True
+            self.traced = True
             self._captured.clear()
         if self._done:
             self.missed = 0

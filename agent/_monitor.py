@@ -127,6 +127,7 @@ class Monitor:
         self._table_at = 0
         self._table_version = -1
         self._armed_now = False
+        self._in_graph: frozenset[str] = frozenset()  # probes capturing in this step's graph
         self._hparams: HparamsProbe | None = None  # every-step probe, run inside the hooks
         self._follow: list[Probe] = []  # probes whose post-step asked for the next pre-step
         self.scheduler = Scheduler(PROFILES[config.profile], config.overhead_budget,
@@ -362,6 +363,8 @@ class Monitor:
             for a in self._armed:
                 a.arm(step if a in arm and a.name not in off else None)
             self._armed_now = self._gate.open = bool(arm)
+            self._in_graph = frozenset(a.name for a in self._armed
+                                       if a.armed_step == step and a.traced)
 
     def _make_table(self, start: int) -> None:
         sched = self.scheduler
@@ -420,7 +423,7 @@ class Monitor:
         self.step = step + 1
         self._stepped_since_log = True
         sched.add(None, sched.now() - t0 - spent)
-        sched.step_end()
+        sched.step_end(self._in_graph)
         t1 = sched.now()
         try:
             if sched.drain_due(step) or self.out.full:

@@ -16,7 +16,14 @@ bandwidth taken by the sender thread. `untimed` scales the timed cost up by that
 is compared with the budget; the agent passes `UNTIMED`, calibrated with
 benchmarks/agent_overhead.py on a small CPU transformer: the true step-time cost measured 1.1 to
 2.1 times the timed one (timed 0.52–0.66%, measured 0.57–1.09% over 1000-round runs), so the agent
-budgets for twice what its clock sees. The streamed overhead stays the timed figure.
+budgets for twice what its clock sees. The streamed overhead stays the measured figure (timed,
+plus the in-graph estimate below), not scaled by that factor.
+
+Work inside compiled graphs. On a torch.compile'd model the forward-hook probes compute their
+captures inside the user's graph at due steps, where no clock of the agent can reach. The monitor
+tags those steps (`step_end(in_graph=...)`); at each drain the scheduler charges a tagged step's
+own time beyond the median of the window's untagged steps to its in-graph probes, split evenly,
+as a second cost EMA per probe, and counts it in the reported overhead.
 
 Aiming below the ceiling. The budget is a ceiling, not a target: probe costs are EMAs of timings
 that vary by ±50% between runs, cadences move by factors of two, and a window that went over is
@@ -35,6 +42,7 @@ doubled first; relaxing brings predictive probes back first.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -45,6 +53,7 @@ from agent._profiles import FIXED, MAX_CADENCE, PREDICTIVE, Profile
 Clock = Callable[[], float]
 _EMA = 0.3  # weight of the newest cost measurement
 PREDICTIVE_SHARE = 0.75  # of the probes' allowance, the part the predictive probes may claim
+MIN_ORDINARY = 3  # untagged steps a window needs before in-graph cost is estimated from it
 UNTIMED = 2.0  # true cost / timed cost the agent budgets for (see the module docstring)
 HEADROOM = 0.75  # share of the budget the agent plans for (see the module docstring)
 
@@ -83,6 +92,10 @@ class Scheduler:
         self._pending: dict[str, float] = {}  # this step's seconds per probe, not yet a sample
         self._weight: dict[str, float] = {}  # weight of the newest sample in each EMA
         self._fixed_cost = 0.0  # EMA seconds per step of un-attributed agent work (hooks, drain)
+        self._graph_cost: dict[str, float] = {}  # EMA seconds per due step inside compiled graphs
+        self._step_agent = 0.0  # agent seconds in the current step
+        self._win_ordinary: list[float] = []  # own seconds of untagged steps in the window
+        self._win_tagged: list[tuple[frozenset[str], float]] = []  # (in-graph probes, own s)
         self._win_agent = 0.0  # agent seconds in the current window
         self._win_fixed = 0.0
         self._win_steps = 0
@@ -144,6 +157,7 @@ class Scheduler:
         second half, one step later)."""
         seconds = max(0.0, seconds)
         self._win_agent += seconds
+        self._step_agent += seconds
         if probe is None:
             self._win_fixed += seconds
         elif follow and probe in self._cost:
@@ -159,16 +173,46 @@ class Scheduler:
             self._weight[probe] = 1.0 if prev is None else _EMA
         self._pending.clear()
 
-    def step_end(self) -> None:
-        """Mark the end of one optimizer step (wall time between marks is the step time)."""
+    def step_end(self, in_graph: frozenset[str] = frozenset()) -> None:
+        """Mark the end of one optimizer step (wall time between marks is the step time);
+        `in_graph`: the probes that captured inside this step's compiled graph."""
         self._commit()
         t = self._clock()
-        if self._win_start is None:
+        if self._win_start is None or self._last_step_end is None:
             self._win_start = t
             self._win_agent = self._win_fixed = 0.0  # work before the first full step is setup
         else:
             self._win_steps += 1
+            own = t - self._last_step_end - self._step_agent
+            if in_graph:
+                self._win_tagged.append((in_graph, own))
+            else:
+                self._win_ordinary.append(own)
+        self._step_agent = 0.0
         self._last_step_end = t
+
+    def cost(self, probe: str) -> float:
+        """Seconds per due step of `probe`: timed in the hooks plus estimated in the graph."""
+        return self._cost.get(probe, 0.0) + self._graph_cost.get(probe, 0.0)
+
+    def _charge_graphs(self) -> float:
+        """Estimate the window's in-graph work (see the module docstring); its total seconds."""
+        total = 0.0
+        if self._win_tagged and len(self._win_ordinary) >= MIN_ORDINARY:
+            base = statistics.median(self._win_ordinary)
+            shares: dict[str, list[float]] = {}
+            for probes, own in self._win_tagged:
+                excess = max(own - base, 0.0)
+                total += excess
+                for p in probes:
+                    shares.setdefault(p, []).append(excess / len(probes))
+            for p, xs in shares.items():
+                x = statistics.median(xs)
+                prev = self._graph_cost.get(p)
+                self._graph_cost[p] = x if prev is None else (1 - _EMA) * prev + _EMA * x
+        self._win_ordinary.clear()
+        self._win_tagged.clear()
+        return total
 
     # --- budget -----------------------------------------------------------------------------
     def adjust(self) -> Report | None:
@@ -176,7 +220,7 @@ class Scheduler:
         if self._win_start is None or self._last_step_end is None or self._win_steps == 0:
             return None
         wall = self._last_step_end - self._win_start
-        agent = min(self._win_agent, wall)
+        agent = min(self._win_agent + self._charge_graphs(), wall)
         own = max(wall - agent, 1e-12)
         self._step_time = own / self._win_steps
         overhead = agent / own
@@ -185,7 +229,7 @@ class Scheduler:
         if self.stretch:
             self._rebalance()
             self._refresh()
-        share = {p: (self._cost[p] / c) / self._step_time
+        share = {p: (self.cost(p) / c) / self._step_time
                  for p, c in self._cadence.items() if c > 0 and p in self._cost}
         self._win_start = self._last_step_end
         self._win_agent = self._win_fixed = 0.0
@@ -194,26 +238,26 @@ class Scheduler:
 
     def _fixed_load(self) -> float:
         """Seconds per step the cadences cannot change: hooks, drains, every-step probes."""
-        return self._fixed_cost + sum(self._cost.get(p, 0.0) / c for p, c in self._cadence.items()
+        return self._fixed_cost + sum(self.cost(p) / c for p, c in self._cadence.items()
                                       if c > 0 and p in FIXED)
 
     def _probe_load(self) -> float:
-        return sum(self._cost.get(p, 0.0) / c for p, c in self._cadence.items()
+        return sum(self.cost(p) / c for p, c in self._cadence.items()
                    if c > 0 and p not in FIXED)
 
     def _load(self, probes: Iterable[str]) -> float:
         """Predicted seconds per step of `probes` at their current cadences."""
-        return sum(self._cost.get(p, 0.0) / self._cadence[p] for p in probes
+        return sum(self.cost(p) / self._cadence[p] for p in probes
                    if self._cadence.get(p, 0) > 0)
 
     def _stretch(self, probes: list[str], allowance: float) -> None:
         """Double the cadence of the probe with the largest load until `probes` fit."""
         while self._load(probes) > allowance:
             cands = [p for p in probes
-                     if 0 < self._cadence[p] < MAX_CADENCE and self._cost.get(p, 0.0) > 0]
+                     if 0 < self._cadence[p] < MAX_CADENCE and self.cost(p) > 0]
             if not cands:
                 break
-            worst = max(cands, key=lambda p: self._cost[p] / self._cadence[p])
+            worst = max(cands, key=lambda p: self.cost(p) / self._cadence[p])
             self._cadence[worst] *= 2
 
     def _rebalance(self) -> None:
@@ -231,9 +275,9 @@ class Scheduler:
         while True:
             cands = sorted((p for p in pred + rest if self._cadence[p] > self._base[p] > 0),
                            key=lambda p: (p not in PREDICTIVE,
-                                          self._cost.get(p, 0.0) / self._cadence[p]))
+                                          self.cost(p) / self._cadence[p]))
             for best in cands:
-                extra = self._cost.get(best, 0.0) / self._cadence[best]  # halving adds this
+                extra = self.cost(best) / self._cadence[best]  # halving adds this
                 if self._probe_load() + extra <= 0.5 * allowance and (
                         best not in PREDICTIVE
                         or self._load(pred) + extra <= 0.5 * PREDICTIVE_SHARE * allowance):

@@ -13,6 +13,7 @@ from agent._profiles import (
     FIXED,
     HPARAMS,
     LAMBDA_MAX,
+    LOGITS,
     LOSS,
     PRECOND,
     PROBES,
@@ -20,7 +21,7 @@ from agent._profiles import (
     SECANT,
     Profile,
 )
-from agent._scheduler import Scheduler
+from agent._scheduler import Report, Scheduler
 
 
 class FakeClock:
@@ -254,3 +255,42 @@ def test_predictive_probes_stretch_only_beyond_their_share() -> None:
                start=1000 * (k + 1))
         s.adjust()
     assert (s.cadence(SECANT), s.cadence(PRECOND)) == (1, 1)
+
+
+def test_work_inside_compiled_graphs_is_charged_from_step_times() -> None:
+    """A compiled forward computes the logits probe's capture inside the user's graph, where no
+    clock reaches: the due steps' excess over the median ordinary step is charged to the probe."""
+
+    def window(tagged: bool) -> tuple[Scheduler, Report]:
+        clock = FakeClock()
+        s = Scheduler(_profile(logits=2), 0.01, clock=clock)
+        for step in range(10):
+            due = s.due(LOGITS, step)
+            clock.t += 0.100 + (0.010 if due else 0.0)  # a due step's graph runs 10 ms longer
+            if due:
+                with s.measure(LOGITS):  # the measurement at the pre-step is timed: 0.1 ms
+                    clock.t += 0.0001
+            s.step_end(frozenset({LOGITS}) if due and tagged else frozenset())
+        r = s.adjust()
+        assert r is not None
+        return s, r
+
+    s, r = window(tagged=True)
+    assert s.cost(LOGITS) == pytest.approx(0.0101, rel=1e-6)  # timed 0.1 ms + in-graph 10 ms
+    assert r.step_time == pytest.approx(0.100, rel=1e-6)
+    # the window is steps 1-9 (the first mark opens it): due steps 2, 4, 6, 8
+    assert r.overhead == pytest.approx(4 * 0.0101 / 0.9, rel=1e-6)
+    assert r.cadences[LOGITS] == 16  # 10.1 ms per run must average ≤ 1 ms per 100 ms step
+    untagged, r0 = window(tagged=False)  # eager: nothing ran in a graph, the excess is the step's
+    assert untagged.cost(LOGITS) == pytest.approx(0.0001, rel=1e-6)
+    assert r0.cadences[LOGITS] == 2
+
+
+def test_in_graph_cost_needs_ordinary_steps_to_compare_with() -> None:
+    clock = FakeClock()
+    s = Scheduler(_profile(logits=1), math.inf, clock=clock)  # every step is due and tagged
+    for _ in range(10):
+        clock.t += 0.100
+        s.step_end(frozenset({LOGITS}))
+    assert s.adjust() is not None
+    assert s.cost(LOGITS) == 0.0

@@ -126,7 +126,7 @@ class Monitor:
         self._table: list[tuple[list[Probe], frozenset[Armed]]] = []  # plans from _table_at on
         self._table_at = 0
         self._table_version = -1
-        self._armed_now = False
+        self._gate = HookGate()  # open while a forward-hook probe is armed
         self._in_graph: frozenset[str] = frozenset()  # probes capturing in this step's graph
         self._hparams: HparamsProbe | None = None  # every-step probe, run inside the hooks
         self._follow: list[Probe] = []  # probes whose post-step asked for the next pre-step
@@ -141,7 +141,6 @@ class Monitor:
         self.ctx = Ctx(model, local, names, self.world, closure,
                        _backend(config.curvature, closure), auto=config.curvature == "auto")
         self._reactive = _Reactive()
-        self._gate = HookGate()
         self._build_probes(layers, logits_module, compiled=compiled)
         self.transport = transport if transport is not None else _make_transport(config,
                                                                                    self.world)
@@ -358,11 +357,11 @@ class Monitor:
             self._make_table(step)
             i = 0
         self._due_probes, arm = self._table[i]
-        if arm or self._armed_now:
+        if arm or self._gate.open:
             off = self._disabled
             for a in self._armed:
                 a.arm(step if a in arm and a.name not in off else None)
-            self._armed_now = self._gate.open = bool(arm)
+            self._gate.open = bool(arm)
             self._in_graph = frozenset(a.name for a in self._armed
                                        if a.armed_step == step and a.traced)
 
@@ -382,7 +381,7 @@ class Monitor:
         spent = 0.0
         try:
             step = self.step
-            if self._armed_now:
+            if self._gate.open:
                 for a in self._armed:
                     a.settle(step)
             if self._hparams is not None:

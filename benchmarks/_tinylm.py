@@ -32,13 +32,13 @@ class TinyLM(nn.Module):
 
 
 class Job:
-    """One model + optimizer + fixed batch; `step()` is one ordinary training step. `compile`:
+    """One model + optimizer + fixed batch; `step()` is one ordinary training step. `compiled`:
     the forward runs through `torch.compile(model)` (`net`), which is what to attach to."""
 
     def __init__(self, base: TinyLM, device: torch.device, data: Tensor,
-                 compile: bool = False) -> None:
+                 compiled: bool = False) -> None:
         self.model = copy.deepcopy(base).to(device)
-        self.net: nn.Module = (cast(nn.Module, torch.compile(self.model)) if compile
+        self.net: nn.Module = (cast(nn.Module, torch.compile(self.model)) if compiled
                                else self.model)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=3e-4)
         self.x, self.y = data[:, :-1], data[:, 1:]

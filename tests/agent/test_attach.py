@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,12 +23,6 @@ from agent._profiles import PROFILES
 from agent.names import EventType
 from tests.agent._loop import train_on
 from tests.agent._peer import Peer, free_endpoint
-
-
-@pytest.fixture
-def peer() -> Iterator[Peer]:
-    with Peer() as p:
-        yield p
 
 
 def _batches(peer: Peer) -> list[wire.Batch]:

@@ -57,12 +57,6 @@ def _ours(files: set[str]) -> set[str]:
             if f.startswith(ROOT) and f[len(ROOT):].split("/")[0] in ("agent", "monitor")}
 
 
-@pytest.fixture
-def peer() -> Iterator[Peer]:
-    with Peer() as p:
-        yield p
-
-
 @pytest.fixture(autouse=True)
 def fresh_dynamo() -> Iterator[None]:
     torch._dynamo.reset()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 import math
 import multiprocessing
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -89,12 +88,6 @@ def _reference() -> tuple[list[float], list[float]]:
         rho.append(float(pd.update(opt).rho))
         opt.step()
     return gn, rho
-
-
-@pytest.fixture
-def peer() -> Iterator[Peer]:
-    with Peer() as p:
-        yield p
 
 
 def _run(peer: Peer, mode: str) -> list[wire.Batch]:

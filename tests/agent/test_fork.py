@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,12 +16,6 @@ from tests.agent._peer import Peer
 
 def _rec(step: int) -> wire.Record:
     return wire.Record(step=step, time=float(step), scalars={"loss": 1.0})
-
-
-@pytest.fixture
-def peer() -> Iterator[Peer]:
-    with Peer() as p:
-        yield p
 
 
 def _wait_child(pid: int, timeout: float = 20.0) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,6 @@ from agent import wire
 from tests.agent._peer import Peer
 
 STEPS = 6
-
-
-@pytest.fixture
-def peer() -> Iterator[Peer]:
-    with Peer() as p:
-        yield p
 
 
 def _records(peer: Peer) -> list[wire.Record]:

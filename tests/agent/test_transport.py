@@ -39,12 +39,6 @@ def _wait(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 @pytest.fixture
-def peer() -> Iterator[Peer]:
-    with Peer() as p:
-        yield p
-
-
-@pytest.fixture
 def make() -> Iterator[Callable[..., Transport]]:
     """Build transports that are always closed at the end of the test."""
     made: list[Transport] = []

@@ -31,6 +31,7 @@ from agent._profiles import (
     SPIKE_SHARE,
 )
 from agent.names import Combine, EventType
+from monitor._reduce import norms_f32
 
 Closure = Callable[[], Tensor]
 MAX_SPIKE_LAYERS = 32
@@ -176,8 +177,8 @@ def sum_of_squares(tensors: Sequence[Tensor]) -> Tensor:
         groups.setdefault((t.device, t.dtype), []).append(t.detach())
     parts = []
     for ts in groups.values():
-        norms = torch._foreach_norm(ts)
-        parts.append(torch.stack([n.float() for n in norms]).square().sum())
+        # fp16/bf16 accumulate in float32 (an fp16 norm overflows past 65504), float64 in float64
+        parts.append(torch.stack(norms_f32(ts)).square().sum())
     return _sum_on(parts)
 
 

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from agent.names import EventType
+from monitor._reduce import fits_f32, norms_f32
 from monitor.adam_state import UnsupportedOptimizer, adam_view, c_t
 
 __all__ = ["HparamEvent", "HparamWatch", "stability_threshold"]
@@ -296,8 +297,11 @@ def _stamp(bufs: list[Tensor]) -> tuple[tuple[int, int], ...] | None:
 
 
 def _sum_sq(bufs: list[Tensor]) -> Tensor:
-    """Σ‖b‖² in float32 over the buffers (one kernel for one tensor)."""
+    """Σ‖b‖² in float32 over the buffers (one kernel for one tensor), whatever their dtype:
+    float32 accumulation for float32 and narrower, float64 buffers in float64, then cast."""
     if len(bufs) == 1:
-        one: Tensor = torch.linalg.vector_norm(bufs[0], dtype=torch.float32)
+        b = bufs[0]
+        one: Tensor = (torch.linalg.vector_norm(b, dtype=torch.float32) if fits_f32(b.dtype)
+                       else torch.linalg.vector_norm(b).float())
         return one.square()
-    return torch.stack(torch._foreach_norm(bufs, 2, dtype=torch.float32)).square().sum()
+    return torch.stack(norms_f32(bufs, 2)).square().sum()

@@ -12,6 +12,8 @@ on the raw exponential average v (bias correction factored out, the AMSGrad max 
 global rate divides by Σ_groups β2^Δ·Σv_{t−Δ}, so groups with different β2 combine correctly.
 
 Reductions use fused `torch._foreach_norm` kernels and results stay on the device (no host sync).
+Parameters, gradients and state may be in any floating dtype: float32 and narrower ones reduce with
+float32 accumulation, float64 in float64 (see `monitor._reduce.norms_f32`); results are float32.
 Groups with coupled L2 weight decay (Adam `weight_decay`) or AMSGrad need the effective gradient or
 the elementwise max, which cost one fp32 temporary per parameter.
 """
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from monitor._reduce import norms_f32
 from monitor.adam_state import ParamView, adam_view, bias_corrected_v, effective_grad
 
 __all__ = ["PreconditionerDecay", "RhoResult"]
@@ -126,7 +129,7 @@ class PreconditionerDecay:
         t = max(v.step for v in group) + (1 if cur else 0)
         coupled = h.weight_decay != 0.0 and not h.decoupled_wd
         grads = [effective_grad(v) if coupled else v.grad for v in group]
-        g2 = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)).square()  # type: ignore[arg-type]
+        g2 = torch.stack(norms_f32(grads, 2)).square()  # type: ignore[arg-type]
         emas = [v.exp_avg_sq_ema if v.exp_avg_sq_ema is not None else v.exp_avg_sq for v in group]
         raw = self._sum_v(emas, g2.device)
         if cur:
@@ -142,7 +145,7 @@ class PreconditionerDecay:
     @staticmethod
     def _sum_v(vs: Sequence[Tensor | None], device: torch.device) -> Tensor:
         present = [v for v in vs if v is not None]
-        sums = iter(torch._foreach_norm(present, 1, dtype=torch.float32) if present else [])
+        sums = iter(norms_f32(present, 1) if present else [])
         zero = torch.zeros((), device=device)
         return torch.stack([next(sums) if v is not None else zero for v in vs])
 

@@ -1,0 +1,344 @@
+"""The two-secant curvature: exact algebra on quadratics, agreement with the exact (closure) λ along
+D⁻¹g, every optimizer variant it claims, and the spike lead on the seed experiment."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from monitor.adam_state import UnsupportedOptimizer
+from monitor.coordinate_sample import default_fraction
+from monitor.two_secant import BYTES_PER_COORD, TwoSecant
+
+F64 = torch.float64
+
+
+def _spd(n: int, seed: int = 0, lo: float = -1.0, hi: float = 2.0) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=F64))
+    return (q * torch.logspace(lo, hi, n, dtype=F64)) @ q.T
+
+
+class _Quad(nn.Module):
+    """½θᵀAθ over two parameter tensors (so groups and per-tensor sampling are exercised)."""
+
+    def __init__(self, a: Tensor, dtype: torch.dtype = F64, seed: int = 1) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        n = a.shape[0]
+        x = torch.randn(n, generator=gen, dtype=F64)
+        self.register_buffer("a", a)
+        self.p = nn.Parameter(x[: n // 2].to(dtype))
+        self.q = nn.Parameter(x[n // 2:].to(dtype))
+
+    def theta(self) -> Tensor:
+        return torch.cat((self.p, self.q)).to(F64)
+
+    def forward(self) -> Tensor:
+        th = self.theta()
+        a: Tensor = self.a  # type: ignore[assignment]
+        return 0.5 * th @ a @ th
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, est: TwoSecant,
+           before_step: Callable[[int], None] | None = None,
+           loss_fn: Callable[[], Tensor] | None = None) -> dict[int, tuple[float, float, float]]:
+    """Train; readings by gradient index: (λ, r, ρ)."""
+    out: dict[int, tuple[float, float, float]] = {}
+    for k in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = model() if loss_fn is None else loss_fn()
+        loss.backward()
+        if before_step is not None:
+            before_step(k)
+        opt.step()
+        r = est.update(k + 1)
+        if r is not None:
+            out[r.step] = (float(r.lambda_two_secant), float(r.stability_ratio), float(r.rho))
+    return out
+
+
+def _history(model: _Quad, opt: torch.optim.Optimizer, steps: int,
+             clip: float | None = None) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """θ^k, the gradient the optimizer used at step k+1 (after clipping) and v after k+1 steps."""
+    thetas, grads, vs = [], [], []
+    for _ in range(steps):
+        thetas.append(model.theta().detach().clone())
+        opt.zero_grad(set_to_none=True)
+        model().backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        grads.append(torch.cat([p.grad.to(F64) for p in (model.p, model.q)]))  # type: ignore[union-attr]
+        opt.step()
+        st = opt.state
+        if "exp_avg_sq" in st[model.p]:
+            vs.append(torch.cat([st[p]["exp_avg_sq"].to(F64) for p in (model.p, model.q)]))
+    thetas.append(model.theta().detach().clone())
+    return thetas, grads, vs
+
+
+def _reference(thetas: list[Tensor], grads: list[Tensor], vs: list[Tensor], i: int, lr: float,
+               b1: float, b2: float, eps: float, decay: float = 0.0) -> float:
+    """The ratio the estimator must give for gradient i, from the recorded trajectory: d from
+    the applied updates, H·d from the gradient differences, D from v after step i+1."""
+    b1_now, b1_then = 1 - b1 ** (i + 1), 1 - b1 ** i
+    a = (b1_now / lr) / (1 - b1)
+    b = -b1 * (b1_then / lr) / (1 - b1)
+    dth = [thetas[j + 1] - thetas[j] for j in (i, i - 1)]
+    dg = [grads[j + 1] - grads[j] for j in (i, i - 1)]
+    d = a * dth[0] + b * dth[1]
+    hd = a * dg[0] + b * dg[1]
+    dmat = (vs[i] / (1 - b2 ** (i + 1))).sqrt() + eps
+    c = (1 - b1) / ((1 + b1) * b1_now)
+    lam = c * float(d @ hd) / float(d @ (dmat * d))
+    return lr * (lam + decay) / 2
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "adam-l2", "amsgrad", "foreach", "clip"])
+def test_reading_is_the_quotient_of_the_applied_updates_and_gradient_differences(kind: str
+                                                                                 ) -> None:
+    """Exact algebra: with every coordinate sampled, the ratio equals c·dᵀ(Hd)/dᵀDd for the d
+    rebuilt from the updates really applied (after clipping, with decay) and H·d from the
+    gradient differences the optimizer used."""
+    model = _Quad(_spd(40))
+    lr, betas, eps = 0.02, (0.9, 0.99), 1e-8
+    decay = 0.0
+    if kind == "adamw":
+        decay = 0.1
+        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas,
+                                                       eps=eps, weight_decay=decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, eps=eps,
+                               weight_decay=0.05 if kind == "adam-l2" else 0.0,
+                               amsgrad=kind == "amsgrad", foreach=kind == "foreach")
+    est = TwoSecant(opt, fraction=1.0)
+    clip = 0.5 if kind == "clip" else None
+    norms: list[float] = []
+    readings: dict[int, float] = {}
+    thetas, grads, vs = [], [], []
+    for k in range(60):
+        thetas.append(model.theta().detach().clone())
+        opt.zero_grad(set_to_none=True)
+        model().backward()
+        if clip is not None:
+            norms.append(float(nn.utils.clip_grad_norm_(model.parameters(), clip)))
+        g = torch.cat([p.grad.to(F64) for p in (model.p, model.q)])  # type: ignore[union-attr]
+        if kind == "adam-l2":
+            g = g + 0.05 * thetas[-1]  # the effective gradient Adam uses
+        grads.append(g)
+        opt.step()
+        key = "max_exp_avg_sq" if kind == "amsgrad" else "exp_avg_sq"
+        vs.append(torch.cat([opt.state[p][key].to(F64) for p in (model.p, model.q)]))
+        r = est.update(k + 1)
+        if r is not None:
+            readings[r.step] = float(r.stability_ratio)
+    thetas.append(model.theta().detach().clone())
+    assert sorted(readings) == list(range(2, 59))  # from the fourth step on, every step
+    for i, got in readings.items():
+        want = _reference(thetas, grads, vs, i, lr, *betas, eps, decay)
+        assert got == pytest.approx(want, rel=1e-6), (kind, i)
+    if clip is not None:  # clipping was active throughout
+        assert min(norms) > clip
+
+
+def _exact_ratio(model: nn.Module, loss_fn: Callable[[], Tensor], opt: torch.optim.Adam,
+                 k: int) -> float:
+    """c·(D⁻¹g)ᵀH(D⁻¹g)/(gᵀD⁻¹g)·η/2 at the pre-step of step k+1, by double backward."""
+    params = [p for p in model.parameters()]
+    h = opt.param_groups[0]
+    b1, b2 = h["betas"]
+    grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
+    pvec, gd = [], []
+    for p, g in zip(params, grads, strict=True):
+        st = opt.state.get(p)
+        g0 = g.detach()
+        v = (st["exp_avg_sq"] * b2 if st else 0.0) + (1 - b2) * g0 * g0
+        d = (v / (1 - b2 ** (k + 1))).sqrt() + h["eps"]
+        pvec.append(g0 / d)
+        gd.append((g0 * g0 / d).sum())
+    hp = torch.autograd.grad(grads, params, grad_outputs=pvec)
+    c = (1 - b1) / ((1 + b1) * (1 - b1 ** (k + 1)))
+    quad = sum(float((x * y).sum()) for x, y in zip(pvec, hp, strict=True))
+    return h["lr"] * c * quad / float(sum(gd)) / 2
+
+
+def test_agrees_with_the_exact_curvature_along_the_preconditioned_gradient() -> None:
+    """On a quadratic, the only approximation is D moving between two steps: within 2 %."""
+    model = _Quad(_spd(64))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02, betas=(0.9, 0.99))
+    est = TwoSecant(opt, fraction=1.0)
+    exact: dict[int, float] = {}
+    got: dict[int, float] = {}
+    for k in range(300):
+        exact[k] = _exact_ratio(model, model, opt, k)
+        opt.zero_grad(set_to_none=True)
+        model().backward()
+        opt.step()
+        r = est.update(k + 1)
+        if r is not None:
+            got[r.step] = float(r.stability_ratio)
+    late = [i for i in got if i >= 100]
+    assert late
+    for i in late:
+        assert got[i] == pytest.approx(exact[i], rel=0.02), i
+
+
+@pytest.mark.parametrize(("momentum", "dampening"), [(0.0, 0.0), (0.9, 0.0), (0.9, 0.1)])
+def test_heavy_ball_sgd_is_exact_on_a_quadratic(momentum: float, dampening: float) -> None:
+    """SGD has no preconditioner to move: d = g exactly, so r = η(1−δ)·gᵀAg/(gᵀg)/(2(1+μ))."""
+    a = _spd(32)
+    model = _Quad(a)
+    lr = 0.004
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, dampening=dampening)
+    est = TwoSecant(opt, fraction=1.0)
+    grads: dict[int, Tensor] = {}
+    got: dict[int, float] = {}
+    for k in range(40):
+        opt.zero_grad(set_to_none=True)
+        model().backward()
+        grads[k] = torch.cat([p.grad.to(F64) for p in (model.p, model.q)])  # type: ignore[union-attr]
+        opt.step()
+        r = est.update(k + 1)
+        if r is not None:
+            got[r.step] = float(r.stability_ratio)
+    assert got
+    damp = 1 - dampening if momentum else 1.0
+    for i, ratio in got.items():
+        g = grads[i]
+        want = lr * damp * float(g @ a @ g) / float(g @ g) / (2 * (1 + momentum))
+        assert ratio == pytest.approx(want, rel=1e-6), i
+
+
+def test_several_groups_combine_through_the_eta_weighted_operator() -> None:
+    """Two groups with different lr: r = ½Σdᵀ(Hd)/Σdᵀ(D/(ηc))d with each group's d ≈ D⁻¹g,
+    which for equal lr is the one-group ratio."""
+    a = _spd(40)
+
+    def run(lrs: tuple[float, float]) -> dict[int, tuple[float, float, float]]:
+        model = _Quad(a)
+        opt = torch.optim.Adam([{"params": [model.p], "lr": lrs[0]},
+                                {"params": [model.q], "lr": lrs[1]}], betas=(0.9, 0.99))
+        return _train(model, opt, 80, TwoSecant(opt, fraction=1.0))
+
+    single = _train(m := _Quad(a), o := torch.optim.Adam(m.parameters(), lr=0.02,
+                                                         betas=(0.9, 0.99)),
+                    80, TwoSecant(o, fraction=1.0))
+    same = run((0.02, 0.02))
+    for i in single:
+        assert same[i][1] == pytest.approx(single[i][1], rel=1e-6)
+    mixed = run((0.02, 0.005))
+    assert all(math.isfinite(x[1]) and x[1] > 0 for x in mixed.values())
+    # the slower group damps the mixed ratio below the all-fast one
+    late = [i for i in mixed if i > 40]
+    assert sum(mixed[i][1] for i in late) < sum(single[i][1] for i in late)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_every_floating_dtype(dtype: torch.dtype) -> None:
+    """Parameters and state in any floating dtype give finite readings whose level matches the
+    float64 run's; half precision rounds each applied update, so its readings are noisier."""
+    a = _spd(64, lo=0.0, hi=2.0)
+
+    def run(dt: torch.dtype) -> list[float]:
+        model = _Quad(a, dt)
+        opt = torch.optim.Adam(model.parameters(), lr=0.05, betas=(0.9, 0.99), eps=1e-4)
+        got = _train(model, opt, 40, TwoSecant(opt, fraction=1.0))
+        assert sorted(got) == list(range(2, 39))
+        assert all(math.isfinite(x) for r in got.values() for x in r)
+        return [r[1] for r in got.values()]
+
+    want, got = statistics.median(run(F64)), statistics.median(run(dtype))
+    tol = {torch.float32: 1e-3, torch.float16: 0.2, torch.bfloat16: 0.5}[dtype]
+    assert got == pytest.approx(want, rel=tol)
+
+
+def test_gradient_accumulation_uses_the_accumulated_gradient() -> None:
+    """Micro-batches accumulated into one step: the same readings as the full batch at once."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8, dtype=F64), torch.randn(64, 1, dtype=F64)
+
+    def run(chunks: int) -> dict[int, float]:
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1)).to(F64)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        est = TwoSecant(opt, fraction=1.0)
+        out = {}
+        for k in range(30):
+            opt.zero_grad(set_to_none=True)
+            for xc, yc in zip(x.chunk(chunks), y.chunk(chunks), strict=True):
+                (nn.functional.mse_loss(model(xc), yc, reduction="sum") / len(x)).backward()
+            opt.step()
+            r = est.update(k + 1)
+            if r is not None:
+                out[r.step] = float(r.stability_ratio)
+        return out
+
+    whole, accumulated = run(1), run(4)
+    assert whole
+    for i in whole:
+        assert accumulated[i] == pytest.approx(whole[i], rel=1e-6)
+
+
+def test_history_restarts_after_a_step_it_did_not_see() -> None:
+    model = _Quad(_spd(32))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    est = TwoSecant(opt, fraction=1.0)
+    seen = []
+    for k in range(12):
+        opt.zero_grad()
+        model().backward()
+        opt.step()
+        if k == 6:
+            continue  # the hook missed step 7
+        if est.update(k + 1) is not None:
+            seen.append(k + 1)
+    assert seen == [4, 5, 6, 11, 12]  # four consecutive steps before each reading
+
+
+def test_refuses_what_it_cannot_read() -> None:
+    p = nn.Parameter(torch.zeros(32))
+    with pytest.raises(UnsupportedOptimizer, match="Nesterov"):
+        TwoSecant(torch.optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True))
+    with pytest.raises(UnsupportedOptimizer, match="RMSprop"):
+        TwoSecant(torch.optim.RMSprop([p], lr=0.1))
+    with pytest.raises(ValueError, match="fraction"):
+        TwoSecant(torch.optim.Adam([p]), fraction=0.0)
+
+
+def test_default_sample_keeps_one_percent_of_the_model_bytes() -> None:
+    big = [torch.zeros(1024, 1024), torch.zeros(1024)]  # 4 MiB of float32
+    frac = default_fraction(big, bytes_per_coord=BYTES_PER_COORD)
+    assert frac * sum(t.numel() for t in big) * BYTES_PER_COORD <= 0.01 * 4 * (1024 * 1024 + 1024)
+    p = nn.Parameter(torch.randn(1024, 1024))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    est = TwoSecant(opt)
+    for k in range(2):
+        p.grad = torch.randn_like(p)
+        opt.step()
+        est.update(k + 1)
+    assert 0 < est.memory_bytes <= 0.011 * p.numel() * 4
+    tiny = [torch.zeros(3000)]  # a 12 KB model gets the floor of 512 coordinates
+    assert default_fraction(tiny, bytes_per_coord=BYTES_PER_COORD) * 3000 == pytest.approx(512)
+
+
+def test_values_are_their_sums_quotients() -> None:
+    model = _Quad(_spd(32))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    est = TwoSecant(opt, fraction=1.0)
+    reading = None
+    for k in range(10):
+        opt.zero_grad()
+        model().backward()
+        opt.step()
+        reading = est.update(k + 1) or reading
+    assert reading is not None
+    q = reading.num / reading.den
+    assert float(reading.lambda_two_secant) == pytest.approx(float(q[0]), rel=1e-6)
+    assert float(reading.stability_ratio) == pytest.approx(float(q[1]), rel=1e-6)
+    assert float(reading.rho) == pytest.approx(math.sqrt(float(q[2])), rel=1e-6)
+    assert reading.values.dtype == torch.float32

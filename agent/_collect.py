@@ -149,6 +149,25 @@ class Collector:
     def scalar(self, step: int, name: str, value: Value) -> None:
         self._step(step).scalars[name] = self._ref(value)
 
+    def scalar_vector(self, step: int, names: Sequence[str], values: torch.Tensor) -> None:
+        """Several scalars given as one vector (element i is `names[i]`): one read or copy."""
+        if values.numel() != len(names):
+            raise ValueError(f"{len(names)} names for {values.numel()} values")
+        ref = self._ref(values)
+        per = self._step(step).scalars
+        for i, name in enumerate(names):
+            per[name] = _item(ref, i)
+
+    def partial_vector(self, step: int, names: Sequence[str], ops: Sequence[Combine],
+                       num: torch.Tensor, den: torch.Tensor) -> None:
+        """Several partial sums given as vectors of numerators and denominators."""
+        if not num.numel() == den.numel() == len(names) == len(ops):
+            raise ValueError(f"{len(names)} names for {num.numel()}/{den.numel()} values")
+        nref, dref = self._ref(num), self._ref(den)
+        per = self._step(step).partials
+        for i, (name, op) in enumerate(zip(names, ops, strict=True)):
+            per[name] = (op, _item(nref, i), _item(dref, i))
+
     def host_scalars(self, step: int, values: dict[str, float]) -> None:
         """Several host numbers at once."""
         self._step(step).scalars.update(values)
@@ -164,10 +183,7 @@ class Collector:
         ref = self._ref(values)
         per = self._step(step).layers.setdefault(name, {})
         for i, lay in enumerate(layers):
-            if isinstance(ref, tuple):
-                per[lay] = (ref[0], ref[1] + i, 1)
-            else:
-                per[lay] = ref[i] if isinstance(ref, list) else ref
+            per[lay] = _item(ref, i)
 
     def hist(self, step: int, name: str, layer: str, counts: torch.Tensor, lo: float, hi: float,
              nonfinite: Value = 0) -> None:
@@ -229,6 +245,13 @@ class Collector:
                 events=tuple(s.events),
             ))
         return records
+
+
+def _item(ref: _Ref, i: int) -> _Ref:
+    """Element i of a vector reference."""
+    if isinstance(ref, tuple):
+        return (ref[0], ref[1] + i, 1)
+    return ref[i] if isinstance(ref, list) else ref
 
 
 def _count(x: float) -> int:

@@ -42,6 +42,7 @@ class Config:
     overhead_budget: float
     spool_dir: Path | None
     curvature: str
+    sample_fraction: float | None  # of the coordinates the two-secant estimator samples
     ddp_ranks: str
     enabled: bool
     server_key: str | None
@@ -120,6 +121,7 @@ def resolve(
     overhead_budget: float | str | None = None,
     spool_dir: str | os.PathLike[str] | None = None,
     curvature: str | None = None,
+    sample_fraction: float | str | None = None,
     ddp_ranks: str | None = None,
     enabled: bool | None = None,
     server_key: str | None = None,
@@ -166,6 +168,18 @@ def resolve(
 
     curv = _choice(curvature, "curvature", "SPIKEWATCH_CURVATURE", env, "auto", CURVATURE_CHOICES)
 
+    v, fe = _pick(sample_fraction, "SPIKEWATCH_SAMPLE_FRACTION", env)
+    fraction: float | None = None
+    if v is not None:
+        where = _src("sample_fraction", "SPIKEWATCH_SAMPLE_FRACTION", fe)
+        try:
+            fraction = float(v)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} {v!r}: expected a number such as 0.01") from None
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"{where} {fraction!r}: a fraction of the coordinates in (0, 1] "
+                              "(unset: 1 % of the model's bytes, at least 512 coordinates)")
+
     ranks = _choice(ddp_ranks, "ddp_ranks", "SPIKEWATCH_DDP_RANKS", env, "all", DDP_CHOICES)
 
     if enabled is None:
@@ -204,5 +218,5 @@ def resolve(
                           "SPIKEWATCH_CLIENT_KEY[_FILE]), or neither")
 
     return Config(run=run_s, endpoint=ep, profile=prof, overhead_budget=budget, spool_dir=spool,
-                  curvature=curv, ddp_ranks=ranks, enabled=on, server_key=skey,
-                  client_secret_key=csec, client_public_key=cpub)
+                  curvature=curv, sample_fraction=fraction, ddp_ranks=ranks, enabled=on,
+                  server_key=skey, client_secret_key=csec, client_public_key=cpub)

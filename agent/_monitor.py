@@ -53,8 +53,10 @@ from agent._profiles import (
     PRECOND,
     PROFILES,
     SECANT,
+    TWO_SECANT,
 )
 from agent._scheduler import HEADROOM, UNTIMED, Clock, Report, Scheduler
+from agent._two_secant_probe import TwoSecantProbe
 from agent._untraced import untraced
 from agent.names import EventType
 
@@ -129,7 +131,8 @@ class Monitor:
         self._gate = HookGate()  # open while a forward-hook probe is armed
         self._in_graph: frozenset[str] = frozenset()  # probes capturing in this step's graph
         self._hparams: HparamsProbe | None = None  # every-step probe, run inside the hooks
-        self._follow: list[Probe] = []  # probes whose post-step asked for the next pre-step
+        self._follow: list[Probe] = []  # probes that asked to run at the coming step
+        self._prediction_cadence: int | None = None  # as last reported
         self.scheduler = Scheduler(PROFILES[config.profile], config.overhead_budget,
                                    **({"clock": clock} if clock is not None else {}),
                                    stretch=not self.world.sharded, untimed=UNTIMED,
@@ -225,6 +228,8 @@ class Monitor:
         ctx = self.ctx
         adam = isinstance(ctx.optimizer, torch.optim.Adam)
         kinds: list[type[Probe]] = [pr.HparamsProbe, pr.GradNormProbe, pr.SpikeShareProbe]
+        if adam or isinstance(ctx.optimizer, torch.optim.SGD):
+            kinds += [TwoSecantProbe]  # refuses Nesterov SGD with a reported error
         if adam:
             kinds += [pr.PrecondProbe]
             if not self.world.sharded:
@@ -239,7 +244,8 @@ class Monitor:
             if self.scheduler.cadence(kind.name) == 0:
                 continue
             try:
-                probe = kind(ctx)
+                probe = (TwoSecantProbe(ctx, self.config.sample_fraction)
+                         if kind is TwoSecantProbe else kind(ctx))
             except Exception as e:
                 self._fail(kind.name, e)
                 continue
@@ -247,7 +253,7 @@ class Monitor:
                 self._hparams = probe  # every step: called inline, timed with the hooks
             else:
                 self._probes.append(probe)
-        for name in (CURVATURE, LAMBDA_MAX, SECANT, PRECOND):
+        for name in (CURVATURE, LAMBDA_MAX, SECANT, PRECOND, TWO_SECANT):
             if not any(p.name == name for p in self._probes):
                 self.scheduler.disable(name)
         env = HookEnv(self.out, self._fail_armed, self.scheduler.now, self.scheduler.add,
@@ -339,6 +345,23 @@ class Monitor:
         sched.add(probe.name, dt, follow=not due)
         return dt
 
+    def _run_followed(self, phase: str, step: int, due: Sequence[Probe]) -> float:
+        """Run, off their cadence, the probes that asked for this step in this phase; keep
+        those that ask for the next one. Returns the seconds spent."""
+        if not self._follow:
+            return 0.0
+        spent = 0.0
+        keep = []
+        for p in self._follow:
+            if p.follow_phase != phase:
+                keep.append(p)
+            elif p.follow == step and p not in due and p.name not in self._disabled:
+                spent += self._run(p, phase, step, due=False)
+                if p.follow == step + 1:
+                    keep.append(p)
+        self._follow = keep
+        return spent
+
     def _run_hparams(self, phase: Callable[[int, Collector], None], step: int) -> None:
         """One half of the every-step hyper-parameter probe, timed with its hook (it is part of
         the fixed per-step cost); disabled at its first failure."""
@@ -391,11 +414,7 @@ class Monitor:
             for p in due:
                 if p.name not in off:
                     spent += self._run(p, "pre", step)
-            if self._follow:
-                follow, self._follow = self._follow, []
-                for p in follow:  # second halves asked for by the last post-step (the secant's)
-                    if p.follow == step and p not in due and p.name not in off:
-                        spent += self._run(p, "pre", step, due=False)
+            spent += self._run_followed("pre", step, due)
         except Exception as e:
             self._fail("agent", e, disable=False)
         finally:
@@ -414,8 +433,10 @@ class Monitor:
             for p in self._due_probes:
                 if p.name not in off:
                     spent += self._run(p, "post", step)
-                    if p.follow is not None:
-                        self._follow.append(p)
+            spent += self._run_followed("post", step, self._due_probes)
+            for p in self._due_probes:
+                if p.follow is not None and p.name not in off and p not in self._follow:
+                    self._follow.append(p)
             self.ctx.clear()
         except Exception as e:
             self._fail("agent", e, disable=False)
@@ -470,7 +491,7 @@ class Monitor:
             self.last_report = report
         records = self._reactive.observe(records, self._phase_beta2())
         for r in records:
-            ratio = r.scalars.get(nm.STABILITY_RATIO, r.scalars.get(nm.STABILITY_RATIO_SECANT))
+            ratio = _ratio(r.scalars)
             if ratio is not None and math.isfinite(ratio):
                 self.ctx.last_ratio = ratio
         last_step = max(self.step - 1, 0)
@@ -481,6 +502,29 @@ class Monitor:
             records.append(extra)
         for i in range(0, len(records), RECORDS_PER_SUBMIT):
             self.transport.submit(records[i:i + RECORDS_PER_SUBMIT])
+
+    def _prediction_events(self, cadence: int) -> tuple[wire.Event, ...]:
+        """An event when the predictor's cadence changes (stretched by the budget, switched off
+        by a failure, or back to every step)."""
+        previous = self._prediction_cadence
+        if cadence == previous:
+            return ()
+        self._prediction_cadence = cadence
+        if previous is None and cadence == 1:
+            return ()  # the normal start
+        if cadence == 0:
+            reason = "the predictor is off: " + (
+                "the optimizer is not Adam/AdamW or SGD" if TWO_SECANT not in self._reported
+                else "it failed (see its probe_error event)")
+        elif cadence > 1:
+            reason = (f"the overhead budget ({self.config.overhead_budget:g} of step time) cannot "
+                      f"hold the predictor every step: it runs every {cadence} steps, and pages "
+                      "come later or not at all")
+        else:
+            reason = "the predictor runs every step again"
+        return (wire.Event(EventType.PREDICTION_DEGRADED.value, {
+            "cadence": cadence, "previous": -1 if previous is None else previous,
+            "reason": reason}),)
 
     def _phase_beta2(self) -> float:
         g = self.ctx.optimizer.param_groups[0] if self.ctx.optimizer.param_groups else {}
@@ -505,7 +549,10 @@ class Monitor:
                                  (nm.AGENT_DROPPED, "dropped")):
                 if hasattr(c, attr):
                     scalars[metric] = float(getattr(c, attr))
-        return wire.Record(step=step, time=time.time(), scalars=scalars, layers=layers)
+        cadence = self.scheduler.cadence(TWO_SECANT)
+        scalars[nm.AGENT_PREDICTION_CADENCE] = float(cadence)
+        return wire.Record(step=step, time=time.time(), scalars=scalars, layers=layers,
+                           events=self._prediction_events(cadence))
 
 
 class _Reactive:
@@ -541,7 +588,7 @@ class _Reactive:
                                               "threshold": d.threshold}))
             rho, decay = r.scalars.get(nm.RHO), r.scalars.get(nm.SQRT_V_DECAY)
             if rho is not None and decay is not None and math.isfinite(rho):
-                ratio = r.scalars.get(nm.STABILITY_RATIO, r.scalars.get(nm.STABILITY_RATIO_SECANT))
+                ratio = _ratio(r.scalars)
                 if self.phases is None:
                     from monitor.phases import PhaseLabeller
 
@@ -557,9 +604,19 @@ class _Reactive:
         return out
 
 
+def _ratio(scalars: Mapping[str, float]) -> float | None:
+    """The record's stability ratio: the exact one where measured, else the two-secant's, else
+    the plain secant's."""
+    for name in (nm.STABILITY_RATIO, nm.STABILITY_RATIO_TWO_SECANT, nm.STABILITY_RATIO_SECANT):
+        v = scalars.get(name)
+        if v is not None:
+            return v
+    return None
+
+
 def _merge(a: wire.Record, b: wire.Record) -> wire.Record:
     return dataclasses.replace(a, scalars={**a.scalars, **b.scalars},
-                               layers={**a.layers, **b.layers})
+                               layers={**a.layers, **b.layers}, events=(*a.events, *b.events))
 
 
 def _value(v: Any, what: str) -> Tensor | float:
@@ -685,6 +742,7 @@ def attach(
     layers: Iterable[str | nn.Module] | None = None,
     logits_module: nn.Module | None = None,
     curvature: str | None = None,
+    sample_fraction: float | None = None,
     ddp_ranks: str | None = None,
     server_key: str | None = None,
     client_secret_key: str | None = None,
@@ -713,7 +771,8 @@ def attach(
     if logits_module is not None and not isinstance(logits_module, nn.Module):
         raise TypeError("attach(): logits_module must be a torch.nn.Module")
     cfg = resolve(run=run, endpoint=endpoint, profile=profile, overhead_budget=overhead_budget,
-                  spool_dir=spool_dir, curvature=curvature, ddp_ranks=ddp_ranks, enabled=enabled,
+                  spool_dir=spool_dir, curvature=curvature, sample_fraction=sample_fraction,
+                  ddp_ranks=ddp_ranks, enabled=enabled,
                   server_key=server_key, client_secret_key=client_secret_key,
                   client_public_key=client_public_key)
     _backend(cfg.curvature, closure)  # refuse exact/fd without a closure up front

@@ -3,8 +3,9 @@
 A probe runs in the optimizer pre-step hook (`pre`: θ_t, ``.grad`` = g_t, state at t−1), in the
 post-step hook (`post`: state at t); forward-hook probes live in `agent._forward_probes`.
 It only launches device work and hands 0-d tensors to the collector; it never reads them back.
-`follow` asks the monitor to call the probe at one more step regardless of its cadence (the secant
-needs the pre-step of the step after it was due).
+`follow` asks the monitor to call the probe at one more step regardless of its cadence, in the
+phase `follow_phase` (the secant needs the pre-step of the step after it was due; a stretched
+two-secant the post-steps of the three steps after it).
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ class Probe:
     """Base: a named measurement with optional pre-step and post-step parts."""
 
     name: str = ""
-    follow: int | None = None
+    follow: int | None = None  # a step beyond its cadence at which the probe asks to run again
+    follow_phase: str = "pre"  # which part runs at that step
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx

@@ -1,8 +1,11 @@
 """Profiles: how often each probe runs (every N optimizer steps; 0 = off) and how often to drain.
 
-Cheap probes (loss, hyperparameters, ρ) run often; extra-pass probes (λ_grad with a closure, λ_max
-power iteration) and SVD-based probes (spectral alignment, gradient spike share) run rarely. The
-overhead budget may stretch these cadences at run time, never shrink them below the profile's.
+The predictor (the two-secant curvature along the gradient and ρ on a coordinate sample) runs
+every step in every profile; cheap probes (loss, hyperparameters, the gradient norm) often;
+full-pass diagnostics (ρ per tensor, the plain secant) less often; extra-pass probes (λ_grad with a
+closure, λ_max power iteration) and SVD-based probes (spectral alignment, gradient spike share)
+rarely. The overhead budget may stretch these cadences at run time, never shrink them below the
+profile's.
 """
 
 from __future__ import annotations
@@ -17,19 +20,21 @@ LOSS: Final = "loss"
 HPARAMS: Final = "hparams"
 GRAD_NORM: Final = "grad_norm"
 PRECOND: Final = "precond"  # ρ, ‖√v̂‖, its decay rate, the phase label
-SECANT: Final = "secant"
+SECANT: Final = "secant"  # the plain secant on every coordinate (a diagnostic, `full` only)
+TWO_SECANT: Final = "two_secant"  # curvature along the gradient, ρ: the predictor, every step
 CURVATURE: Final = "curvature"  # λ_grad with a closure (exact or finite-difference HVP)
 LAMBDA_MAX: Final = "lambda_max"
 ALIGNMENT: Final = "alignment"  # spectral alignment of nn.Linear inputs
 SPIKE_SHARE: Final = "spike_share"
 LOGITS: Final = "logits"  # over-confidence
 
-PROBES: Final = (LOSS, HPARAMS, GRAD_NORM, PRECOND, SECANT, CURVATURE, LAMBDA_MAX, ALIGNMENT,
-                 SPIKE_SHARE, LOGITS)
+PROBES: Final = (LOSS, HPARAMS, GRAD_NORM, PRECOND, SECANT, TWO_SECANT, CURVATURE, LAMBDA_MAX,
+                 ALIGNMENT, SPIKE_SHARE, LOGITS)
 # Probes whose cadence the budget never stretches: they are host-only or a reference copy.
 FIXED: Final = frozenset({LOSS, HPARAMS})
-# Cheap leading indicators the budget protects: stretched only after the other probes yield.
-PREDICTIVE: Final = frozenset({PRECOND, SECANT})
+# The predictor the default rules page on: stretched only when it alone exceeds the budget, and
+# then reported (a `prediction_degraded` event), never silently.
+PREDICTIVE: Final = frozenset({TWO_SECANT})
 MAX_CADENCE: Final = 1 << 14
 
 
@@ -53,10 +58,10 @@ def _p(name: str, drain_every: int, **cadences: int) -> Profile:
 
 
 PROFILES: Final[Mapping[str, Profile]] = MappingProxyType({
-    "light": _p("light", 50, loss=1, hparams=1, grad_norm=10, precond=10, secant=10,
+    "light": _p("light", 50, loss=1, hparams=1, two_secant=1, grad_norm=10, precond=50,
                 curvature=100, lambda_max=0, alignment=500, spike_share=1000, logits=50),
-    "default": _p("default", 25, loss=1, hparams=1, grad_norm=1, precond=2, secant=2,
+    "default": _p("default", 25, loss=1, hparams=1, two_secant=1, grad_norm=1, precond=10,
                   curvature=10, lambda_max=100, alignment=100, spike_share=200, logits=10),
-    "full": _p("full", 10, loss=1, hparams=1, grad_norm=1, precond=1, secant=1,
+    "full": _p("full", 10, loss=1, hparams=1, two_secant=1, grad_norm=1, precond=1, secant=1,
                curvature=1, lambda_max=10, alignment=5, spike_share=10, logits=1),
 })

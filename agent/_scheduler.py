@@ -31,13 +31,13 @@ corrected only at the next drain. The agent therefore plans for `headroom` of th
 (`HEADROOM`): with both factors it plans a timed cost of 0.75/2 of the budget.
 
 Who yields first. The fixed part (hooks, drains, the every-step probes in `FIXED`) is never
-stretched; the probes get what it leaves (at least a quarter of the budget, so a costly fixed part
-does not stretch them to nothing). The cheap leading indicators in `PREDICTIVE` (ρ and the secant
-curvature) claim up to `PREDICTIVE_SHARE` of that allowance first: they are stretched only when
-they alone exceed it. The expensive probes (extra-pass curvature, λ_max, SVD-based alignment and
-spike share, logits) share what the predictive ones leave, so they are stretched first whenever
-the budget is tight. Within each tier the probe with the largest load (cost per run / cadence) is
-doubled first; relaxing brings predictive probes back first.
+stretched. The predictor in `PREDICTIVE` (the two-secant curvature and ρ the default rules page
+on) yields only to the budget itself: it is stretched only when the fixed part and it alone exceed
+the whole budget (without the headroom), and a stretched predictor is reported (`degraded()`; the
+monitor streams a `prediction_degraded` event), never silent. The other probes share what is left
+below the planning line (at least a quarter of it: a costly fixed part does not stretch them to
+nothing); the one with the largest load (cost per run / cadence) is doubled first, and relaxing
+brings the predictor back first.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ from agent._profiles import FIXED, MAX_CADENCE, PREDICTIVE, Profile
 
 Clock = Callable[[], float]
 _EMA = 0.3  # weight of the newest cost measurement
-PREDICTIVE_SHARE = 0.75  # of the probes' allowance, the part the predictive probes may claim
 MIN_ORDINARY = 3  # untagged steps a window needs before in-graph cost is estimated from it
 UNTIMED = 2.0  # true cost / timed cost the agent budgets for (see the module docstring)
 HEADROOM = 0.75  # share of the budget the agent plans for (see the module docstring)
@@ -241,10 +240,6 @@ class Scheduler:
         return self._fixed_cost + sum(self.cost(p) / c for p, c in self._cadence.items()
                                       if c > 0 and p in FIXED)
 
-    def _probe_load(self) -> float:
-        return sum(self.cost(p) / c for p, c in self._cadence.items()
-                   if c > 0 and p not in FIXED)
-
     def _load(self, probes: Iterable[str]) -> float:
         """Predicted seconds per step of `probes` at their current cadences."""
         return sum(self.cost(p) / self._cadence[p] for p in probes
@@ -260,27 +255,35 @@ class Scheduler:
             worst = max(cands, key=lambda p: self.cost(p) / self._cadence[p])
             self._cadence[worst] *= 2
 
+    def degraded(self) -> dict[str, int]:
+        """Predictive probes running less often than their profile asks: probe → cadence."""
+        return {p: c for p, c in self._cadence.items()
+                if p in PREDICTIVE and c > self._base.get(p, 0) > 0}
+
     def _rebalance(self) -> None:
-        allowed = self.budget * self.headroom * self._step_time / self.untimed
+        ceiling = self.budget * self._step_time / self.untimed  # timed seconds per step allowed
+        allowed = self.headroom * ceiling  # what the agent plans for
+        fixed = self._fixed_load()
         # What the stretchable probes may use. If the fixed part alone exceeds the budget,
         # stretching cannot fix that: the probes keep a quarter of the budget rather than stop.
-        allowance = max(allowed - self._fixed_load(), 0.25 * allowed)
+        allowance = max(allowed - fixed, 0.25 * allowed)
+        pred_allowance = max(ceiling - fixed, 0.25 * ceiling)
         pred = [p for p in self._cadence if p in PREDICTIVE]
         rest = [p for p in self._cadence if p not in FIXED and p not in PREDICTIVE]
-        self._stretch(pred, PREDICTIVE_SHARE * allowance)
-        self._stretch(rest, allowance - self._load(pred))
-        # relax: predictive probes first, then the cheapest to bring back; half the allowance
-        # (and half the predictive share) must remain free, so a relaxed cadence is not
-        # stretched again at the next window
+        self._stretch(pred, pred_allowance)
+        rest_allowance = max(allowance - self._load(pred), 0.0)
+        self._stretch(rest, rest_allowance)
+        # relax: the predictor first, then the cheapest to bring back; half the allowance must
+        # remain free, so a relaxed cadence is not stretched again at the next window
         while True:
             cands = sorted((p for p in pred + rest if self._cadence[p] > self._base[p] > 0),
                            key=lambda p: (p not in PREDICTIVE,
                                           self.cost(p) / self._cadence[p]))
             for best in cands:
                 extra = self.cost(best) / self._cadence[best]  # halving adds this
-                if self._probe_load() + extra <= 0.5 * allowance and (
-                        best not in PREDICTIVE
-                        or self._load(pred) + extra <= 0.5 * PREDICTIVE_SHARE * allowance):
+                fits = (self._load(pred) + extra <= 0.5 * pred_allowance if best in PREDICTIVE
+                        else self._load(rest) + extra <= 0.5 * rest_allowance)
+                if fits:
                     self._cadence[best] //= 2
                     break
             else:

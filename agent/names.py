@@ -45,9 +45,12 @@ LAMBDA_SECANT = "lambda_secant"
 STABILITY_RATIO = "stability_ratio"
 STABILITY_RATIO_MAX = "stability_ratio_max"
 STABILITY_RATIO_SECANT = "stability_ratio_secant"
+LAMBDA_TWO_SECANT = "lambda_two_secant"
+STABILITY_RATIO_TWO_SECANT = "stability_ratio_two_secant"
 GRAD_TOP_EIG_COS = "grad_top_eig_cos"
 # --- preconditioner decay (seed 000) ------------------------------------------------------------
 RHO = "rho"
+RHO_SAMPLED = "rho_sampled"
 SQRT_V_NORM = "sqrt_v_norm"
 SQRT_V_DECAY = "sqrt_v_decay"
 PHASE = "phase"
@@ -66,6 +69,7 @@ LOGIT_NORM = "logit_norm"
 AGENT_OVERHEAD = "agent_overhead"
 AGENT_STEP_TIME = "agent_step_time_seconds"
 AGENT_CADENCE = "agent_cadence"
+AGENT_PREDICTION_CADENCE = "agent_prediction_cadence"
 AGENT_QUEUED = "agent_queued"
 AGENT_SENT = "agent_sent"
 AGENT_ACKED = "agent_acked"
@@ -93,9 +97,16 @@ CATALOGUE: tuple[Metric, ...] = (
            export=True, combine=Combine.RATIO),
     Metric(STABILITY_RATIO_MAX, "1", "η·λ_max/2", _S0, export=True),
     Metric(STABILITY_RATIO_SECANT, "1", "η·λ_secant/2", _S0, export=True, combine=Combine.RATIO),
+    Metric(LAMBDA_TWO_SECANT, "1/lr", "curvature along the preconditioned gradient from two "
+           "consecutive gradient differences (no extra pass, sampled coordinates)", _S0,
+           combine=Combine.RATIO),
+    Metric(STABILITY_RATIO_TWO_SECANT, "1", "η·(λ_two_secant + w)/2, every step; ≥ 1 is beyond "
+           "the edge of stability", _S0, export=True, combine=Combine.RATIO),
     Metric(GRAD_TOP_EIG_COS, "1", "|cos| between gradient and Ĥ's top eigenvector", _S0),
     Metric(RHO, "1", "‖g‖/‖√v̂‖; ≪ 1 means v decays like β2 per step", _S0, True,
            Combine.SQRT_RATIO),
+    Metric(RHO_SAMPLED, "1", "ρ on the two-secant's coordinate sample, at the same step as its "
+           "ratio", _S0, True, Combine.SQRT_RATIO),
     Metric(SQRT_V_NORM, "1", "‖√v̂‖ over all parameters", _S0, combine=Combine.SQRT_RATIO),
     Metric(SQRT_V_DECAY, "1", "per-step decay of ‖√v̂‖ in units of √β2 (1 = pure β2 decay)", _S0,
            export=True),
@@ -114,6 +125,8 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(AGENT_OVERHEAD, "1", "agent time as a fraction of step time", _OWN, export=True),
     Metric(AGENT_STEP_TIME, "s", "wall time of one training step", _OWN, export=True),
     Metric(AGENT_CADENCE, "steps", "current cadence of each probe (per-probe layer scalar)", _OWN),
+    Metric(AGENT_PREDICTION_CADENCE, "steps", "cadence of the predictor (two-secant): 1 = every "
+           "step; more = stretched by the overhead budget; 0 = off", _OWN, export=True),
     Metric(AGENT_QUEUED, "1", "batches waiting in the agent's memory queue", _OWN),
     Metric(AGENT_SENT, "1", "batches sent (cumulative)", _OWN),
     Metric(AGENT_ACKED, "1", "batches acknowledged by the server (cumulative)", _OWN),
@@ -135,3 +148,5 @@ class EventType(StrEnum):
     PHASE_CHANGE = "phase_change"
     RESUMED = "resumed"
     PROBE_ERROR = "probe_error"  # a probe failed; the agent disabled or backed it off
+    PREDICTION_DEGRADED = "prediction_degraded"  # the predictor's cadence left (or came back to)
+    # every step: data cadence, previous, reason

@@ -16,35 +16,13 @@ from torch import nn
 
 import agent
 from agent import names as nm
-from agent import wire
 from agent._config import resolve
 from agent._monitor import Monitor
 from agent._profiles import PROFILES
 from agent.names import EventType
+from tests.agent import _delivered as dl
 from tests.agent._loop import train_on
 from tests.agent._peer import Peer, free_endpoint
-
-
-def _batches(peer: Peer) -> list[wire.Batch]:
-    return [m for m in peer.first_seen() if isinstance(m, wire.Batch)]
-
-
-def _hello(peer: Peer) -> wire.Hello:
-    hellos = [m for m in peer.first_seen() if isinstance(m, wire.Hello)]
-    assert len(hellos) == 1
-    return hellos[0]
-
-
-def _records(peer: Peer) -> list[wire.Record]:
-    return [r for b in _batches(peer) for r in b.records]
-
-
-def _by_step(peer: Peer, metric: str) -> dict[int, float]:
-    return {r.step: r.scalars[metric] for r in _records(peer) if metric in r.scalars}
-
-
-def _events(peer: Peer, kind: str) -> list[tuple[int, wire.Event]]:
-    return [(r.step, e) for r in _records(peer) for e in r.events if e.type == kind]
 
 
 def _mlp(seed: int = 0) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
@@ -71,13 +49,6 @@ def _train(monitor: Monitor, model: nn.Module, opt: torch.optim.Optimizer, x: to
     train_on(monitor, opt, lambda: nn.functional.cross_entropy(model(x), y), steps, before)
 
 
-def _closed_and_delivered(peer: Peer, monitor: Monitor) -> None:
-    monitor.close(timeout=5.0)
-    assert peer.wait_for(lambda: monitor.counters().acked == monitor.counters().submitted, 10)
-    assert peer.invalid == []  # every frame the agent built passed the server's validation
-    assert monitor.counters().rejected == 0
-
-
 def test_signals_are_delivered_with_exact_values(peer: Peer) -> None:
     model, x, y = _mlp()
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
@@ -98,9 +69,9 @@ def test_signals_are_delivered_with_exact_values(peer: Peer) -> None:
         monitor.log(loss=loss, tokens=float(len(x)))
         losses.append(loss.item())
         assert monitor.ctx._hvp is None  # the HVP graph does not outlive the pre-step hook
-    _closed_and_delivered(peer, monitor)
+    dl.closed_and_delivered(peer, monitor)
 
-    hello = _hello(peer)
+    hello = dl.hello(peer)
     assert hello.header.run == "unit-delivery"
     meta = hello.meta
     assert meta["model_parameters"] == sum(p.numel() for p in model.parameters())
@@ -114,30 +85,30 @@ def test_signals_are_delivered_with_exact_values(peer: Peer) -> None:
     assert meta["curvature"] == "exact"
     assert meta["torch_version"] == torch.__version__
 
-    loss_by_step = _by_step(peer, nm.LOSS)
+    loss_by_step = dl.by_step(peer, nm.LOSS)
     assert sorted(loss_by_step) == list(range(12))
     assert [loss_by_step[s] for s in range(12)] == pytest.approx(losses, rel=1e-6)
-    assert [_by_step(peer, nm.GRAD_NORM)[s] for s in range(12)] == pytest.approx(gnorms, rel=1e-5)
-    assert _by_step(peer, "tokens")[3] == 48.0
+    assert [dl.by_step(peer, nm.GRAD_NORM)[s] for s in range(12)] == pytest.approx(gnorms, rel=1e-5)
+    assert dl.by_step(peer, "tokens")[3] == 48.0
     # one record per step: loss logged after step() joins the probes' record of that step
-    steps = [r.step for r in _records(peer) if nm.LOSS in r.scalars]
+    steps = [r.step for r in dl.records(peer) if nm.LOSS in r.scalars]
     assert steps == sorted(set(steps))
     for metric in (nm.RHO, nm.SQRT_V_NORM, nm.LAMBDA_GRAD, nm.STABILITY_RATIO, nm.LAMBDA_MAX,
                    nm.STABILITY_RATIO_MAX, nm.GRAD_TOP_EIG_COS, nm.LR, nm.BETA1, nm.MAX_PROB,
                    nm.ENTROPY, nm.GRAD_SPIKE_SHARE, nm.SA_SIGN_DIVERSITY):
-        assert 0 in _by_step(peer, metric), metric
-    assert all(math.isfinite(v) for v in _by_step(peer, nm.STABILITY_RATIO).values())
+        assert 0 in dl.by_step(peer, metric), metric
+    assert all(math.isfinite(v) for v in dl.by_step(peer, nm.STABILITY_RATIO).values())
     # the secant is measured on the update of step t at the pre-step of t+1
-    assert sorted(_by_step(peer, nm.LAMBDA_SECANT)) == list(range(11))
+    assert sorted(dl.by_step(peer, nm.LAMBDA_SECANT)) == list(range(11))
     # stability ratio = η·λ_grad/2 for Adam without weight decay
-    r0, l0 = _by_step(peer, nm.STABILITY_RATIO)[0], _by_step(peer, nm.LAMBDA_GRAD)[0]
+    r0, l0 = dl.by_step(peer, nm.STABILITY_RATIO)[0], dl.by_step(peer, nm.LAMBDA_GRAD)[0]
     assert r0 == pytest.approx(0.02 * l0 / 2, rel=1e-5)
-    first = next(r for r in _records(peer) if r.step == 0)
+    first = next(r for r in dl.records(peer) if r.step == 0)
     assert set(first.layers[nm.SA_MEAN]) == {"0", "2"}
     assert sum(first.hists[nm.SA_HIST]["0"].counts) == 48
     assert "group:0" in first.layers[nm.RHO]
     # self-report: overhead, step time, cadence per probe, transport counters
-    agent_recs = [r for r in _records(peer) if nm.AGENT_OVERHEAD in r.scalars]
+    agent_recs = [r for r in dl.records(peer) if nm.AGENT_OVERHEAD in r.scalars]
     assert agent_recs
     cadence = agent_recs[-1].layers[nm.AGENT_CADENCE]
     assert set(cadence) == set(PROFILES["full"].cadences)
@@ -162,11 +133,11 @@ def test_bare_module_and_odd_names_are_valid_on_the_wire(peer: Peer) -> None:
     for _ in range(3):
         for m, o, mon in ((model["odd name"], opt, monitor), (bare, opt2, monitor2)):
             train_on(mon, o, _square_mean(m, x), 1)
-    _closed_and_delivered(peer, monitor)
-    _closed_and_delivered(peer, monitor2)
-    layers = {lay for r in _records(peer) for lay in r.layers.get(nm.SA_MEAN, {})}
+    dl.closed_and_delivered(peer, monitor)
+    dl.closed_and_delivered(peer, monitor2)
+    layers = {lay for r in dl.records(peer) for lay in r.layers.get(nm.SA_MEAN, {})}
     assert layers == {"odd_name", "model"}
-    rho = {lay for r in _records(peer) for lay in r.layers.get(nm.RHO, {})}
+    rho = {lay for r in dl.records(peer) for lay in r.layers.get(nm.RHO, {})}
     assert {"odd_name.weight", "weight", "bias"} <= rho
 
 
@@ -180,8 +151,8 @@ def test_alignment_skips_attention_out_proj_whose_forward_never_runs(peer: Peer)
                            overhead_budget=math.inf)
     x = torch.randn(4, 5, 8)
     train_on(monitor, opt, _square_mean(model, x), 2)
-    _closed_and_delivered(peer, monitor)
-    first = next(r for r in _records(peer) if nm.SA_MEAN in r.layers)
+    dl.closed_and_delivered(peer, monitor)
+    first = next(r for r in dl.records(peer) if nm.SA_MEAN in r.layers)
     assert set(first.layers[nm.SA_MEAN]) == {"linear1", "linear2"}  # every hooked layer reports
 
 
@@ -201,14 +172,14 @@ def test_nonfinite_loss_raises_an_event_and_training_continues(peer: Peer) -> No
         opt.step()
         monitor.log(loss=loss)
         done += 1
-    _closed_and_delivered(peer, monitor)
+    dl.closed_and_delivered(peer, monitor)
     assert done == 15
-    nonfinite = _events(peer, EventType.NONFINITE.value)
+    nonfinite = dl.events(peer, EventType.NONFINITE.value)
     assert (6, "loss") in {(s, e.data["series"]) for s, e in nonfinite}
     assert (6, "grad_norm") in {(s, e.data["series"]) for s, e in nonfinite}
     assert all(s >= 6 for s, _ in nonfinite)
-    assert math.isnan(_by_step(peer, nm.LOSS)[6])  # carried explicitly, not dropped
-    assert sorted(_by_step(peer, nm.LOSS)) == list(range(15))
+    assert math.isnan(dl.by_step(peer, nm.LOSS)[6])  # carried explicitly, not dropped
+    assert sorted(dl.by_step(peer, nm.LOSS)) == list(range(15))
 
 
 def test_no_server_training_continues_and_close_is_bounded(tmp_path: Path) -> None:
@@ -246,16 +217,16 @@ def test_failing_probes_are_isolated(peer: Peer) -> None:
                            closure=bad_closure, layers=[emb, "2"], profile="full",
                            overhead_budget=math.inf)
     _train(monitor, model, opt, tokens, target, 8)
-    _closed_and_delivered(peer, monitor)
-    errors = {e.data["probe"]: (s, e) for s, e in _events(peer, EventType.PROBE_ERROR.value)}
+    dl.closed_and_delivered(peer, monitor)
+    errors = {e.data["probe"]: (s, e) for s, e in dl.events(peer, EventType.PROBE_ERROR.value)}
     assert set(errors) >= {"alignment", "curvature"}
     assert errors["curvature"][1].data["error"] == "RuntimeError"
     assert "closure exploded" in str(errors["curvature"][1].data["message"])
     assert calls["n"] == 1  # disabled after the first failure
-    assert len(_events(peer, EventType.PROBE_ERROR.value)) == len(errors)  # reported once
-    assert sorted(_by_step(peer, nm.LOSS)) == list(range(8))
-    assert sorted(_by_step(peer, nm.GRAD_NORM)) == list(range(8))  # others keep running
-    assert not any(nm.SA_MEAN in r.layers for r in _records(peer) if r.step > 0)
+    assert len(dl.events(peer, EventType.PROBE_ERROR.value)) == len(errors)  # reported once
+    assert sorted(dl.by_step(peer, nm.LOSS)) == list(range(8))
+    assert sorted(dl.by_step(peer, nm.GRAD_NORM)) == list(range(8))  # others keep running
+    assert not any(nm.SA_MEAN in r.layers for r in dl.records(peer) if r.step > 0)
 
 
 def test_environment_configures_attach(peer: Peer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -272,8 +243,8 @@ def test_environment_configures_attach(peer: Peer, monkeypatch: pytest.MonkeyPat
             torch.autograd.backward(loss)
             opt.step()
             monitor.log(loss=loss.item())
-    assert peer.wait_for(lambda: len(_by_step(peer, nm.LOSS)) == 3)
-    hello = _hello(peer)
+    assert peer.wait_for(lambda: len(dl.by_step(peer, nm.LOSS)) == 3)
+    hello = dl.hello(peer)
     assert hello.header.run == "from-env"
     assert hello.meta["profile"] == "light"
     assert hello.meta["overhead_budget"] == 0.5
@@ -331,8 +302,8 @@ def test_step_with_closure_measures_after_the_closure_ran(peer: Peer) -> None:
         loss = opt.step(closure)
         assert isinstance(loss, torch.Tensor)
         monitor.log(loss=loss)
-    _closed_and_delivered(peer, monitor)
-    got = _by_step(peer, nm.GRAD_NORM)
+    dl.closed_and_delivered(peer, monitor)
+    got = dl.by_step(peer, nm.GRAD_NORM)
     assert [got[s] for s in range(5)] == pytest.approx(gnorms, rel=1e-5)
 
 
@@ -345,11 +316,11 @@ def test_resumed_optimizer_continues_the_step_count(peer: Peer) -> None:
         opt.step()
     monitor = agent.attach(model, opt, run="unit-resume", endpoint=peer.endpoint)
     _train(monitor, model, opt, x, y, 3)
-    _closed_and_delivered(peer, monitor)
-    assert _hello(peer).meta["resumed_at_step"] == 7
-    assert [(s, e.data["resumed_at_step"]) for s, e in _events(peer, EventType.RESUMED.value)
+    dl.closed_and_delivered(peer, monitor)
+    assert dl.hello(peer).meta["resumed_at_step"] == 7
+    assert [(s, e.data["resumed_at_step"]) for s, e in dl.events(peer, EventType.RESUMED.value)
             ] == [(7, 7)]
-    assert sorted(_by_step(peer, nm.LOSS)) == [7, 8, 9]
+    assert sorted(dl.by_step(peer, nm.LOSS)) == [7, 8, 9]
 
 
 def test_logits_passed_to_log(peer: Peer) -> None:
@@ -364,16 +335,16 @@ def test_logits_passed_to_log(peer: Peer) -> None:
         torch.autograd.backward(loss)
         opt.step()
         monitor.log(loss=loss, logits=logits)
-    _closed_and_delivered(peer, monitor)
+    dl.closed_and_delivered(peer, monitor)
     p = torch.softmax(model(x).detach(), dim=-1)
-    assert 0 < _by_step(peer, nm.MAX_PROB)[2] <= 1
-    assert _by_step(peer, nm.MAX_PROB)[2] == pytest.approx(p.max(-1).values.mean().item(),
+    assert 0 < dl.by_step(peer, nm.MAX_PROB)[2] <= 1
+    assert dl.by_step(peer, nm.MAX_PROB)[2] == pytest.approx(p.max(-1).values.mean().item(),
                                                            rel=0.2)
     # SGD: Adam-state probes are off, reported once, the rest works
-    errors = _events(peer, EventType.PROBE_ERROR.value)
+    errors = dl.events(peer, EventType.PROBE_ERROR.value)
     assert [e.data["error"] for _, e in errors] == ["UnsupportedOptimizer"]
-    assert sorted(_by_step(peer, nm.GRAD_NORM)) == [0, 1, 2]
-    assert _by_step(peer, nm.BETA1)[0] == 0.9
+    assert sorted(dl.by_step(peer, nm.GRAD_NORM)) == [0, 1, 2]
+    assert dl.by_step(peer, nm.BETA1)[0] == 0.9
 
 
 def test_failing_hparams_probe_is_reported_once_and_the_rest_keeps_running(
@@ -391,13 +362,13 @@ def test_failing_hparams_probe_is_reported_once_and_the_rest_keeps_running(
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     monitor = agent.attach(model, opt, run="unit-hparams-error", endpoint=peer.endpoint)
     _train(monitor, model, opt, x, y, 8)
-    _closed_and_delivered(peer, monitor)
-    errors = _events(peer, EventType.PROBE_ERROR.value)
+    dl.closed_and_delivered(peer, monitor)
+    errors = dl.events(peer, EventType.PROBE_ERROR.value)
     reported = [(s, e.data["probe"], e.data["error"]) for s, e in errors]
     assert reported == [(3, "hparams", "KeyError")]
-    assert sorted(_by_step(peer, nm.LR)) == [0, 1, 2]  # disabled at the failure
-    assert sorted(_by_step(peer, nm.LOSS)) == list(range(8))
-    assert sorted(_by_step(peer, nm.GRAD_NORM)) == list(range(8))
+    assert sorted(dl.by_step(peer, nm.LR)) == [0, 1, 2]  # disabled at the failure
+    assert sorted(dl.by_step(peer, nm.LOSS)) == list(range(8))
+    assert sorted(dl.by_step(peer, nm.GRAD_NORM)) == list(range(8))
 
 
 def test_forward_hooks_that_are_never_called_are_reported_not_silently_missing(
@@ -408,13 +379,13 @@ def test_forward_hooks_that_are_never_called_are_reported_not_silently_missing(
     monitor = agent.attach(model, opt, run="unit-unused-logits", endpoint=peer.endpoint,
                            profile="full", overhead_budget=math.inf, logits_module=unused)
     _train(monitor, model, opt, x, y, 6)
-    _closed_and_delivered(peer, monitor)
-    errors = _events(peer, EventType.PROBE_ERROR.value)
+    dl.closed_and_delivered(peer, monitor)
+    errors = dl.events(peer, EventType.PROBE_ERROR.value)
     reported = [(s, e.data["probe"], e.data["error"], e.data["disabled"]) for s, e in errors]
     assert reported == [(1, "logits", "HooksNotCalledError", True)]  # two armed steps, 0 and 1
     assert "Linear" in str(errors[0][1].data["message"])
     assert not unused._forward_hooks  # disarmed: its hooks are gone
-    assert sorted(_by_step(peer, nm.SA_SIGN_DIVERSITY)) == [0, 5]  # the other probe carries on
+    assert sorted(dl.by_step(peer, nm.SA_SIGN_DIVERSITY)) == [0, 5]  # the other probe carries on
 
 
 def test_cadence_stretches_under_budget_with_injected_clock(peer: Peer) -> None:
@@ -444,8 +415,8 @@ def test_cadence_stretches_under_budget_with_injected_clock(peer: Peer) -> None:
         torch.autograd.backward(loss)
         opt.step()
         monitor.log(loss=loss)
-    _closed_and_delivered(peer, monitor)
-    recs = [r for r in _records(peer) if nm.AGENT_CADENCE in r.layers]
+    dl.closed_and_delivered(peer, monitor)
+    recs = [r for r in dl.records(peer) if nm.AGENT_CADENCE in r.layers]
     assert len(recs) >= 10
     first, last = recs[0].layers[nm.AGENT_CADENCE], recs[-1].layers[nm.AGENT_CADENCE]
     assert first["loss"] == last["loss"] == 1.0  # never stretched
@@ -460,7 +431,7 @@ def test_cadence_stretches_under_budget_with_injected_clock(peer: Peer) -> None:
         assert ratio == 2 ** round(math.log2(ratio))
     # the probes run at the cadences streamed: a cadence set at the drain that ended step s
     # (reported on record s - 1) holds from step s + 1 on
-    rho_steps = set(_by_step(peer, nm.RHO))
+    rho_steps = set(dl.by_step(peer, nm.RHO))
     reports = [(r.step, r.layers[nm.AGENT_CADENCE]["precond"]) for r in recs]
     checked = 0
     for (s0, c), (s1, c1) in itertools.pairwise(reports):
@@ -496,16 +467,16 @@ def test_auto_curvature_falls_back_to_finite_differences(peer: Peer) -> None:
         torch.autograd.backward(loss)
         opt.step()
         monitor.log(loss=loss)
-    _closed_and_delivered(peer, monitor)
-    assert _hello(peer).meta["curvature"] == "exact"
-    switches = _events(peer, EventType.PROBE_ERROR.value)
+    dl.closed_and_delivered(peer, monitor)
+    assert dl.hello(peer).meta["curvature"] == "exact"
+    switches = dl.events(peer, EventType.PROBE_ERROR.value)
     assert [(s, e.data["switched_to"], e.data["disabled"]) for s, e in switches] == [
         (0, "fd", False)]
     assert "not implemented" in str(switches[0][1].data["message"])
-    lam = _by_step(peer, nm.LAMBDA_GRAD)
+    lam = dl.by_step(peer, nm.LAMBDA_GRAD)
     assert 0 in lam
     assert all(math.isfinite(v) for v in lam.values())
-    assert 0 in _by_step(peer, nm.LAMBDA_MAX)
+    assert 0 in dl.by_step(peer, nm.LAMBDA_MAX)
 
 
 def test_curve_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -523,9 +494,9 @@ def test_curve_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
             torch.autograd.backward(loss)
             opt.step()
             monitor.log(loss=loss)
-        _closed_and_delivered(secure, monitor)
-        assert _hello(secure).header.run == "unit-curve"
-        assert sorted(_by_step(secure, nm.LOSS)) == [0, 1]
+        dl.closed_and_delivered(secure, monitor)
+        assert dl.hello(secure).header.run == "unit-curve"
+        assert sorted(dl.by_step(secure, nm.LOSS)) == [0, 1]
 
 
 def test_hyperparameter_jumps_become_events(peer: Peer) -> None:
@@ -541,17 +512,17 @@ def test_hyperparameter_jumps_become_events(peer: Peer) -> None:
             opt.param_groups[0]["lr"] = 0.001
 
     _train(monitor, model, opt, x, y, 12, edit)
-    _closed_and_delivered(peer, monitor)
-    jumps = _events(peer, EventType.MOMENTUM_JUMP.value)
+    dl.closed_and_delivered(peer, monitor)
+    jumps = dl.events(peer, EventType.MOMENTUM_JUMP.value)
     assert [(s, e.data["old"], e.data["new"]) for s, e in jumps] == [(5, 0.9, 0.97)]
     assert jumps[0][1].data["rescaled"] is False
     assert jumps[0][1].data["buffer_ratio"] == 1.0  # version counter unmoved: exactly untouched
     assert jumps[0][1].data["needs_rescale"] is False
-    changes = {(s, e.data["hparam"]) for s, e in _events(peer, EventType.HPARAM_CHANGE.value)}
+    changes = {(s, e.data["hparam"]) for s, e in dl.events(peer, EventType.HPARAM_CHANGE.value)}
     assert {(5, "beta1"), (8, "lr")} <= changes
     # every step carries its values, also the quiet ones that reuse the last host numbers
-    assert _by_step(peer, nm.LR) == {s: 0.01 if s < 8 else 0.001 for s in range(12)}
-    assert _by_step(peer, nm.BETA1) == {s: 0.9 if s < 5 else 0.97 for s in range(12)}
+    assert dl.by_step(peer, nm.LR) == {s: 0.01 if s < 8 else 0.001 for s in range(12)}
+    assert dl.by_step(peer, nm.BETA1) == {s: 0.9 if s < 5 else 0.97 for s in range(12)}
 
 
 def test_in_place_buffer_rescale_is_measured_at_the_jump(peer: Peer) -> None:
@@ -569,8 +540,8 @@ def test_in_place_buffer_rescale_is_measured_at_the_jump(peer: Peer) -> None:
                     st["exp_avg"].mul_(note)
 
     _train(monitor, model, opt, x, y, 8, rescale)
-    _closed_and_delivered(peer, monitor)
-    (jump,) = _events(peer, EventType.MOMENTUM_JUMP.value)
+    dl.closed_and_delivered(peer, monitor)
+    (jump,) = dl.events(peer, EventType.MOMENTUM_JUMP.value)
     assert jump[0] == 4
     # the agent reads the buffer's version counter, not its norm (no kernel per step): it knows
     # the buffer was rewritten, not by how much
@@ -587,13 +558,14 @@ def test_cadences_hold_and_forward_hooks_exist_only_on_armed_steps(peer: Peer) -
     hooked: list[bool] = []
     _train(monitor, model, opt, x, y, 24,
            lambda _: hooked.append(bool(model[0]._forward_hooks or model[2]._forward_hooks)))
-    _closed_and_delivered(peer, monitor)
+    dl.closed_and_delivered(peer, monitor)
     # default profile: logits every 10 steps, alignment every 100; other steps keep the modules
     # on PyTorch's hook-free path
     assert [s for s, h in enumerate(hooked) if h] == [0, 10, 20]
     assert not model[0]._forward_hooks
     assert not model[2]._forward_hooks
-    assert sorted(_by_step(peer, nm.RHO)) == list(range(0, 24, 2))
-    # the secant's second half runs at the pre-step after each due step, off its cadence
-    assert sorted(_by_step(peer, nm.LAMBDA_SECANT)) == list(range(0, 23, 2))
-    assert sorted(_by_step(peer, nm.MAX_PROB)) == [0, 10, 20]
+    assert sorted(dl.by_step(peer, nm.RHO)) == [0, 10, 20]
+    # the predictor every step: a reading of gradient i needs the step after it, and four
+    # consecutive steps to start
+    assert sorted(dl.by_step(peer, nm.STABILITY_RATIO_TWO_SECANT)) == list(range(2, 23))
+    assert sorted(dl.by_step(peer, nm.MAX_PROB)) == [0, 10, 20]

@@ -20,10 +20,11 @@ from agent import names as nm
 from agent import wire
 from agent.names import Combine
 from monitor.precond_decay import PreconditionerDecay
+from monitor.two_secant import TwoSecant
 from tests._net import free_port
 from tests.agent._peer import Peer
 
-STEPS = 6
+STEPS = 8
 LR = 0.01
 
 
@@ -62,7 +63,8 @@ def _train(rank: int, world: int, endpoint: str, mode: str) -> None:
     half = len(x) // world
     xs, ys = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
     monitor = agent.attach(model, opt, run=f"dist-{mode}", endpoint=endpoint,
-                           profile="full", overhead_budget=math.inf, ddp_ranks="rank0")
+                           profile="full", overhead_budget=math.inf, ddp_ranks="rank0",
+                           sample_fraction=1.0)
     for _ in range(STEPS):
         opt.zero_grad()
         loss = nn.functional.mse_loss(model(xs), ys)
@@ -73,21 +75,27 @@ def _train(rank: int, world: int, endpoint: str, mode: str) -> None:
     dist.barrier()  # both ranks are done with collectives before either tears down
 
 
-def _reference() -> tuple[list[float], list[float]]:
-    """Global ‖g‖ and ρ of the same run in one process (full batch = mean of the two halves)."""
+def _reference() -> tuple[list[float], list[float], dict[int, tuple[float, float, float]]]:
+    """Global ‖g‖, ρ and the two-secant readings (every coordinate) of the same run in one
+    process (full batch = mean of the two halves)."""
     model = _model()
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     pd = PreconditionerDecay(include_current_grad=True)
+    est = TwoSecant(opt, fraction=1.0)
     x, y = _data()
     gn, rho = [], []
-    for _ in range(STEPS):
+    two: dict[int, tuple[float, float, float]] = {}
+    for k in range(STEPS):
         opt.zero_grad()
         torch.autograd.backward(nn.functional.mse_loss(model(x), y))
         gn.append(float(torch.cat([p.grad.flatten() for p in model.parameters()
                                    if p.grad is not None]).norm()))
         rho.append(float(pd.update(opt).rho))
         opt.step()
-    return gn, rho
+        r = est.update(k + 1)
+        if r is not None:
+            two[r.step] = (float(r.lambda_two_secant), float(r.stability_ratio), float(r.rho))
+    return gn, rho, two
 
 
 def _run(peer: Peer, mode: str) -> list[wire.Batch]:
@@ -130,7 +138,15 @@ def test_sharded_partials_combine_to_the_global_values(peer: Peer) -> None:
         for r in b.records:
             for name, p in r.partials.items():
                 partials.setdefault((name, r.step), {})[b.header.rank] = p
-    gn_ref, rho_ref = _reference()
+    gn_ref, rho_ref, two_ref = _reference()
+    assert sorted(two_ref) == list(range(2, STEPS - 1))
+    for step, want in two_ref.items():  # the predictor's shards add up to the whole model's
+        for i, name in enumerate((nm.LAMBDA_TWO_SECANT, nm.STABILITY_RATIO_TWO_SECANT,
+                                  nm.RHO_SAMPLED)):
+            parts = partials[(name, step)]
+            assert sorted(parts) == [0, 1]
+            assert parts[0].op == nm.BY_NAME[name].combine
+            assert _combine(list(parts.values())) == pytest.approx(want[i], rel=1e-4), name
     for step in range(STEPS):
         gn_parts = partials[(nm.GRAD_NORM, step)]
         rho_parts = partials[(nm.RHO, step)]
@@ -153,8 +169,11 @@ def test_ddp_rank0_only(peer: Peer) -> None:
     assert [h.header.rank for h in hellos] == [0]
     assert hellos[0].meta["sharded"] is False
     assert {b.header.rank for b in batches} == {0}
-    gn_ref, _ = _reference()
+    gn_ref, _, two_ref = _reference()
     gn = {r.step: r.scalars[nm.GRAD_NORM] for b in batches for r in b.records
           if nm.GRAD_NORM in r.scalars}
     # DDP all-reduces gradients: rank 0's full-model norm is the global one
     assert [gn[s] for s in range(STEPS)] == pytest.approx(gn_ref, rel=1e-4)
+    ratio = {r.step: r.scalars[nm.STABILITY_RATIO_TWO_SECANT] for b in batches for r in b.records
+             if nm.STABILITY_RATIO_TWO_SECANT in r.scalars}
+    assert ratio == pytest.approx({s: v[1] for s, v in two_ref.items()}, rel=1e-4)

@@ -1,0 +1,48 @@
+"""The predictive probe: the two-secant curvature along the gradient and ρ, every step.
+
+Adapter from :class:`monitor.two_secant.TwoSecant` to the agent: called from the optimizer's
+post-step hook, it reads the sampled parameters and optimizer state and hands the reading of the
+gradient before last (known once the last step's gradient is) to the collector. When the scheduler
+stretches it (only if it alone exceeds the overhead budget), it asks to be called at the steps
+after a due step (`follow`) until it has the four consecutive steps a reading needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent import names as nm
+from agent._collect import Collector
+from agent._probes import Ctx, Probe
+from agent._profiles import TWO_SECANT
+from agent.names import Combine
+
+
+class TwoSecantProbe(Probe):
+    """λ_two_secant, its stability ratio and the sampled ρ of the step before this one."""
+
+    name = TWO_SECANT
+    follow_phase = "post"
+
+    def __init__(self, ctx: Ctx, fraction: float | None = None) -> None:
+        super().__init__(ctx)
+        from monitor.two_secant import TwoSecant
+
+        self.est = TwoSecant(ctx.optimizer, fraction=fraction)
+        self.last: Any = None  # the last reading (device tensors), for hyperparameter events
+
+    def post(self, step: int, out: Collector) -> None:
+        r = self.est.update(step + 1)  # `step` is the index of the step that just completed
+        self.follow = step + 1 if r is None else None
+        if r is None:
+            return
+        self.last = r
+        n = 3 if self.est.kind == "adam" else 2  # SGD keeps no second moment: no ρ
+        if self.ctx.world.sharded:
+            out.partial_vector(r.step, _NAMES[:n], _COMBINE[:n], r.num[:n], r.den[:n])
+        else:
+            out.scalar_vector(r.step, _NAMES[:n], r.values[:n])
+
+
+_NAMES = (nm.LAMBDA_TWO_SECANT, nm.STABILITY_RATIO_TWO_SECANT, nm.RHO_SAMPLED)
+_COMBINE = (Combine.RATIO, Combine.RATIO, Combine.SQRT_RATIO)

@@ -52,7 +52,6 @@ from agent._profiles import (
     LOGITS,
     PRECOND,
     PROFILES,
-    SECANT,
     TWO_SECANT,
 )
 from agent._scheduler import HEADROOM, UNTIMED, Clock, Report, Scheduler
@@ -232,10 +231,8 @@ class Monitor:
             kinds += [TwoSecantProbe]  # refuses Nesterov SGD with a reported error
         if adam:
             kinds += [pr.PrecondProbe]
-            if not self.world.sharded:
-                kinds += [pr.SecantProbe]
-                if ctx.curvature in ("exact", "fd"):
-                    kinds += [pr.CurvatureProbe, pr.LambdaMaxProbe]
+            if not self.world.sharded and ctx.curvature in ("exact", "fd"):
+                kinds += [pr.CurvatureProbe, pr.LambdaMaxProbe]
         else:
             self._event(self.step, EventType.PROBE_ERROR, probe="precond",
                         error="UnsupportedOptimizer",
@@ -249,11 +246,13 @@ class Monitor:
             except Exception as e:
                 self._fail(kind.name, e)
                 continue
+            if isinstance(probe, TwoSecantProbe):
+                ctx.predictor = probe
             if isinstance(probe, HparamsProbe) and self.scheduler.cadence(HPARAMS) == 1:
                 self._hparams = probe  # every step: called inline, timed with the hooks
             else:
                 self._probes.append(probe)
-        for name in (CURVATURE, LAMBDA_MAX, SECANT, PRECOND, TWO_SECANT):
+        for name in (CURVATURE, LAMBDA_MAX, PRECOND, TWO_SECANT):
             if not any(p.name == name for p in self._probes):
                 self.scheduler.disable(name)
         env = HookEnv(self.out, self._fail_armed, self.scheduler.now, self.scheduler.add,
@@ -446,7 +445,10 @@ class Monitor:
         sched.step_end(self._in_graph)
         t1 = sched.now()
         try:
-            if sched.drain_due(step) or self.out.full:
+            if self.ctx.urgent:  # e.g. a hyper-parameter change past the edge: send it now
+                self.ctx.urgent = False
+                self._drain()
+            elif sched.drain_due(step) or self.out.full:
                 # the loss of this step is usually logged after step(): leave its record open
                 self._drain(upto=step - 1)
         except Exception as e:

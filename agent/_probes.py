@@ -4,8 +4,7 @@ A probe runs in the optimizer pre-step hook (`pre`: θ_t, ``.grad`` = g_t, state
 post-step hook (`post`: state at t); forward-hook probes live in `agent._forward_probes`.
 It only launches device work and hands 0-d tensors to the collector; it never reads them back.
 `follow` asks the monitor to call the probe at one more step regardless of its cadence, in the
-phase `follow_phase` (the secant needs the pre-step of the step after it was due; a stretched
-two-secant the post-steps of the three steps after it).
+phase `follow_phase` (a stretched two-secant needs the post-steps of the three steps after it).
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from agent._profiles import (
     HPARAMS,
     LAMBDA_MAX,
     PRECOND,
-    SECANT,
     SPIKE_SHARE,
 )
 from agent.names import Combine, EventType
@@ -57,6 +55,8 @@ class Ctx:
     curvature: str  # resolved backend: "exact", "fd" or "secant"
     auto: bool = False  # curvature="auto": fall back from exact to finite differences
     last_ratio: float | None = None  # last drained stability ratio (for hyperparameter events)
+    predictor: Any = None  # the two-secant probe, whose last reading is the freshest ratio
+    urgent: bool = False  # something a person must see now: drain at the end of this step
     _views: tuple[tuple[int, str], list[Any]] | None = None
     _hvp: tuple[int, Any] | None = None
 
@@ -112,6 +112,14 @@ class Ctx:
                 for p, g in zip(params, saved, strict=True):
                     p.grad = g  # a closure that called backward() must not change training
         return backend
+
+    def latest_ratio(self) -> float | None:
+        """The freshest stability ratio: the predictor's last reading (read on the host: call
+        only at a rare event, e.g. a hyper-parameter change), else the last drained one."""
+        last = getattr(self.predictor, "last", None)
+        if last is not None:
+            return float(last.stability_ratio)
+        return self.last_ratio
 
     def clear(self) -> None:
         self._views = None
@@ -284,9 +292,11 @@ class HparamsProbe(Probe):
             self._raw = raw if sig is not None else None
         if self.watch is None or self._quiet >= 2:
             return  # unchanged at this step and the last: the watch would see Δ = 0 twice
-        for e in self.watch.before_step(self.ctx.optimizer, step, self.ctx.last_ratio):
+        for e in self.watch.before_step(self.ctx.optimizer, step, self.ctx.latest_ratio):
             out.event(step, wire.Event(e.type.value, {k: _wire_scalar(v)
                                                        for k, v in e.data.items()}))
+            if e.data.get("unstable_after"):
+                self.ctx.urgent = True  # the page is due before the changed step's spike
 
     def post(self, step: int, out: Collector) -> None:
         """lr and betas of group 0; with plain-number hyperparameters unchanged since the last
@@ -353,31 +363,6 @@ class PrecondProbe(Probe):
                          torch.cat((r.group_rho, tensor_rho)))
         if not w.sharded:
             out.layer_vector(step, nm.SQRT_V_DECAY, groups, r.group_decay)
-
-
-class SecantProbe(Probe):
-    """Zero-extra-pass secant curvature along the update: post-step of t, pre-step of t+1."""
-
-    name = SECANT
-
-    def __init__(self, ctx: Ctx) -> None:
-        super().__init__(ctx)
-        from monitor.secant import SecantEstimator
-
-        self.est = SecantEstimator()
-
-    def pre(self, step: int, out: Collector) -> None:
-        if self.follow != step:
-            return
-        self.follow = None
-        reading = self.est.before_step(self.ctx.views(step, "pre"))
-        if reading is not None:
-            out.scalar(step - 1, nm.LAMBDA_SECANT, reading.lambda_secant)
-            out.scalar(step - 1, nm.STABILITY_RATIO_SECANT, reading.stability_ratio)
-
-    def post(self, step: int, out: Collector) -> None:
-        self.est.after_step(self.ctx.views(step, "post"))
-        self.follow = step + 1
 
 
 class CurvatureProbe(Probe):

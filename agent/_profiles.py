@@ -2,7 +2,7 @@
 
 The predictor (the two-secant curvature along the gradient and ρ on a coordinate sample) runs
 every step in every profile; cheap probes (loss, hyperparameters, the gradient norm) often;
-full-pass diagnostics (ρ per tensor, the plain secant) less often; extra-pass probes (λ_grad with a
+full-pass diagnostics (ρ per tensor) less often; extra-pass probes (λ_grad with a
 closure, λ_max power iteration) and SVD-based probes (spectral alignment, gradient spike share)
 rarely. The overhead budget may stretch these cadences at run time, never shrink them below the
 profile's.
@@ -20,16 +20,15 @@ LOSS: Final = "loss"
 HPARAMS: Final = "hparams"
 GRAD_NORM: Final = "grad_norm"
 PRECOND: Final = "precond"  # ρ, ‖√v̂‖, its decay rate, the phase label
-SECANT: Final = "secant"  # the plain secant on every coordinate (a diagnostic, `full` only)
-TWO_SECANT: Final = "two_secant"  # curvature along the gradient, ρ: the predictor, every step
+TWO_SECANT: Final = "two_secant"  # curvature along the gradient, ρ, the plain secant: every step
 CURVATURE: Final = "curvature"  # λ_grad with a closure (exact or finite-difference HVP)
 LAMBDA_MAX: Final = "lambda_max"
 ALIGNMENT: Final = "alignment"  # spectral alignment of nn.Linear inputs
 SPIKE_SHARE: Final = "spike_share"
 LOGITS: Final = "logits"  # over-confidence
 
-PROBES: Final = (LOSS, HPARAMS, GRAD_NORM, PRECOND, SECANT, TWO_SECANT, CURVATURE, LAMBDA_MAX,
-                 ALIGNMENT, SPIKE_SHARE, LOGITS)
+PROBES: Final = (LOSS, HPARAMS, GRAD_NORM, PRECOND, TWO_SECANT, CURVATURE, LAMBDA_MAX, ALIGNMENT,
+                 SPIKE_SHARE, LOGITS)
 # Probes whose cadence the budget never stretches: they are host-only or a reference copy.
 FIXED: Final = frozenset({LOSS, HPARAMS})
 # The predictor the default rules page on: stretched only when it alone exceeds the budget, and
@@ -62,6 +61,6 @@ PROFILES: Final[Mapping[str, Profile]] = MappingProxyType({
                 curvature=100, lambda_max=0, alignment=500, spike_share=1000, logits=50),
     "default": _p("default", 25, loss=1, hparams=1, two_secant=1, grad_norm=1, precond=10,
                   curvature=10, lambda_max=100, alignment=100, spike_share=200, logits=10),
-    "full": _p("full", 10, loss=1, hparams=1, two_secant=1, grad_norm=1, precond=1, secant=1,
+    "full": _p("full", 10, loss=1, hparams=1, two_secant=1, grad_norm=1, precond=1,
                curvature=1, lambda_max=10, alignment=5, spike_share=10, logits=1),
 })

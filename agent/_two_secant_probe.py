@@ -19,7 +19,8 @@ from agent.names import Combine
 
 
 class TwoSecantProbe(Probe):
-    """λ_two_secant, its stability ratio and the sampled ρ of the step before this one."""
+    """λ_two_secant, its stability ratio, the sampled ρ and the plain secant's ratio of the
+    gradient before last."""
 
     name = TWO_SECANT
     follow_phase = "post"
@@ -37,12 +38,18 @@ class TwoSecantProbe(Probe):
         if r is None:
             return
         self.last = r
-        n = 3 if self.est.kind == "adam" else 2  # SGD keeps no second moment: no ρ
+        keep = _ALL if self.est.kind == "adam" else _NO_RHO  # SGD keeps no second moment
+        names = [_NAMES[i] for i in keep]
         if self.ctx.world.sharded:
-            out.partial_vector(r.step, _NAMES[:n], _COMBINE[:n], r.num[:n], r.den[:n])
+            out.partial_vector(r.step, names, [_COMBINE[i] for i in keep], r.num[keep],
+                               r.den[keep])
         else:
-            out.scalar_vector(r.step, _NAMES[:n], r.values[:n])
+            out.scalar_vector(r.step, names, r.values[keep])
 
 
-_NAMES = (nm.LAMBDA_TWO_SECANT, nm.STABILITY_RATIO_TWO_SECANT, nm.RHO_SAMPLED)
-_COMBINE = (Combine.RATIO, Combine.RATIO, Combine.SQRT_RATIO)
+# the reading's values, in order
+_NAMES = (nm.LAMBDA_TWO_SECANT, nm.STABILITY_RATIO_TWO_SECANT, nm.RHO_SAMPLED,
+          nm.STABILITY_RATIO_SECANT)
+_COMBINE = (Combine.RATIO, Combine.RATIO, Combine.SQRT_RATIO, Combine.RATIO)
+_ALL = [0, 1, 2, 3]
+_NO_RHO = [0, 1, 3]

@@ -41,7 +41,6 @@ BETA2 = "beta2"
 # --- preconditioned curvature (seed 000) --------------------------------------------------------
 LAMBDA_GRAD = "lambda_grad"
 LAMBDA_MAX = "lambda_max"
-LAMBDA_SECANT = "lambda_secant"
 STABILITY_RATIO = "stability_ratio"
 STABILITY_RATIO_MAX = "stability_ratio_max"
 STABILITY_RATIO_SECANT = "stability_ratio_secant"
@@ -91,12 +90,12 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(LAMBDA_GRAD, "1/lr", "gradient-directional preconditioned curvature gᵀĤg/‖g‖²", _S0,
            combine=Combine.RATIO),
     Metric(LAMBDA_MAX, "1/lr", "largest eigenvalue of the preconditioned Hessian Ĥ", _S0),
-    Metric(LAMBDA_SECANT, "1/lr", "secant curvature along the last update (no extra pass)", _S0,
-           combine=Combine.RATIO),
     Metric(STABILITY_RATIO, "1", "η·λ_grad/2; ≥ 1 is beyond the edge of stability", _S0,
            export=True, combine=Combine.RATIO),
     Metric(STABILITY_RATIO_MAX, "1", "η·λ_max/2", _S0, export=True),
-    Metric(STABILITY_RATIO_SECANT, "1", "η·λ_secant/2", _S0, export=True, combine=Combine.RATIO),
+    Metric(STABILITY_RATIO_SECANT, "1", "the plain secant's ratio along the last update (the "
+           "momentum direction), on the two-secant's sample", _S0, export=True,
+           combine=Combine.RATIO),
     Metric(LAMBDA_TWO_SECANT, "1/lr", "curvature along the preconditioned gradient from two "
            "consecutive gradient differences (no extra pass, sampled coordinates)", _S0,
            combine=Combine.RATIO),

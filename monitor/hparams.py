@@ -31,7 +31,8 @@ Stability threshold at the step of the change (DESIGN.md): Adam's is 2/(η·c_t)
 2(1+β1)(1−β1^t)/((1−β1)η) → 2(1+β1)/((1−β1)η) for large t, so *lowering* β1 (or raising η) lowers
 it at once; SGD-momentum's is 2(1+μ)/((1−d)η) on H (None for Nesterov). Events carry the threshold
 before and after and `ratio_factor`, the factor by which the stability ratio r = λ/threshold changes
-at that step (and r itself before/after when the caller passes the last measured r).
+at that step (and r itself before/after when the caller passes the last measured r, with
+`unstable_after`: r·ratio_factor ≥ 1, the change alone takes the run past the edge).
 
 Host synchronisation: `after_step` launches at most one small reduction per group; `before_step`
 reads hyper-parameters (Python numbers unless a group holds tensor hyper-parameters) and syncs
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,19 +149,25 @@ class HparamWatch:
             self.after_step(optimizer)
 
     def before_step(
-        self, optimizer: object, step: int, last_ratio: float | None = None
+        self, optimizer: object, step: int,
+        last_ratio: float | Callable[[], float | None] | None = None,
     ) -> list[HparamEvent]:
-        """Events for changes since `after_step`; `last_ratio` is the last measured r, if any."""
+        """Events for changes since `after_step`. `last_ratio` is the last measured r, or a
+        callable giving it, called only at a step with a change (it may read a device value)."""
         now = self._read(optimizer, with_buffers=False)
         last = self._last
         if last is None or len(last) != len(now):
             self._delta.clear()
             return []
         events: list[HparamEvent] = []
+        ratio_now: list[float | None] = []  # last_ratio, read at most once
         for gi, (old, new) in enumerate(zip(last, now, strict=True)):
             changed = self._discontinuities(gi, old, new)
             if not changed:
                 continue
+            if not ratio_now:
+                ratio_now.append(last_ratio() if callable(last_ratio) else last_ratio)
+            r = ratio_now[0]
             if self._stamps is not None:
                 old = dataclasses.replace(old, stamp=self._stamps[gi])
             t = self._adam_step(optimizer, gi) if new.kind == "adam" else 0
@@ -168,15 +176,16 @@ class HparamWatch:
             after = stability_threshold(new.kind, new.values["lr"], new.values["beta1"], t,
                                         new.values["dampening"], new.nesterov)
             factor = before / after if before is not None and after is not None else None
+            r_after = r * factor if r is not None and factor is not None else None
             common: dict[str, EventValue] = {
                 "group": gi,
                 "threshold_before": before,
                 "threshold_after": after,
                 "ratio_factor": factor,
-                "stability_ratio_before": last_ratio,
-                "stability_ratio_after": (
-                    last_ratio * factor if last_ratio is not None and factor is not None else None
-                ),
+                "stability_ratio_before": r,
+                "stability_ratio_after": r_after,
+                # the change itself takes the run past the edge of stability (a page)
+                "unstable_after": None if r_after is None else bool(r_after >= 1.0),
             }
             for name in changed:
                 data = dict(common, hparam=name, old=old.values[name], new=new.values[name])

@@ -75,8 +75,10 @@ BYTES_PER_COORD = 44  # kept rows: θ, m, v, Δθ, g, P', d', D·d'; the weight 
 
 # Rows of the linear step's input: this step's reads, then the last step's rows.
 _N_IN = 7
-# Rows of its output: kept for the next step (first three), then d' and the last pending H·d'.
-_DTHETA, _GRAD, _PP, _D, _HD_LAST = range(5)
+# Rows of its output: kept for the next step (first three), d', the last pending H·d' and Δg.
+_DTHETA, _GRAD, _PP, _D, _HD_LAST, _DG_LAST = range(6)
+_N_OUT = 6
+SMOOTHING = 0.5  # EMA weight of the past in the quotients' numerators and denominators
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +86,10 @@ class TwoSecantReading:
     """The curvature along gradient ``step`` (the gradient of the step that completed ``step``
     steps before it).
 
-    ``values`` holds [λ_two_secant, stability ratio, ρ] (float32, on the parameters' device);
-    ``num``/``den`` the sums behind each (value = num/den; ρ² for ρ), to combine the coordinate
-    shards of a sharded job: numerators and denominators add over shards.
+    ``values`` holds [λ_two_secant, stability ratio, ρ, the plain secant's stability ratio]
+    (float32, on the parameters' device), each quotient of exponential averages (`SMOOTHING`)
+    of its numerator and denominator; ``num``/``den`` those averages (value = num/den; ρ² for
+    ρ), to combine the coordinate shards of a sharded job: they add over shards.
     """
 
     step: int
@@ -105,6 +108,10 @@ class TwoSecantReading:
     @property
     def rho(self) -> Tensor:
         return self.values[2]
+
+    @property
+    def stability_ratio_secant(self) -> Tensor:
+        return self.values[3]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +137,13 @@ class TwoSecant:
     the number of optimizer steps completed so far; once four consecutive steps have been seen it
     returns the reading of gradient ``completed − 2``. ``fraction`` is the share of coordinates
     sampled (default :func:`~monitor.coordinate_sample.default_fraction`: the estimator's memory
-    is 1 % of the parameters' bytes, and at least 512 coordinates).
+    is 1 % of the parameters' bytes, and at least 512 coordinates). ``smoothing`` is the weight
+    of the past in the exponential averages of each quotient's numerator and denominator (0: the
+    raw quotient of this step).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, fraction: float | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, smoothing: float = SMOOTHING) -> None:
         if isinstance(optimizer, torch.optim.Adam):
             self.kind = "adam"
         elif isinstance(optimizer, torch.optim.SGD):
@@ -149,7 +158,10 @@ class TwoSecant:
                 f"{type(optimizer).__name__!r}")
         if fraction is not None and not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         self.optimizer = optimizer
+        self.smoothing = smoothing
         self.fraction = fraction
         self.seed = seed
         self.sample: CoordinateSample | None = None
@@ -228,7 +240,8 @@ class TwoSecant:
         self._seen = 0  # consecutive updates so far
         self._reads: Tensor | None = None  # (rows, coords): θ, the carrier (, v) last update
         self._out: Tensor | None = None  # (5, coords): the last linear step's output
-        self._dd: Tensor | None = None  # D·d' of the pending gradient
+        self._scaled: Tensor | None = None  # (2, coords): D·Δθ, D·d' of the pending gradient
+        self._ema: Tensor | None = None  # smoothed numerators and denominators
         self._rho: Tensor | None = None  # (2, groups): Σg², Σv̂ of the pending gradient
         self._hyper_last: tuple[_Hyper, ...] | None = None
 
@@ -312,46 +325,48 @@ class TwoSecant:
         c_mat, k_mat = self._constants(hyper, older, i)
         last = self._out
         if last is None or self._seen < 3:  # no Δθ_{i−1}, g^{i−1}, P'_{i−1} yet: zeros
-            last = torch.zeros(5, reads.shape[1], dtype=reads.dtype, device=reads.device)
+            last = torch.zeros(_N_OUT, reads.shape[1], dtype=reads.dtype, device=reads.device)
         inp = torch.cat((reads[:2], self._reads[:2], last[:3]))
         if c_mat.dim() == 2:
             out = c_mat @ inp
         else:  # groups with different linear steps
-            out = torch.empty(5, inp.shape[1], dtype=inp.dtype, device=inp.device)
+            out = torch.empty(_N_OUT, inp.shape[1], dtype=inp.dtype, device=inp.device)
             for c, sl in zip(c_mat.unbind(), self._slices, strict=True):
                 out[:, sl] = c @ inp[:, sl]
-        d = out[_D]
         if self._rows == 3:
             scale, vsum = self._preconditioner(reads[2], hyper, completed)
-            dd = scale.mul_(d)
+            scaled = scale * out[_DTHETA:_D + 1:_D]  # D·Δθ_i, D·d'_i
         else:
-            dd, vsum = d, None
+            scaled, vsum = out[_DTHETA:_D + 1:_D], None
         reading = None
-        if self._seen >= 4 and self._dd is not None and self._rho is not None:
-            d_last = last[_D]
-            sums = torch.stack((d_last * out[_HD_LAST], d_last * self._dd,
-                                out[_GRAD] * out[_GRAD])) @ self._mask.T
-            flat = torch.cat((sums[:2], self._rho)).view(-1)
-            parts = k_mat @ flat
-            num, den = parts[0::2], parts[1::2].clamp(min=torch.finfo(parts.dtype).tiny)
+        if self._seen >= 4 and self._scaled is not None and self._rho is not None:
+            # Σ d'·Hd', Σ d'·D·d' (gradient i−1); Σ Δθ·Δg, Σ Δθ·D·Δθ (its update); Σ g² (g^i)
+            dth, d = last[_DTHETA], last[_D]
+            sums = torch.stack((d * out[_HD_LAST], d * self._scaled[1], dth * out[_DG_LAST],
+                                dth * self._scaled[0], out[_GRAD] * out[_GRAD])) @ self._mask.T
+            parts = k_mat @ torch.cat((sums[:4], self._rho)).view(-1)
+            ema = (parts if self._ema is None or self.smoothing == 0.0
+                   else torch.lerp(self._ema, parts, 1.0 - self.smoothing))
+            self._ema = ema
+            num, den = ema[0::2], ema[1::2].clamp(min=torch.finfo(ema.dtype).tiny)
             values = (num / den).float()
             if self._rows == 3:
-                values[2:].sqrt_()
+                values[2:3].sqrt_()
             else:  # SGD keeps no second moment: no ρ
-                values[2:].fill_(float("nan"))
+                values[2:3].fill_(float("nan"))
             reading = TwoSecantReading(i - 1, values, num.float(), den.float())
-            g2 = sums[2]
+            g2 = sums[4]
         else:
             g2 = (out[_GRAD] * out[_GRAD]) @ self._mask.T
         self._rho = torch.stack((g2, torch.zeros_like(g2) if vsum is None else vsum))
-        self._out, self._dd = out, dd
+        self._out, self._scaled = out, scaled
         return reading
 
     # --- constants of a step ----------------------------------------------------------------
     def _constants(self, hyper: tuple[_Hyper, ...], older: tuple[_Hyper, ...] | None, i: int
                    ) -> tuple[Tensor, Tensor]:
-        """C, the linear step for gradient i (5 × 7, or groups × 5 × 7 when groups differ), and
-        K, which combines the reading of gradient i − 1's per-group sums (6 × 4·groups)."""
+        """C, the linear step for gradient i (6 × 7, or groups × 6 × 7 when groups differ), and
+        K, which combines the reading of gradient i − 1's per-group sums (8 × 6·groups)."""
         key = (hyper, older, i)
         if self._consts is not None and self._consts[0] == key:
             return self._consts[1], self._consts[2]
@@ -365,15 +380,15 @@ class TwoSecant:
         if like.device.type != "cpu":  # to an accelerator without blocking the host
             t = t.pin_memory().to(like.device, non_blocking=True)
         n_c = len(flat) - len(k)
-        c_mat = t[:n_c].view(5, _N_IN) if same else t[:n_c].view(-1, 5, _N_IN)
-        k_mat = t[n_c:].view(6, -1)
+        c_mat = t[:n_c].view(_N_OUT, _N_IN) if same else t[:n_c].view(-1, _N_OUT, _N_IN)
+        k_mat = t[n_c:].view(8, -1)
         self._consts = (key, c_mat, k_mat)
         return c_mat, k_mat
 
     def _coefficients(self, h: _Hyper, hp: _Hyper | None, i: int) -> list[float]:
         """The linear step for gradient i of one group (h: step i+1's hyper, hp: step i's).
         Columns: θ^{i+1}, c_{i+1}, θ^i, c_i, Δθ_{i−1}, g^{i−1}, P'_{i−1} (c: the carrier).
-        Rows: Δθ_i, g^i, P'_i, d'_i, H·d'_{i−1}."""
+        Rows: Δθ_i, g^i, P'_i, d'_i, H·d'_{i−1}, Δg_{i−1} = g^i − g^{i−1}."""
         if self._keys[0] is None:  # plain SGD: g^i = −Δθ_i/η_{i+1}
             s, carried = (-1.0 / h.lr if h.lr > 0.0 else 0.0), 1.0
         elif self.kind == "adam":
@@ -394,27 +409,38 @@ class TwoSecant:
             *[(beta - 1.0) * x for x in g[:5]], -beta, 0.0,  # P'_i = (β'−1)g^i − β'g^{i−1}
             1.0, 0.0, -1.0, 0.0, beta, 0.0, 0.0,  # d'_i = Δθ_i + β'Δθ_{i−1}
             *g[:6], 1.0,  # H·d'_{i−1} = g^i + P'_{i−1}
+            *g[:5], -1.0, 0.0,  # Δg_{i−1} = g^i − g^{i−1}
         ]
 
     def _combination(self, hyper: tuple[_Hyper, ...], i: int) -> list[float]:
-        """K for gradient i (hyper: step i+1's): from the per-group sums [Σd'·Hd', Σd'·D·d',
-        Σg², Σv̂] (4 × groups, row-major) to [num λ, den λ, num r, den r, Σg², Σv̂]."""
+        """K for gradient i (hyper: step i+1's), from the per-group sums [Σd'·Hd', Σd'·D·d',
+        ΣΔθ·Δg, ΣΔθ·D·Δθ, Σg², Σv̂] (6 × groups, row-major) to the numerators and denominators
+        of [λ_two_secant, r, ρ², r_secant]."""
         n = len(self._group_ids)
-        k = [[0.0] * (4 * n) for _ in range(6)]
+        k = [[0.0] * (6 * n) for _ in range(8)]
         for j, gi in enumerate(self._group_ids):
             h = hyper[gi]
-            k[4][2 * n + j] = k[5][3 * n + j] = 1.0
+            k[4][4 * n + j] = k[5][5 * n + j] = 1.0
             if h.lr <= 0.0:
                 continue
             if self.kind == "adam":
                 b1 = 1.0 - h.beta1 ** (i + 1)
                 a, c = (b1 / h.lr) / (1.0 - h.beta1), (1.0 - h.beta1) / ((1.0 + h.beta1) * b1)
+                a_sec = b1 / h.lr  # Δθ·a_sec ≈ D⁻¹m̂
             else:
                 damp = 1.0 - h.dampening if h.beta1 != 0.0 else 1.0
                 a, c = 1.0 / (h.lr * damp), damp / (1.0 + h.beta1)
-            scale = a * a  # each group's d' scaled to ≈ D⁻¹g (matters across groups only)
-            k[0][j] = scale  # λ = c·Σd·Hd / Σd·D·d (first group's c, per group c's)
-            k[1][n + j] = scale / c
-            k[2][j], k[2][n + j] = 0.5 * scale, 0.5 * scale * h.decay / c  # r = η(λ+w)/2
-            k[3][n + j] = scale / (c * h.lr)
+                a_sec = 1.0 / h.lr
+            # each group's direction normalised (matters across groups only); r = η(λ+w)/2
+            for (num, den, s_hd, s_dd), sc in (((0, 1, 0, 1), a * a), ((6, 7, 2, 3), a_sec ** 2)):
+                if num == 0:
+                    k[num][s_hd * n + j] = sc  # λ = c·Σd·Hd / Σd·D·d
+                    k[den][s_dd * n + j] = sc / c
+                    k[2][s_hd * n + j] = 0.5 * sc
+                    k[2][s_dd * n + j] = 0.5 * sc * h.decay / c
+                    k[3][s_dd * n + j] = sc / (c * h.lr)
+                else:
+                    k[num][s_hd * n + j] = 0.5 * sc
+                    k[num][s_dd * n + j] = 0.5 * sc * h.decay / c
+                    k[den][s_dd * n + j] = sc / (c * h.lr)
         return [x for row in k for x in row]

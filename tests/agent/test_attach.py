@@ -98,8 +98,10 @@ def test_signals_are_delivered_with_exact_values(peer: Peer) -> None:
                    nm.ENTROPY, nm.GRAD_SPIKE_SHARE, nm.SA_SIGN_DIVERSITY):
         assert 0 in dl.by_step(peer, metric), metric
     assert all(math.isfinite(v) for v in dl.by_step(peer, nm.STABILITY_RATIO).values())
-    # the secant is measured on the update of step t at the pre-step of t+1
-    assert sorted(dl.by_step(peer, nm.LAMBDA_SECANT)) == list(range(11))
+    # the two-secant and its plain secant: of gradient i once gradient i + 1 is known, from the
+    # fourth step on
+    assert sorted(dl.by_step(peer, nm.STABILITY_RATIO_TWO_SECANT)) == list(range(2, 11))
+    assert sorted(dl.by_step(peer, nm.STABILITY_RATIO_SECANT)) == list(range(2, 11))
     # stability ratio = η·λ_grad/2 for Adam without weight decay
     r0, l0 = dl.by_step(peer, nm.STABILITY_RATIO)[0], dl.by_step(peer, nm.LAMBDA_GRAD)[0]
     assert r0 == pytest.approx(0.02 * l0 / 2, rel=1e-5)

@@ -31,7 +31,7 @@ from tests.agent._peer import Peer
 ROOT = str(Path(agent.__file__).resolve().parents[1]) + "/"
 
 SIGNALS = (nm.LOSS, nm.SA_MEAN, nm.SA_SIGN_DIVERSITY, nm.SA_HIST, nm.MAX_PROB, nm.ENTROPY,
-           nm.LAMBDA_SECANT, nm.GRAD_NORM)
+           nm.STABILITY_RATIO_TWO_SECANT, nm.GRAD_NORM)
 
 
 class RecordingBackend:

@@ -29,12 +29,14 @@ from tests.agent._peer import Peer
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 STEPS = 30
 
-# the scalars each probe reports (at step 0 at least: every cadence comes round there)
+# the scalars each probe reports (at step 0 at least: every cadence comes round there; the
+# two-secant's first reading is of step 2, four steps in)
 SIGNALS = {
     pf.HPARAMS: (nm.LR, nm.BETA1, nm.BETA2),
     pf.GRAD_NORM: (nm.GRAD_NORM,),
     pf.PRECOND: (nm.RHO, nm.SQRT_V_NORM),
-    pf.SECANT: (nm.LAMBDA_SECANT, nm.STABILITY_RATIO_SECANT),  # of step 0, at step 1's pre-step
+    pf.TWO_SECANT: (nm.LAMBDA_TWO_SECANT, nm.STABILITY_RATIO_TWO_SECANT, nm.RHO_SAMPLED,
+                    nm.STABILITY_RATIO_SECANT),
     pf.SPIKE_SHARE: (nm.GRAD_SPIKE_SHARE,),
     pf.ALIGNMENT: (nm.SA_SIGN_DIVERSITY,),
     pf.LOGITS: (nm.MAX_PROB, nm.ENTROPY, nm.PROB_IMPURITY, nm.LOGIT_NORM),
@@ -163,9 +165,13 @@ def test_every_probe_works_in_every_dtype(peer: Peer, case: str, dtype: torch.dt
     probes = {**SIGNALS, **(CLOSURE_SIGNALS if c.curvature is not None else {})}
     due = [p for p in probes if cadences.get(p, 0) > 0]
     assert pf.PRECOND in due
+    for probe in due:
+        first = 2 if probe == pf.TWO_SECANT else 0
+        for metric in probes[probe]:
+            values = scalars.get(metric, {})
+            assert first in values, f"{metric} missing at step {first}"
     for metric in (m for p in due for m in probes[p]):
         values = scalars.get(metric, {})
-        assert 0 in values, f"{metric} missing at step 0"
         bad = {s: v for s, v in values.items() if not math.isfinite(v)}
         assert not bad, f"{metric} not finite at {bad}"
     for probe, metric in LAYER_SIGNALS.items():

@@ -80,7 +80,7 @@ def test_lightning_callback(peer: Peer, tmp_path: Path) -> None:
     assert sorted(_series(peer, nm.GRAD_NORM)) == list(range(STEPS))
     assert all(v > 0 for v in _series(peer, nm.GRAD_NORM).values())
     assert 0 in _series(peer, nm.RHO)
-    assert sorted(_series(peer, nm.LAMBDA_SECANT)) == list(range(STEPS - 1))
+    assert sorted(_series(peer, nm.STABILITY_RATIO_TWO_SECANT)) == list(range(2, STEPS - 1))
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from agent import names as nm
 from agent._config import resolve
 from agent._monitor import Monitor
 from agent.names import EventType
+from monitor.seed_fnn import make_seed_problem
 from monitor.two_secant import TwoSecant
 from tests.agent import _delivered as dl
 from tests.agent._loop import train_on
@@ -137,3 +139,85 @@ def test_a_budget_too_small_for_the_predictor_stretches_it_and_says_so(peer: Pee
     late = [s for s in ratio if s > 100]
     assert late
     assert len(late) < 300 - 100
+
+
+def _hparam_run(peer: Peer, run: str, opt_factory: Callable[[nn.Module], torch.optim.Optimizer],
+                change: Callable[[torch.optim.Optimizer], None], at: int = 250
+                ) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
+    """Train the seed problem (width 200: its stability ratio is 0.7–1 from step ~200 at lr
+    0.01), change hyper-parameters before step `at`; the hyper-parameter events, and whether
+    they reached the peer before the next regular drain (24 steps later; drains every 25)."""
+    model, x, y = make_seed_problem(seed=0, width=200)
+    opt = opt_factory(model)
+    monitor, paced = _paced(peer, run, model, opt)
+    early: list[bool] = []
+
+    def before(i: int) -> None:
+        paced(i)
+        if i == at:
+            change(opt)
+        if i == at + 2:
+            early.append(peer.wait_for(lambda: bool(
+                dl.events(peer, EventType.HPARAM_CHANGE.value)
+                + dl.events(peer, EventType.MOMENTUM_JUMP.value)), timeout=5.0))
+
+    train_on(monitor, opt, lambda: nn.functional.mse_loss(model(x), y), at + 10, before)
+    dl.closed_and_delivered(peer, monitor)
+    events = [(s, dict(e.data)) for kind in (EventType.HPARAM_CHANGE, EventType.MOMENTUM_JUMP)
+              for s, e in dl.events(peer, kind.value)]
+    return events, bool(early and early[0])
+
+
+def _set_beta1(value: float) -> Callable[[torch.optim.Optimizer], None]:
+    def change(opt: torch.optim.Optimizer) -> None:
+        for g in opt.param_groups:
+            g["betas"] = (value, g["betas"][1])
+    return change
+
+
+def test_a_beta1_drop_past_the_edge_is_predicted_before_the_changed_step_runs(peer: Peer
+                                                                              ) -> None:
+    """Adam β1 0.9 → 0.5 multiplies the stability ratio by c(0.5)/c(0.9) ≈ 6.3 at once: at the
+    pre-step of the changed step the agent knows the last ratio and the factor, flags the change
+    as unstable and sends it at once (not at the next drain)."""
+    events, early = _hparam_run(
+        peer, "unit-beta1-down",
+        lambda m: torch.optim.Adam(m.parameters(), lr=0.01, betas=(0.9, 0.999)),
+        _set_beta1(0.5))
+    assert early  # delivered before the next regular drain
+    changes = [(s, d) for s, d in events if d["hparam"] == "beta1"]
+    assert changes
+    assert {s for s, _ in changes} == {250}
+    for _, d in changes:
+        assert d["ratio_factor"] == pytest.approx((0.5 / 1.5) / (0.1 / 1.9), rel=0.01)
+        before, after = float(d["stability_ratio_before"]), float(d["stability_ratio_after"])
+        assert after == pytest.approx(before * float(d["ratio_factor"]), rel=1e-6)
+        assert d["unstable_after"] is (after >= 1.0)
+    assert any(d["unstable_after"] for _, d in changes), changes
+
+
+@pytest.mark.parametrize("case", ["adam-beta1-up-rescaled", "sgd-momentum-up"])
+def test_raising_momentum_is_not_flagged_unstable(peer: Peer, case: str) -> None:
+    """Raising β1 raises Adam's threshold 2(1+β1)/((1−β1)η); SGD's 2(1+μ)/η barely moves: no
+    change that takes the run past the edge, whether or not the buffer was rescaled."""
+    if case == "adam-beta1-up-rescaled":
+        def factory(m: nn.Module) -> torch.optim.Optimizer:
+            return torch.optim.Adam(m.parameters(), lr=0.01, betas=(0.90, 0.999))
+
+        def change(opt: torch.optim.Optimizer) -> None:
+            _set_beta1(0.97)(opt)
+            for st in opt.state.values():
+                st["exp_avg"].mul_((1 - 0.90) / (1 - 0.97))  # the seed note's rescale
+    else:
+        def factory(m: nn.Module) -> torch.optim.Optimizer:
+            return torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.90)
+
+        def change(opt: torch.optim.Optimizer) -> None:
+            for g in opt.param_groups:
+                g["momentum"] = 0.97
+
+    events, _ = _hparam_run(peer, f"unit-{case}", factory, change)
+    assert events
+    for _, d in events:
+        assert float(d["ratio_factor"]) < 1.0
+        assert d["unstable_after"] is False

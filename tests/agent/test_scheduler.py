@@ -18,7 +18,6 @@ from agent._profiles import (
     PRECOND,
     PROBES,
     PROFILES,
-    SECANT,
     TWO_SECANT,
     Profile,
 )
@@ -209,22 +208,22 @@ def test_fixed_cost_over_budget_does_not_starve_the_probes() -> None:
 
 def test_runs_of_one_step_and_follow_ups_form_one_cost_sample() -> None:
     clock = FakeClock()
-    s = Scheduler(_profile(secant=4, precond=1), math.inf, clock=clock)  # never stretch
+    s = Scheduler(_profile(two_secant=4, precond=1), math.inf, clock=clock)  # never stretch
     for step in range(8):
         clock.t += 0.1
         if s.due(PRECOND, step):  # a pre and a post part in the same step: 2 + 1 ms
             s.add(PRECOND, 0.002)
             s.add(PRECOND, 0.001)
-        if s.due(SECANT, step):
-            s.add(SECANT, 0.003)  # post-step half at the due step ...
-        elif s.due(SECANT, step - 1):
-            s.add(SECANT, 0.001, follow=True)  # ... and the pre-step half one step later
+        if s.due(TWO_SECANT, step):
+            s.add(TWO_SECANT, 0.003)  # the run at the due step ...
+        elif s.due(TWO_SECANT, step - 1):
+            s.add(TWO_SECANT, 0.001, follow=True)  # ... and the one it asked for after it
         s.step_end()
     r = s.adjust()
     assert r is not None
     assert r.probe_overhead[PRECOND] * r.step_time == pytest.approx(0.003, rel=1e-6)
-    assert r.probe_overhead[SECANT] * r.step_time * s.cadence(SECANT) == pytest.approx(0.004,
-                                                                                      rel=1e-6)
+    per_run = r.probe_overhead[TWO_SECANT] * r.step_time * s.cadence(TWO_SECANT)
+    assert per_run == pytest.approx(0.004, rel=1e-6)
 
 
 def test_every_other_probe_yields_before_the_predictor() -> None:

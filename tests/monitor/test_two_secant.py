@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from monitor.adam_state import UnsupportedOptimizer
+from monitor.adam_state import UnsupportedOptimizer, adam_view
 from monitor.coordinate_sample import default_fraction
+from monitor.secant import SecantEstimator
 from monitor.two_secant import BYTES_PER_COORD, TwoSecant
 
 F64 = torch.float64
@@ -116,7 +117,7 @@ def test_reading_is_the_quotient_of_the_applied_updates_and_gradient_differences
         opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, eps=eps,
                                weight_decay=0.05 if kind == "adam-l2" else 0.0,
                                amsgrad=kind == "amsgrad", foreach=kind == "foreach")
-    est = TwoSecant(opt, fraction=1.0)
+    est = TwoSecant(opt, fraction=1.0, smoothing=0.0)
     clip = 0.5 if kind == "clip" else None
     norms: list[float] = []
     readings: dict[int, float] = {}
@@ -171,7 +172,7 @@ def test_agrees_with_the_exact_curvature_along_the_preconditioned_gradient() -> 
     """On a quadratic, the only approximation is D moving between two steps: within 2 %."""
     model = _Quad(_spd(64))
     opt = torch.optim.Adam(model.parameters(), lr=0.02, betas=(0.9, 0.99))
-    est = TwoSecant(opt, fraction=1.0)
+    est = TwoSecant(opt, fraction=1.0, smoothing=0.0)
     exact: dict[int, float] = {}
     got: dict[int, float] = {}
     for k in range(300):
@@ -195,7 +196,7 @@ def test_heavy_ball_sgd_is_exact_on_a_quadratic(momentum: float, dampening: floa
     model = _Quad(a)
     lr = 0.004
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, dampening=dampening)
-    est = TwoSecant(opt, fraction=1.0)
+    est = TwoSecant(opt, fraction=1.0, smoothing=0.0)
     grads: dict[int, Tensor] = {}
     got: dict[int, float] = {}
     for k in range(40):
@@ -223,11 +224,11 @@ def test_several_groups_combine_through_the_eta_weighted_operator() -> None:
         model = _Quad(a)
         opt = torch.optim.Adam([{"params": [model.p], "lr": lrs[0]},
                                 {"params": [model.q], "lr": lrs[1]}], betas=(0.9, 0.99))
-        return _train(model, opt, 80, TwoSecant(opt, fraction=1.0))
+        return _train(model, opt, 80, TwoSecant(opt, fraction=1.0, smoothing=0.0))
 
     single = _train(m := _Quad(a), o := torch.optim.Adam(m.parameters(), lr=0.02,
                                                          betas=(0.9, 0.99)),
-                    80, TwoSecant(o, fraction=1.0))
+                    80, TwoSecant(o, fraction=1.0, smoothing=0.0))
     same = run((0.02, 0.02))
     for i in single:
         assert same[i][1] == pytest.approx(single[i][1], rel=1e-6)
@@ -247,7 +248,7 @@ def test_every_floating_dtype(dtype: torch.dtype) -> None:
     def run(dt: torch.dtype) -> list[float]:
         model = _Quad(a, dt)
         opt = torch.optim.Adam(model.parameters(), lr=0.05, betas=(0.9, 0.99), eps=1e-4)
-        got = _train(model, opt, 40, TwoSecant(opt, fraction=1.0))
+        got = _train(model, opt, 40, TwoSecant(opt, fraction=1.0, smoothing=0.0))
         assert sorted(got) == list(range(2, 39))
         assert all(math.isfinite(x) for r in got.values() for x in r)
         return [r[1] for r in got.values()]
@@ -266,7 +267,7 @@ def test_gradient_accumulation_uses_the_accumulated_gradient() -> None:
         torch.manual_seed(1)
         model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1)).to(F64)
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        est = TwoSecant(opt, fraction=1.0)
+        est = TwoSecant(opt, fraction=1.0, smoothing=0.0)
         out = {}
         for k in range(30):
             opt.zero_grad(set_to_none=True)
@@ -287,7 +288,7 @@ def test_gradient_accumulation_uses_the_accumulated_gradient() -> None:
 def test_history_restarts_after_a_step_it_did_not_see() -> None:
     model = _Quad(_spd(32))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    est = TwoSecant(opt, fraction=1.0)
+    est = TwoSecant(opt, fraction=1.0, smoothing=0.0)
     seen = []
     for k in range(12):
         opt.zero_grad()
@@ -329,7 +330,7 @@ def test_default_sample_keeps_one_percent_of_the_model_bytes() -> None:
 def test_values_are_their_sums_quotients() -> None:
     model = _Quad(_spd(32))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    est = TwoSecant(opt, fraction=1.0)
+    est = TwoSecant(opt, fraction=1.0, smoothing=0.0)
     reading = None
     for k in range(10):
         opt.zero_grad()
@@ -342,3 +343,32 @@ def test_values_are_their_sums_quotients() -> None:
     assert float(reading.stability_ratio) == pytest.approx(float(q[1]), rel=1e-6)
     assert float(reading.rho) == pytest.approx(math.sqrt(float(q[2])), rel=1e-6)
     assert reading.values.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_its_plain_secant_is_the_full_secant_estimator(kind: str) -> None:
+    """The momentum-direction secant it streams beside the two-secant equals
+    `monitor.secant` (every coordinate, rebuilt from the state) on the same update."""
+    model = _Quad(_spd(40))
+    cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
+    opt = cls(model.parameters(), lr=0.02, betas=(0.9, 0.99),
+              weight_decay=0.0 if kind == "adam" else 0.1)
+    est = TwoSecant(opt, fraction=1.0, smoothing=0.0)
+    full = SecantEstimator()
+    want: dict[int, float] = {}
+    got: dict[int, float] = {}
+    for k in range(30):
+        opt.zero_grad()
+        model().backward()
+        r = full.before_step(adam_view(opt))
+        if r is not None:
+            want[r.step] = float(r.stability_ratio)  # the update of step r.step (1-based)
+        opt.step()
+        full.after_step(adam_view(opt))
+        reading = est.update(k + 1)
+        if reading is not None:  # gradient i's update is step i + 1
+            got[reading.step + 1] = float(reading.stability_ratio_secant)
+    common = sorted(set(got) & set(want))
+    assert len(common) >= 20
+    for s in common:
+        assert got[s] == pytest.approx(want[s], rel=1e-5), s

@@ -558,22 +558,29 @@ class Monitor:
 
 
 class _Reactive:
-    """Reactive loss-spike / non-finite detection and the phase label, on drained records."""
+    """Reactive loss-spike / non-finite detection, the phase label and the last instability's
+    loss rise, on drained records."""
 
     def __init__(self) -> None:
+        from monitor.instability import InstabilityTracker
         from monitor.reactive import ReactiveDetector
 
         self.loss = ReactiveDetector("olmo_core")
         self.grad = ReactiveDetector("olmo_core")
         self.phases: Any = None
+        self.instability = InstabilityTracker()
 
     def observe(self, records: list[wire.Record], beta2: float) -> list[wire.Record]:
         from monitor.reactive import Kind
 
         out = []
-        for r in records:
+        for i, r in enumerate(records):
             events: list[wire.Event] = []
             scalars = dict(r.scalars)
+            before = self.instability.rise
+            rise = self.instability.update(r.step, r.scalars.get(nm.LOSS), _ratio(r.scalars))
+            if rise != before or i == len(records) - 1:
+                scalars[nm.INSTABILITY_RISE] = rise
             for series, det in ((nm.LOSS, self.loss), (nm.GRAD_NORM, self.grad)):
                 v = r.scalars.get(series)
                 if v is None:

@@ -32,9 +32,10 @@ corrected only at the next drain. The agent therefore plans for `headroom` of th
 
 Who yields first. The fixed part (hooks, drains, the every-step probes in `FIXED`) is never
 stretched. The predictor in `PREDICTIVE` (the two-secant curvature and ρ the default rules page
-on) yields only to the budget itself: it is stretched only when the fixed part and it alone exceed
-the whole budget (without the headroom), and a stretched predictor is reported (`degraded()`; the
-monitor streams a `prediction_degraded` event), never silent. The other probes share what is left
+on) yields only to the budget itself: it is stretched only when the fixed part (counted with the
+untimed factor) and it (at face value: it is timed where it runs and reads only its small sample)
+exceed the whole budget, without the headroom; a stretched predictor is reported (`degraded()`;
+the monitor streams a `prediction_degraded` event), never silent. The other probes share what is left
 below the planning line (at least a quarter of it: a costly fixed part does not stretch them to
 nothing); the one with the largest load (cost per run / cadence) is doubled first, and relaxing
 brings the predictor back first.
@@ -267,7 +268,11 @@ class Scheduler:
         # What the stretchable probes may use. If the fixed part alone exceeds the budget,
         # stretching cannot fix that: the probes keep a quarter of the budget rather than stop.
         allowance = max(allowed - fixed, 0.25 * allowed)
-        pred_allowance = max(ceiling - fixed, 0.25 * ceiling)
+        # The predictor's own cost counts at face value: it is timed in situ, where it runs, and
+        # reads a few KB (its sample), so the cache and memory traffic `untimed` stands for is
+        # the rest of the agent's (full passes over parameters and state), not its.
+        budget = self.budget * self._step_time
+        pred_allowance = max(budget - self.untimed * fixed, 0.25 * budget / self.untimed)
         pred = [p for p in self._cadence if p in PREDICTIVE]
         rest = [p for p in self._cadence if p not in FIXED and p not in PREDICTIVE]
         self._stretch(pred, pred_allowance)

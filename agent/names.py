@@ -53,6 +53,7 @@ RHO_SAMPLED = "rho_sampled"
 SQRT_V_NORM = "sqrt_v_norm"
 SQRT_V_DECAY = "sqrt_v_decay"
 PHASE = "phase"
+INSTABILITY_RISE = "instability_rise"
 # --- spectral alignment (seed 003) --------------------------------------------------------------
 SA_MEAN = "sa_mean"
 SA_SIGN_DIVERSITY = "sa_sign_diversity"
@@ -111,6 +112,8 @@ CATALOGUE: tuple[Metric, ...] = (
            export=True),
     Metric(PHASE, "1", "five-phase label: 1 stable, 2 v-decay, 3 onset, 4 v-growth, 5 recovery",
            _S0, export=True),
+    Metric(INSTABILITY_RISE, "1", "loss rise (max / min of the 50 steps before) of the run's last "
+           "instability (stability ratio ≥ 1 for 3 readings); 1 before any", _S0, export=True),
     Metric(SA_MEAN, "1", "mean spectral alignment cos(x, v₁) over sampled rows", _S3),
     Metric(SA_SIGN_DIVERSITY, "1", "1 − |p₊ − p₋| of alignment signs (min over layers)", _S3,
            export=True, combine=Combine.MIN),

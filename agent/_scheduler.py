@@ -35,8 +35,8 @@ stretched. The predictor in `PREDICTIVE` (the two-secant curvature and ρ the de
 on) yields only to the budget itself: it is stretched only when the fixed part (counted with the
 untimed factor) and it (at face value: it is timed where it runs and reads only its small sample)
 exceed the whole budget, without the headroom; a stretched predictor is reported (`degraded()`;
-the monitor streams a `prediction_degraded` event), never silent. The other probes share what is left
-below the planning line (at least a quarter of it: a costly fixed part does not stretch them to
+the monitor streams a `prediction_degraded` event), never silent. The other probes share what is
+left below the planning line (at least a quarter of it: a costly fixed part does not stretch them to
 nothing); the one with the largest load (cost per run / cadence) is doubled first, and relaxing
 brings the predictor back first.
 """

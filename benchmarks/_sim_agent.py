@@ -24,7 +24,7 @@ from agent import wire
 # Global scalars in the order a workload takes them (all real metric names of the catalogue).
 SCALARS: tuple[str, ...] = (
     nm.LOSS, nm.GRAD_NORM, nm.LR, nm.BETA1, nm.BETA2, nm.RHO, nm.SQRT_V_NORM, nm.SQRT_V_DECAY,
-    nm.PHASE, nm.STABILITY_RATIO_SECANT, nm.LAMBDA_SECANT, nm.MAX_PROB, nm.ENTROPY,
+    nm.PHASE, nm.STABILITY_RATIO_SECANT, nm.LAMBDA_TWO_SECANT, nm.MAX_PROB, nm.ENTROPY,
     nm.PROB_IMPURITY, nm.LOGIT_NORM, nm.SA_SIGN_DIVERSITY, nm.SA_MEAN, nm.GRAD_SPIKE_SHARE,
     nm.AGENT_OVERHEAD, nm.AGENT_STEP_TIME, nm.LAMBDA_GRAD, nm.STABILITY_RATIO, nm.LAMBDA_MAX,
     nm.STABILITY_RATIO_MAX, nm.GRAD_TOP_EIG_COS,

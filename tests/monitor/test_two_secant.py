@@ -22,7 +22,8 @@ F64 = torch.float64
 def _spd(n: int, seed: int = 0, lo: float = -1.0, hi: float = 2.0) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=F64))
-    return (q * torch.logspace(lo, hi, n, dtype=F64)) @ q.T
+    out: Tensor = (q * torch.logspace(lo, hi, n, dtype=F64)) @ q.T
+    return out
 
 
 class _Quad(nn.Module):
@@ -165,7 +166,8 @@ def _exact_ratio(model: nn.Module, loss_fn: Callable[[], Tensor], opt: torch.opt
     hp = torch.autograd.grad(grads, params, grad_outputs=pvec)
     c = (1 - b1) / ((1 + b1) * (1 - b1 ** (k + 1)))
     quad = sum(float((x * y).sum()) for x, y in zip(pvec, hp, strict=True))
-    return h["lr"] * c * quad / float(sum(gd)) / 2
+    ratio: float = float(h["lr"]) * c * quad / float(sum(gd)) / 2
+    return ratio
 
 
 def test_agrees_with_the_exact_curvature_along_the_preconditioned_gradient() -> None:
@@ -272,7 +274,8 @@ def test_gradient_accumulation_uses_the_accumulated_gradient() -> None:
         for k in range(30):
             opt.zero_grad(set_to_none=True)
             for xc, yc in zip(x.chunk(chunks), y.chunk(chunks), strict=True):
-                (nn.functional.mse_loss(model(xc), yc, reduction="sum") / len(x)).backward()
+                torch.autograd.backward(
+                    nn.functional.mse_loss(model(xc), yc, reduction="sum") / len(x))
             opt.step()
             r = est.update(k + 1)
             if r is not None:

@@ -121,8 +121,8 @@ def synthetic(spike: bool) -> list[tuple[int, dict[str, float]]]:
             loss *= 1.0 + 0.3 * (step - 224)  # doubles within a few steps
         if not spike:  # single readings across the edge, 0.97 otherwise
             r = 1.02 if step >= 200 and step % 7 < 1 else min(r, 0.97)
-        rows.append((step, {"loss": loss, "stability_ratio_two_secant": r, "rho_sampled": rho, "rho": rho,
-                            "sqrt_v_decay": 1.0 if decay else 1.3,
+        rows.append((step, {"loss": loss, "stability_ratio_two_secant": r, "rho_sampled": rho,
+                            "rho": rho, "sqrt_v_decay": 1.0 if decay else 1.3,
                             "instability_rise": 1.5 if step > 150 else 1.0}))  # fmt: skip
     return rows
 
@@ -197,3 +197,50 @@ def test_nonfinite_loss_pages_immediately() -> None:
     assert fired(run_pack(trace), Severity.PAGE) == [("nonfinite_loss", 8)]
     by_event = run_pack([(s, {"loss": 1.0}) for s in range(1, 5)], {3: [Ev("nonfinite")]})
     assert fired(by_event, Severity.PAGE) == [("nonfinite_loss", 3)]
+
+
+def _ratio_bound_page(trace: list[tuple[int, dict[str, float]]]) -> tuple[int, int]:
+    """(first step of the readings ≥ 0.99 that made a page, the page's step), for the first page
+    whose last missing condition was the ratio (the run's instability rise held before)."""
+    values = dict(trace)
+    for _, step in fired(run_pack(trace), Severity.PAGE):
+        start = step
+        while values.get(start - 1, {}).get("stability_ratio_two_secant", 0.0) >= 0.99:
+            start -= 1
+        if values[start - 1]["instability_rise"] >= 1.3:
+            return start, step
+    raise AssertionError("no page where the ratio was the last condition to hold")
+
+
+def test_a_crossing_shorter_than_the_sustain_does_not_page() -> None:
+    trace = _trace("seed_fnn_lr0.01.json")
+    start, step = _ratio_bound_page(trace)
+    assert step - start == 1  # two readings ≥ 0.99
+    clipped = [(s, {**v, "stability_ratio_two_secant": 0.98}) if s == step else (s, v)
+               for s, v in trace]  # fmt: skip
+    assert (("predicted_loss_spike", step) not in fired(run_pack(clipped), Severity.PAGE))
+
+
+def test_page_resolves_keep_firing_steps_after_the_condition_clears() -> None:
+    trace = _trace("seed_fnn_lr0.01.json")
+    rule = next(r for r in load_rules() if r.name == "predicted_loss_spike")
+    _, step = _ratio_bound_page(trace)
+    values = dict(trace)
+    last = step
+    while (values[last + 1].get("stability_ratio_two_secant", 0.0) >= 0.99
+           and values[last + 1].get("rho_sampled", 1.0) < 0.2):
+        last += 1
+    ep = next(e for e in episodes(run_pack(trace))
+              if e.rule == "predicted_loss_spike" and e.fired_step == step)
+    assert ep.resolved_step == last + 1 + rule.keep_firing_steps
+
+
+@pytest.mark.parametrize("rho_scale", [1.0, 100.0])
+def test_severity_is_graded_by_the_preconditioner_state(rho_scale: float) -> None:
+    """The same crossing, after the same instabilities, pages with a decayed preconditioner and
+    only warns with a live one."""
+    trace = [(s, {**v, "rho_sampled": v.get("rho_sampled", 1.0) * rho_scale})
+             for s, v in _trace("seed_fnn_lr0.01.json")]  # fmt: skip
+    ts = run_pack(trace)
+    assert "stability_edge_crossing" in {r for r, _ in fired(ts, Severity.WARNING)}
+    assert bool(fired(ts, Severity.PAGE)) is (rho_scale == 1.0)

@@ -64,6 +64,8 @@ __all__ = ["Monitor", "attach"]
 log = logging.getLogger("spikewatch.agent")
 RECORDS_PER_SUBMIT = 64
 _PLAN_STEPS = 64  # steps whose due probes are worked out at once
+URGENT_RISE = 1.2  # near the edge after an instability at least this large: send at once
+URGENT_EVERY = 2  # steps between such urgent drains
 _ERR_LEN = 300
 
 
@@ -132,6 +134,7 @@ class Monitor:
         self._hparams: HparamsProbe | None = None  # every-step probe, run inside the hooks
         self._follow: list[Probe] = []  # probes that asked to run at the coming step
         self._prediction_cadence: int | None = None  # as last reported
+        self._urgent_at = -URGENT_EVERY  # the step of the last urgent drain
         self.scheduler = Scheduler(PROFILES[config.profile], config.overhead_budget,
                                    **({"clock": clock} if clock is not None else {}),
                                    stretch=not self.world.sharded, untimed=UNTIMED,
@@ -445,8 +448,7 @@ class Monitor:
         sched.step_end(self._in_graph)
         t1 = sched.now()
         try:
-            if self.ctx.urgent:  # e.g. a hyper-parameter change past the edge: send it now
-                self.ctx.urgent = False
+            if self._urgent(step):  # a page may be due before the next drain: send it now
                 self._drain()
             elif sched.drain_due(step) or self.out.full:
                 # the loss of this step is usually logged after step(): leave its record open
@@ -459,6 +461,22 @@ class Monitor:
             self._due_probes = []  # a stale plan would run last step's probes
             self._fail("agent", e, disable=False)
         sched.add(None, sched.now() - t1)
+
+    def _urgent(self, step: int) -> bool:
+        """Drain now: a hyper-parameter change past the edge, or a ratio near the edge in a run
+        whose last instability moved the loss (what the page waits for), at most every
+        `URGENT_EVERY` steps while it lasts."""
+        ctx = self.ctx
+        urgent, near = ctx.urgent, ctx.near_edge
+        ctx.urgent = ctx.near_edge = False
+        if urgent:
+            self._urgent_at = step
+            return True
+        if (near and self._reactive.instability.rise >= URGENT_RISE
+                and step - self._urgent_at >= URGENT_EVERY):
+            self._urgent_at = step
+            return True
+        return False
 
     # --- errors and events ------------------------------------------------------------------
     def _event(self, step: int, kind: str, **data: wire.Scalar) -> None:

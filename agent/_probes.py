@@ -57,6 +57,7 @@ class Ctx:
     last_ratio: float | None = None  # last drained stability ratio (for hyperparameter events)
     predictor: Any = None  # the two-secant probe, whose last reading is the freshest ratio
     urgent: bool = False  # something a person must see now: drain at the end of this step
+    near_edge: bool = False  # the predictor read a ratio near the edge at this step
     _views: tuple[tuple[int, str], list[Any]] | None = None
     _hvp: tuple[int, Any] | None = None
 

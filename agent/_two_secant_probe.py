@@ -4,7 +4,9 @@ Adapter from :class:`monitor.two_secant.TwoSecant` to the agent: called from the
 post-step hook, it reads the sampled parameters and optimizer state and hands the reading of the
 gradient before last (known once the last step's gradient is) to the collector. When the scheduler
 stretches it (only if it alone exceeds the overhead budget), it asks to be called at the steps
-after a due step (`follow`) until it has the four consecutive steps a reading needs.
+after a due step (`follow`) until it has the four consecutive steps a reading needs. A reading
+within 2 % of the edge of stability flags the step (`Ctx.near_edge`) so that the monitor sends it
+at once rather than at the next drain: a page's lead is tens of steps, a drain's wait up to 25.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from typing import Any
 
 from agent import names as nm
 from agent._collect import Collector
+from agent._host_mirror import HostMirror
 from agent._probes import Ctx, Probe
 from agent._profiles import TWO_SECANT
 from agent.names import Combine
+
+URGENT_RATIO = 0.98  # a reading this close to the edge is sent at once (see Monitor._urgent)
 
 
 class TwoSecantProbe(Probe):
@@ -31,6 +36,7 @@ class TwoSecantProbe(Probe):
 
         self.est = TwoSecant(ctx.optimizer, fraction=fraction)
         self.last: Any = None  # the last reading (device tensors), for hyperparameter events
+        self.mirror = HostMirror()  # its values on the host, when they are there to read
 
     def post(self, step: int, out: Collector) -> None:
         r = self.est.update(step + 1)  # `step` is the index of the step that just completed
@@ -38,6 +44,9 @@ class TwoSecantProbe(Probe):
         if r is None:
             return
         self.last = r
+        host = self.mirror.update(r.values)
+        if host is not None and host[1] >= URGENT_RATIO:
+            self.ctx.near_edge = True
         keep = _ALL if self.est.kind == "adam" else _NO_RHO  # SGD keeps no second moment
         names = [_NAMES[i] for i in keep]
         if self.ctx.world.sharded:

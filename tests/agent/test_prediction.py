@@ -221,3 +221,39 @@ def test_raising_momentum_is_not_flagged_unstable(peer: Peer, case: str) -> None
     for _, d in events:
         assert float(d["ratio_factor"]) < 1.0
         assert d["unstable_after"] is False
+
+
+def test_near_the_edge_after_an_instability_the_readings_are_sent_at_once(peer: Peer) -> None:
+    """A page needs two readings ≥ 0.99 after an instability that moved the loss; waiting for the
+    next drain (every 25 steps) would cost most of its lead, so such readings go out within two
+    steps. Elsewhere the drain cadence holds."""
+    model, x, y = _regression(5)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    monitor, paced = _paced(peer, "unit-near-edge", model, opt)
+    probe = monitor.ctx.predictor
+    assert probe is not None
+    real = probe.mirror.update
+    edge = {"on": False}
+
+    def mirror(values: torch.Tensor) -> list[float] | None:
+        out = real(values)
+        return [out[0], 1.0, out[2], out[3]] if edge["on"] and out is not None else out
+
+    probe.mirror.update = mirror
+    fresh: dict[int, bool] = {}
+
+    def newest() -> int:
+        return max((r.step for r in dl.records(peer)), default=-1)
+
+    def before(i: int) -> None:
+        paced(i)
+        if 40 <= i < 60 or i >= 66:  # is the last step but four delivered (waiting 0.3 s)?
+            fresh[i] = peer.wait_for(lambda: newest() >= i - 5, timeout=0.3)
+        if i == 60:
+            edge["on"] = True
+            monitor._reactive.instability.rise = 1.5  # as after an instability of +50 %
+
+    train_on(monitor, opt, lambda: nn.functional.mse_loss(model(x), y), 80, before)
+    dl.closed_and_delivered(peer, monitor)
+    assert not all(fresh[i] for i in range(40, 60))  # the drain cadence: up to 25 steps old
+    assert all(fresh[i] for i in range(66, 80)), fresh  # near the edge: sent within two steps

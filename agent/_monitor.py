@@ -138,7 +138,7 @@ class Monitor:
         self.scheduler = Scheduler(PROFILES[config.profile], config.overhead_budget,
                                    **({"clock": clock} if clock is not None else {}),
                                    stretch=not self.world.sharded, untimed=UNTIMED,
-                                   headroom=HEADROOM)
+                                   headroom=HEADROOM, bursts={TWO_SECANT: TwoSecantProbe.burst})
         self.out = Collector()
         self.last_report: Report | None = None  # the scheduler's last overhead measurement
         names: dict[Tensor, str] = {p: layer_name(n, "param")
@@ -414,7 +414,7 @@ class Monitor:
             due = self._due_probes
             off = self._disabled
             for p in due:
-                if p.name not in off:
+                if p.name not in off and p.has_pre:
                     spent += self._run(p, "pre", step)
             spent += self._run_followed("pre", step, due)
         except Exception as e:
@@ -433,7 +433,7 @@ class Monitor:
                 self._run_hparams(self._hparams.post, step)
             off = self._disabled
             for p in self._due_probes:
-                if p.name not in off:
+                if p.name not in off and p.has_post:
                     spent += self._run(p, "post", step)
             spent += self._run_followed("post", step, self._due_probes)
             for p in self._due_probes:

@@ -152,6 +152,9 @@ class Probe:
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
+        # which parts the probe has: a part it does not override is not even called
+        self.has_pre = type(self).pre is not Probe.pre
+        self.has_post = type(self).post is not Probe.post
 
     def pre(self, step: int, out: Collector) -> None:
         """Work at the pre-step moment of a due step."""

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from agent import names as nm
 from agent._collect import Collector
 from agent._host_mirror import HostMirror
@@ -29,6 +32,7 @@ class TwoSecantProbe(Probe):
 
     name = TWO_SECANT
     follow_phase = "post"
+    burst = 4  # consecutive steps a reading needs (the scheduler's cost model)
 
     def __init__(self, ctx: Ctx, fraction: float | None = None) -> None:
         super().__init__(ctx)
@@ -44,16 +48,23 @@ class TwoSecantProbe(Probe):
         if r is None:
             return
         self.last = r
-        host = self.mirror.update(r.values)
-        if host is not None and host[1] >= URGENT_RATIO:
+        host = r.host()
+        ratio = (host[0] if host is not None else self.mirror.update(r.values))
+        if ratio is not None and ratio[1] >= URGENT_RATIO:
             self.ctx.near_edge = True
         keep = _ALL if self.est.kind == "adam" else _NO_RHO  # SGD keeps no second moment
-        names = [_NAMES[i] for i in keep]
         if self.ctx.world.sharded:
-            out.partial_vector(r.step, names, [_COMBINE[i] for i in keep], r.num[keep],
-                               r.den[keep])
+            num, den = (r.num, r.den) if host is None else (host[1], host[2])
+            out.partial_vector(r.step, [_NAMES[i] for i in keep], [_COMBINE[i] for i in keep],
+                               _pick(num, keep), _pick(den, keep))
+        elif host is not None:  # floats already: no tensor operation at all
+            out.host_scalars(r.step, {_NAMES[i]: host[0][i] for i in keep})
         else:
-            out.scalar_vector(r.step, names, r.values[keep])
+            out.scalar_vector(r.step, [_NAMES[i] for i in keep], r.values[keep])
+
+
+def _pick(values: Any, keep: list[int]) -> Any:
+    return values[keep] if isinstance(values, Tensor) else torch.tensor([values[i] for i in keep])
 
 
 # the reading's values, in order

@@ -151,6 +151,9 @@ def test_unmeasured_lists_scheduled_probes_that_have_not_run() -> None:
     s = Scheduler(_profile(loss=1, precond=1, curvature=4), 0.01, clock=clock)
     assert s.unmeasured() == [PRECOND, CURVATURE]  # loss is fixed: never stretched, never costed
     _steps(s, clock, 1, 0.1, {PRECOND: 0.001, CURVATURE: 0.002})
+    # the first step's runs built the probes' state: setup, not a measure of their cost
+    assert s.unmeasured() == [PRECOND, CURVATURE]
+    _steps(s, clock, 4, 0.1, {PRECOND: 0.001, CURVATURE: 0.002}, start=1)
     assert s.unmeasured() == []
 
 
@@ -209,6 +212,7 @@ def test_fixed_cost_over_budget_does_not_starve_the_probes() -> None:
 def test_runs_of_one_step_and_follow_ups_form_one_cost_sample() -> None:
     clock = FakeClock()
     s = Scheduler(_profile(two_secant=4, precond=1), math.inf, clock=clock)  # never stretch
+    s.step_end()  # the first mark: what runs before it is setup
     for step in range(8):
         clock.t += 0.1
         if s.due(PRECOND, step):  # a pre and a post part in the same step: 2 + 1 ms

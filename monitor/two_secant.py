@@ -56,10 +56,8 @@ accelerator through pinned memory without blocking. Results are float32 tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -85,20 +83,36 @@ SMOOTHING = 0.5  # EMA weight of the past in the quotients' numerators and denom
 V_RESYNC = 100  # steps between reads of v from the optimizer state
 
 
-@dataclass(frozen=True, slots=True)
 class TwoSecantReading:
     """The curvature along gradient ``step`` (the gradient of the step that completed ``step``
     steps before it).
 
-    ``block`` is a (3, 4) float32 tensor on the parameters' device: row 0 the values
-    [λ_two_secant, stability ratio, ρ, the plain secant's stability ratio], each a quotient of
-    exponential averages (`SMOOTHING`) of its numerator and denominator; rows 1 and 2 those
-    numerators and denominators (value = num/den; ρ² for ρ), which add over the coordinate
-    shards of a sharded job.
+    Three rows of four: the values [λ_two_secant, stability ratio, ρ, the plain secant's
+    stability ratio], each a quotient of exponential averages (`SMOOTHING`) of its numerator and
+    denominator; those numerators and denominators (value = num/den; ρ² for ρ), which add over
+    the coordinate shards of a sharded job. `host()` has them as Python floats where they were
+    computed on the host (a CPU model: reading them costs nothing), None on an accelerator;
+    `values`, `num`, `den` and the named properties are float32 tensors on the parameters'
+    device either way.
     """
 
-    step: int
-    block: Tensor
+    __slots__ = ("_block", "_host", "step")
+
+    def __init__(self, step: int, block: Tensor | None, host: list[list[float]] | None) -> None:
+        self.step = step
+        self._block = block
+        self._host = host
+
+    def host(self) -> list[list[float]] | None:
+        """[values, num, den] as floats, or None where they live on an accelerator."""
+        return self._host
+
+    @property
+    def block(self) -> Tensor:
+        if self._block is None:
+            assert self._host is not None
+            self._block = torch.tensor(self._host, dtype=torch.float32)
+        return self._block
 
     @property
     def values(self) -> Tensor:
@@ -263,6 +277,8 @@ class TwoSecant:
         source = None if key is None else state[self._params[0]][key]
         if self._views and source is self._source:
             return
+        if self._views:  # a checkpoint load (a rollback, perhaps): the history is not ours
+            self.reset()
         assert self.sample is not None
         assert self._arrays is not None
         theta = self.sample.views([p.detach() for p in self._params])
@@ -272,7 +288,6 @@ class TwoSecant:
         self._v_views = ([] if v_key is None else self._arrays.views(
             self.sample.views([state[p][v_key] for p in self._params])))
         self._source = source
-        self._v = None  # read v afresh
 
     def _hypers(self, hyper: tuple[Hyper, ...]) -> tuple[Hyper, ...]:
         """The sampled groups' hyper-parameters (the same object while they are unchanged)."""
@@ -333,8 +348,7 @@ class TwoSecant:
         self._k = completed
         reading = None
         if self._seen >= 2:
-            with np.errstate(all="ignore"):  # a NaN gradient makes NaN readings, not warnings
-                reading = self._step(reads, hyper, completed)
+            reading = self._step(reads, hyper, completed)
         else:
             self._v = None  # a gap in the steps: v is read again
         self._reads, self._hyper_last = reads, hyper
@@ -382,16 +396,22 @@ class TwoSecant:
             ema = self._ema
             if ema is None or self.smoothing == 0.0:
                 ema = parts
-            else:  # an exponential average of each numerator and denominator
-                ema = ema + (1.0 - self.smoothing) * (parts - ema)
+            else:  # an exponential average of each numerator and denominator; one that a
+                # non-finite step poisoned starts afresh rather than staying NaN for good
+                ema = xp.where(xp.isfinite(ema), ema + (1.0 - self.smoothing) * (parts - ema),
+                               parts)
             self._ema = ema
-            block = xp.stack((ema[0::2], ema[0::2], arr.floor(ema[1::2], arr.tiny)))
-            block[0] /= block[2]
+            num, den = ema[0::2], arr.floor(ema[1::2], arr.tiny)
+            values = num / den
             if self._keys[1] is not None:
-                block[0, 2] = block[0, 2] ** 0.5
+                values[2] = values[2] ** 0.5
             else:  # SGD keeps no second moment: no ρ
-                block[0, 2] = float("nan")
-            reading = TwoSecantReading(i - 1, arr.tensor(block))
+                values[2] = float("nan")
+            if arr.host:
+                reading = TwoSecantReading(i - 1, None, [values.tolist(), num.tolist(),
+                                                         den.tolist()])
+            else:
+                reading = TwoSecantReading(i - 1, torch.stack((values, num, den)).float(), None)
             self._rho = sums[4:]
         else:
             self._rho = xp.stack((g2, vhat)) @ self._mask.T

@@ -3,6 +3,7 @@ D⁻¹g, every optimizer variant it claims, and the spike lead on the seed exper
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from collections.abc import Callable
@@ -302,6 +303,37 @@ def test_history_restarts_after_a_step_it_did_not_see() -> None:
         if est.update(k + 1) is not None:
             seen.append(k + 1)
     assert seen == [4, 5, 6, 11, 12]  # four consecutive steps before each reading
+
+
+def test_readings_recover_after_a_rollback_from_a_non_finite_step() -> None:
+    """A NaN gradient makes NaN readings; once the job restores a checkpoint (what a guard
+    does), the readings are finite again instead of staying poisoned by their average."""
+    model = _Quad(_spd(32))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    est = TwoSecant(opt, fraction=1.0)
+    saved = None
+    values: dict[int, float] = {}
+    for k in range(24):
+        opt.zero_grad()
+        model().backward()
+        if k == 10:
+            saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+        if k == 12:
+            for p in model.parameters():
+                assert p.grad is not None
+                p.grad.fill_(float("nan"))
+        opt.step()
+        if k == 14:
+            assert saved is not None
+            model.load_state_dict(saved[0])
+            opt.load_state_dict(saved[1])
+        reading = est.update(k + 1)
+        if reading is not None:
+            values[reading.step] = float(reading.values[0])
+    assert any(math.isnan(v) for v in values.values())
+    last = max(values)
+    assert math.isfinite(values[last])
+    assert values[last] > 0
 
 
 def test_refuses_what_it_cannot_read() -> None:

@@ -65,7 +65,7 @@ log = logging.getLogger("spikewatch.agent")
 RECORDS_PER_SUBMIT = 64
 _PLAN_STEPS = 64  # steps whose due probes are worked out at once
 URGENT_RISE = 1.2  # near the edge after an instability at least this large: send at once
-URGENT_EVERY = 2  # steps between such urgent drains
+URGENT_EVERY = 4  # steps between such urgent drains
 _ERR_LEN = 300
 
 
@@ -448,8 +448,9 @@ class Monitor:
         sched.step_end(self._in_graph)
         t1 = sched.now()
         try:
-            if self._urgent(step):  # a page may be due before the next drain: send it now
-                self._drain()
+            urgent = self._urgent(step)
+            if urgent:  # a page may be due before the next drain: send it now
+                self._drain(upto=None if urgent == "hparams" else step - 1, window=False)
             elif sched.drain_due(step) or self.out.full:
                 # the loss of this step is usually logged after step(): leave its record open
                 self._drain(upto=step - 1)
@@ -462,21 +463,22 @@ class Monitor:
             self._fail("agent", e, disable=False)
         sched.add(None, sched.now() - t1)
 
-    def _urgent(self, step: int) -> bool:
-        """Drain now: a hyper-parameter change past the edge, or a ratio near the edge in a run
-        whose last instability moved the loss (what the page waits for), at most every
-        `URGENT_EVERY` steps while it lasts."""
+    def _urgent(self, step: int) -> str | None:
+        """Why to send now, if so: "hparams", a hyper-parameter change past the edge (its event
+        is at this step: all of it goes), or "edge", a ratio near the edge in a run whose last
+        instability moved the loss (what the page waits for; the steps before this one go, this
+        step's loss is still to come), at most every `URGENT_EVERY` steps while it lasts."""
         ctx = self.ctx
         urgent, near = ctx.urgent, ctx.near_edge
         ctx.urgent = ctx.near_edge = False
         if urgent:
             self._urgent_at = step
-            return True
+            return "hparams"
         if (near and self._reactive.instability.rise >= URGENT_RISE
                 and step - self._urgent_at >= URGENT_EVERY):
             self._urgent_at = step
-            return True
-        return False
+            return "edge"
+        return None
 
     # --- errors and events ------------------------------------------------------------------
     def _event(self, step: int, kind: str, **data: wire.Scalar) -> None:
@@ -504,9 +506,13 @@ class Monitor:
                 a.arm(None)
 
     # --- drain ------------------------------------------------------------------------------
-    def _drain(self, upto: int | None = None) -> None:
+    def _drain(self, upto: int | None = None, *, window: bool = True) -> None:
+        """Send what was collected. A regular drain (`window`) also closes the overhead budget's
+        window and adds the agent's own record; an urgent one only sends, so a burst of urgent
+        sends does not cut the window into a few steps whose noise would stretch the predictor
+        (their cost still counts in the window)."""
         records = self.out.drain(upto)
-        report = self.scheduler.adjust()
+        report = self.scheduler.adjust() if window else None
         if report is not None:
             self.last_report = report
         records = self._reactive.observe(records, self._phase_beta2())
@@ -514,12 +520,13 @@ class Monitor:
             ratio = _ratio(r.scalars)
             if ratio is not None and math.isfinite(ratio):
                 self.ctx.last_ratio = ratio
-        last_step = max(self.step - 1, 0)
-        extra = self._agent_record(report, records[-1].step if records else last_step)
-        if records and records[-1].step == extra.step:
-            records[-1] = _merge(records[-1], extra)
-        else:
-            records.append(extra)
+        if window:
+            last_step = max(self.step - 1, 0)
+            extra = self._agent_record(report, records[-1].step if records else last_step)
+            if records and records[-1].step == extra.step:
+                records[-1] = _merge(records[-1], extra)
+            else:
+                records.append(extra)
         for i in range(0, len(records), RECORDS_PER_SUBMIT):
             self.transport.submit(records[i:i + RECORDS_PER_SUBMIT])
 

@@ -253,7 +253,10 @@ def test_a_predictor_over_the_whole_budget_is_stretched_and_reported() -> None:
     s = Scheduler(_profile(two_secant=1, alignment=100), 0.01, clock=clock)
     _steps(s, clock, 8, 0.100, {TWO_SECANT: 0.0025, ALIGNMENT: 0.001})
     s.adjust()
-    # 2.5 ms per step against a 1 ms budget: doubled until it fits
+    assert s.cadence(TWO_SECANT) == 1  # one window over the budget: patience
+    _steps(s, clock, 8, 0.100, {TWO_SECANT: 0.0025, ALIGNMENT: 0.001}, start=8)
+    s.adjust()
+    # 2.5 ms per step against a 1 ms budget, twice in a row: doubled until it fits
     assert s.cadence(TWO_SECANT) == 4
     assert s.degraded() == {TWO_SECANT: 4}
     assert s.cadence(ALIGNMENT) >= 100
@@ -301,3 +304,15 @@ def test_in_graph_cost_needs_ordinary_steps_to_compare_with() -> None:
         s.step_end(frozenset({LOGITS}))
     assert s.adjust() is not None
     assert s.cost(LOGITS) == 0.0
+
+
+def test_one_bursty_window_does_not_stretch_the_predictor() -> None:
+    """A window whose agent work spiked (a collection pause, a busy neighbour) between ordinary
+    ones leaves the predictor every step."""
+    clock = FakeClock()
+    s = Scheduler(_profile(two_secant=1), 0.01, clock=clock)
+    for k in range(6):
+        burst = k % 2 == 1
+        _steps(s, clock, 10, 0.100, {TWO_SECANT: 0.004 if burst else 0.0002}, start=10 * k)
+        s.adjust()
+        assert s.cadence(TWO_SECANT) == 1

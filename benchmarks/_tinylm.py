@@ -57,6 +57,14 @@ class Job:
             self.monitor.log(loss=loss)
 
 
+def predictor_footprint(monitor: Monitor) -> tuple[int, int] | None:
+    """(sampled coordinates, bytes held) of the monitor's two-secant predictor; None without one."""
+    probe = monitor.ctx.predictor
+    if probe is None:
+        return None
+    return probe.est.coords, probe.est.memory_bytes
+
+
 def disable_probes(monitor: Monitor, probes: Iterable[str]) -> None:
     """Switch probes off in a running monitor (diagnosis: which probe costs what)."""
     for probe in probes:

@@ -21,8 +21,12 @@ training thread's core and cool its caches, a cost a real deployment does not ha
 `--compile` runs the model through torch.compile (inductor) and attaches to the compiled module
 before its first forward; a paused agent closes its hook gate, so A and B run the ordinary-step
 graph, which carries no agent code (tests/agent/test_compile.py).
-Memory: Python allocations (tracemalloc) and process RSS before/after attaching and training, and
-on CUDA the allocator's peak of an attached step minus an unattached one.
+Memory: process RSS before/after attaching and training, on CUDA the allocator's peak of an
+attached step minus an unattached one, and with `--tracemalloc` the Python allocations. tracemalloc
+is off by default: it slows every Python allocation, the agent's far more than the training
+step's (it made the default profile's predictor look 3x dearer and stretched it to every 16th
+step), so step times under it are not what a user gets. benchmarks/agent_memory.py measures
+memory in fresh processes.
 
 Model (as benchmarks/signal_cost.py): token embedding + 2-layer nn.TransformerEncoder (d_model
 128, 4 heads, ff 512) + LM head, vocab 1000, batch 16×64 tokens, AdamW, one CPU thread.
@@ -58,7 +62,7 @@ import contextlib
 import agent
 from agent._monitor import Monitor
 from benchmarks._rss import rss_bytes
-from benchmarks._tinylm import BATCH, SEQ, VOCAB, Job, TinyLM, disable_probes
+from benchmarks._tinylm import BATCH, SEQ, VOCAB, Job, TinyLM, disable_probes, predictor_footprint
 
 _PEER = (
     "import sys; from tests.agent._peer import Peer\n"
@@ -136,7 +140,8 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
         for j in jobs:  # a compiled model must meet the agent's hooks at its first forward
             j.step()
     gc.collect()
-    tracemalloc.start()
+    if args.tracemalloc:
+        tracemalloc.start()
     py0, rss0 = tracemalloc.get_traced_memory()[0], rss_bytes()
     mon = watched.monitor = agent.attach(
         watched.net, watched.opt, run=f"bench-{profile}-{variant or 'plain'}",
@@ -200,7 +205,8 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
     plain_per_step = 0.5 * (sum(cpu["A"]) + sum(cpu["B"])) / rounds
     py1, py_peak = tracemalloc.get_traced_memory()
     rss1 = rss_bytes()
-    tracemalloc.stop()
+    if args.tracemalloc:
+        tracemalloc.stop()
     if args.pin:  # the next profile's threads must again start on the other CPUs
         os.sched_setaffinity(0, args.pin[1])
     t0 = time.perf_counter()
@@ -216,8 +222,8 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
         "watched_ms": 1e3 * sum(cpu["W"]) / rounds,
         "sender_ms": 1e3 * sender_per_step,
         "self_overhead": report.overhead if report else float("nan"),
-        "py_kib": (py1 - py0) / 1024,
-        "py_peak_kib": (py_peak - py0) / 1024,
+        "py_kib": (py1 - py0) / 1024 if args.tracemalloc else float("nan"),
+        "py_peak_kib": (py_peak - py0) / 1024 if args.tracemalloc else float("nan"),
         "rss_mib": (rss1 - rss0) / 2**20,
         "cuda_mib": (cuda_peak["W"] - max(cuda_peak["A"], cuda_peak["B"])) / 2**20,
         "close_s": close_s,
@@ -233,6 +239,13 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
         shares = ", ".join(f"{k} {100 * v:.2f}%" for k, v in
                            sorted(report.probe_overhead.items(), key=lambda kv: -kv[1]))
         print(f"  {name}: per-probe share of step time: {shares}")
+        per_call = {p: f"{1e6 * mon.scheduler.cost(p):.0f} µs" for p in
+                    sorted(report.probe_overhead) if mon.scheduler.cost(p) > 0}
+        print(f"  {name}: per-probe cost per run: {per_call}")
+        foot = predictor_footprint(mon)
+        if foot is not None:
+            print(f"  {name}: predictor sample {foot[0]} coordinates of "
+                  f"{sum(p.numel() for p in watched.net.parameters())}, {foot[1]} bytes held")
     return out
 
 
@@ -297,6 +310,9 @@ def main() -> None:
     ap.add_argument("--spool-dir", default=None, help="the agent's spool directory")
     ap.add_argument("--disable", default="",
                     help="comma-separated probes to switch off after attach (to locate a cost)")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="also count Python allocations (slows the agent's Python: not a user's "
+                    "step time)")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the model (inductor) and attach to the compiled module")
     ap.add_argument("--pin", action="store_true",

@@ -79,11 +79,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="steps per interleaved timing chunk (default: about 12 chunks per run, "
                         "at least 25 steps)")
     p.add_argument("--pace-ms", type=float, default=50.0, metavar="MS",
-                   help="the attached arm's steps take at least this wall time (default 50: a "
+                   help="both arms' steps take at least this wall time (default 50: a "
                         "small real job; these CPU models step in 1-10 ms and the agent's budget "
                         "is a share of step time); 0: as fast as they train")
-    p.add_argument("--jobs", type=int, default=8,
-                   help="scenarios trained at once, in worker processes (default 8: paced "
+    p.add_argument("--jobs", type=int, default=12,
+                   help="scenarios trained at once, in worker processes (default 12: paced "
                         "steps mostly wait)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--list", action="store_true",

@@ -3,9 +3,14 @@ one scenario trained both ways, interleaved.
 
 Pacing. The suite's models are CPU stand-ins for real jobs: their steps take 1–10 ms where a real
 job's take 50 ms to seconds, and the agent's overhead budget is a share of step time. With
-`pace` > 0 the attached arm waits after each step until `pace` seconds have passed since the step
-began (outside the timed part): the agent then sees the step time of a small real job and its
-1 % budget means what it means there. The step-time ratio is always of the timed (unpadded) work.
+`pace` > 0 both arms wait after each step until `pace` seconds have passed since the step began
+(outside the timed part): the agent then sees the step time of a small real job and its 1 %
+budget means what it means there. The unattached arm is paced too, so that the scenarios trained
+at once (`--jobs`) mostly wait, as a real job's training thread does not share its CPU with
+other jobs: an unpaced arm keeps a core busy, and the agents of the others then time their own
+work inflated by the wait for a CPU (it stretched their predictors). The step-time ratio is
+always of the timed (unpadded) work; a step that follows a sleep runs with cold caches, so on
+these millisecond steps it is noisy (the agent's own streamed overhead is reported beside it).
 """
 
 from __future__ import annotations
@@ -135,7 +140,7 @@ def train_pair(scenario: Scenario | str, config: Config, endpoint: str, run: str
     torch.set_num_threads(threads)
     sc = by_name([scenario])[0] if isinstance(scenario, str) else scenario
     t_start = time.perf_counter()
-    plain = Arm(sc.build())
+    plain = Arm(sc.build(), pace=pace)
     watched = Arm(sc.build(), pace=pace)
     watched.mon = agent.attach(watched.task.model, watched.task.optimizer, run=run,
                                endpoint=endpoint, **config.attach_kwargs(watched.task.closure))

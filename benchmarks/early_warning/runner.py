@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from agent.names import AGENT_OVERHEAD, AGENT_PREDICTION_CADENCE
 from benchmarks.early_warning._configs import PRESETS, Config, from_options, parse
 from benchmarks.early_warning._train import Trained, train_pair
 from server.backtest import Episode, Report, score_episodes
@@ -147,6 +148,20 @@ def collect(client: httpx.Client, run: str, last_step: int, metric: str = "loss"
     return eps, series
 
 
+def agent_cost(client: httpx.Client, run: str) -> tuple[float, float]:
+    """From the agent's own reports stored for `run`: the mean overhead it measured (share of
+    step time) and the share of reports in which the predictor ran every step."""
+    def values(metric: str) -> list[float]:
+        pts = client.get(f"/runs/{run}/series", params={"metric": metric, "limit": 10000})
+        if pts.status_code != 200:
+            return []
+        return [v for p in pts.json()["points"] if math.isfinite(v := _float(p["value"]))]
+
+    own, cadence = values(AGENT_OVERHEAD), values(AGENT_PREDICTION_CADENCE)
+    return (statistics.mean(own) if own else math.nan,
+            sum(c == 1 for c in cadence) / len(cadence) if cadence else math.nan)
+
+
 @dataclass(frozen=True)
 class Row:
     """One scored (scenario, config) run."""
@@ -174,6 +189,9 @@ class Row:
     chunk_ratios: list[float] = field(repr=False)
     identical: bool = True  # the two arms' series are bit for bit identical
     notes: list[str] = field(default_factory=list)
+    pace: float = 0.0  # seconds a step was paced to (0: not paced)
+    agent_overhead: float = math.nan  # mean of the agent's own streamed overhead (its clock)
+    predictor_held: float = math.nan  # share of the agent's reports with the predictor every step
 
     @property
     def recall(self) -> str:
@@ -190,7 +208,8 @@ def _quartiles(xs: Sequence[float]) -> tuple[float, float, float]:
 
 
 def row(scenario: Scenario, config: Config, rep: Report, eps: Sequence[Episode],
-        tr: Trained, pace: float = 0.0) -> Row:  # fmt: skip
+        tr: Trained, pace: float = 0.0,
+        cost: tuple[float, float] = (math.nan, math.nan)) -> Row:  # fmt: skip
     """Scores and timings of one run as a table row."""
     q1, med, q3 = _quartiles(tr.chunk_ratios)
     notes = []
@@ -205,7 +224,8 @@ def row(scenario: Scenario, config: Config, rep: Report, eps: Sequence[Episode],
                [(e.rule, e.fired_step) for e in eps if e.severity is Severity.PAGE],
                round(tr.wall, 1), round(tr.attached, 3), round(tr.unattached, 3),
                round(med, 4), round(q1, 4), round(q3, 4),
-               [round(r, 4) for r in tr.chunk_ratios], tr.mismatch is None, notes)  # fmt: skip
+               [round(r, 4) for r in tr.chunk_ratios], tr.mismatch is None, notes,
+               pace, *cost)  # fmt: skip
 
 
 def _dist(xs: Sequence[int]) -> str:
@@ -220,8 +240,16 @@ def overhead(rows: Sequence[Row]) -> str:
     off = sum(r.unattached_s for r in rows)
     total = sum(r.attached_s for r in rows) / off if off > 0 else math.nan
     q1, med, q3 = _quartiles([x for r in rows for x in r.chunk_ratios])
-    return (f"step time attached/unattached {total:.3f} (chunks: median {med:.3f}, "
-            f"IQR {q1:.3f}-{q3:.3f})")
+    out = (f"step time attached/unattached {total:.3f} (chunks: median {med:.3f}, "
+           f"IQR {q1:.3f}-{q3:.3f})")
+    own = [r.agent_overhead for r in rows if math.isfinite(r.agent_overhead)]
+    if own:  # what the agent's clock says it took of the step time it saw (paced or not)
+        out += (f", agent's own overhead {100 * statistics.mean(own):.2f} % of step time (runs "
+                f"{100 * min(own):.2f}-{100 * max(own):.2f} %)")
+    held = [r.predictor_held for r in rows if math.isfinite(r.predictor_held)]
+    if held:
+        out += f", predictor every step in {100 * statistics.mean(held):.0f} % of reports"
+    return out
 
 
 def summary(rows: Sequence[Row], title: str) -> str:
@@ -283,7 +311,7 @@ def run_suite(scenarios: Sequence[Scenario], configs_: Sequence[str | Config] = 
               chunk: int | None = None, pace: float = 0.0, jobs: int = 1,
               threads: int = 1) -> list[Row]:  # fmt: skip
     """Train and score every (scenario, config) against one server; `jobs` trainings at once
-    (worker processes: the paced attached arm mostly waits, so they share the CPUs)."""
+    (worker processes: paced arms mostly wait, so they share the CPUs)."""
     pack = load_rules(rules)
     rows: list[Row] = []
     work = [(sc, cfg) for cfg in configs(configs_) for sc in scenarios]
@@ -296,14 +324,18 @@ def run_suite(scenarios: Sequence[Scenario], configs_: Sequence[str | Config] = 
         for (sc, cfg), tr in zip(work, results, strict=True):
             run = f"{sc.name}.{cfg.name}"
             eps, truth = collect(client, run, sc.steps - 1, tr.truth)
-            rows.append(row(sc, cfg, score_episodes(run, pack, eps, truth), eps, tr, pace))
+            rows.append(row(sc, cfg, score_episodes(run, pack, eps, truth), eps, tr, pace,
+                            agent_cost(client, run)))
             r = rows[-1]
             for n in r.notes:
                 print(f"!! {run}: {n}", file=sys.stderr, flush=True)
             if echo:
                 print(f"  {run}: {tr.wall:.1f} s, onsets {r.onsets}, leads {r.page_leads}, "
                       f"pages {r.pages}, warnings {r.warnings}, step ratio {r.ratio:.3f} "
-                      f"[{r.ratio_q1:.3f}-{r.ratio_q3:.3f}] (config: {r.config_label})",
+                      f"[{r.ratio_q1:.3f}-{r.ratio_q3:.3f}]"
+                      + f", agent's own overhead {100 * r.agent_overhead:.2f} %, predictor "
+                      f"every step in {100 * r.predictor_held:.0f} % of reports"
+                      + f" (config: {r.config_label})",
                       file=sys.stderr, flush=True)  # fmt: skip
     return rows
 

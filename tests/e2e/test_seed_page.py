@@ -1,7 +1,8 @@
-"""Issue 5 must-show: the seed's spiking FNN, trained with the agent attached to a real server
-(the daemon as a subprocess, SQLite store), produces a page-severity alert before its first loss
-spike onset; a stable control run (lr 0.001, same steps) produces none. Alerts are read through the
-HTTP API (GET /api/v1/runs/{run}/alerts).
+"""The seed's spiking FNN, trained with the agent attached as a user attaches it (defaults, no
+closure) to a real server (the daemon as a subprocess, SQLite store), produces a page before its
+first loss spike onset; a stable control run (lr 0.001, as many steps) produces none. Alerts are
+read through the HTTP API (GET /api/v1/runs/{run}/alerts). The trajectory is chaotic (its onsets
+differ between CPUs): the spiking run trains until just after its first onset, whatever the step.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from typing import Any
 import pytest
 
 from tests.e2e._procs import Daemon, Procs, start_daemon
-from tests.e2e._train import alerts, train_seed, wait_stored
+from tests.e2e._train import Trained, alerts, train_seed, wait_stored
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-STEPS = 760  # the seed's first spike starts near step 730 (Adam lr=0.01)
-LEAD_WINDOW = 150  # the page must come at most this many steps before the onset
+MAX_STEPS = 1500  # the first onset comes at 732 on one CPU, 808 on another
+LEAD_WINDOW = 100  # the page must come at most this many steps before the onset
 
 
 @pytest.fixture(scope="module")
@@ -31,26 +32,31 @@ def _pages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [a for a in rows if a["severity"] == "page" and a["fired_step"] is not None]
 
 
-def test_spiking_run_pages_before_first_onset(daemon: Daemon) -> None:
-    trained = train_seed(daemon.zmq, "seed-spiking", lr=0.01, steps=STEPS)
+@pytest.fixture(scope="module")
+def spiking(daemon: Daemon) -> Trained:
+    return train_seed(daemon.zmq, "seed-spiking", lr=0.01, steps=MAX_STEPS, stop_after_onset=5)
+
+
+def test_spiking_run_pages_before_first_onset(daemon: Daemon, spiking: Trained) -> None:
+    trained = spiking
     onsets = trained.onsets
     assert onsets, "the seed problem did not spike: nothing to predict"
-    wait_stored(daemon.http, trained.run, STEPS - 1)
+    wait_stored(daemon.http, trained.run, len(trained.losses) - 2)
 
     pages = _pages(alerts(daemon.http, trained.run))
     before = [a for a in pages if onsets[0] - LEAD_WINDOW <= a["fired_step"] < onsets[0]]
     assert before, (f"no page fired in the {LEAD_WINDOW} steps before the onset at step "
                     f"{onsets[0]}; pages: {[(a['rule'], a['fired_step']) for a in pages]}")
-    # The λ_grad prediction itself (not only the late secant one) must be among them.
     assert any(a["rule"] == "predicted_loss_spike" for a in before), before
     for a in before:
         assert a["first_step"] <= a["fired_step"] < onsets[0]
 
 
-def test_stable_control_run_has_no_page(daemon: Daemon) -> None:
-    trained = train_seed(daemon.zmq, "seed-control", lr=0.001, steps=STEPS)
+def test_stable_control_run_has_no_page(daemon: Daemon, spiking: Trained) -> None:
+    steps = len(spiking.losses)
+    trained = train_seed(daemon.zmq, "seed-control", lr=0.001, steps=steps)
     assert trained.onsets == [], "the control run spiked: it is no control"
-    wait_stored(daemon.http, trained.run, STEPS - 1)
+    wait_stored(daemon.http, trained.run, steps - 2)
 
     rows = alerts(daemon.http, trained.run)
     assert rows, "no alert episode at all: the rules did not see the control run"

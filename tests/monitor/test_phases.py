@@ -84,7 +84,7 @@ def test_seed_fnn_quiet_decay_then_growth_at_each_spike() -> None:
     from monitor.seed_fnn import make_seed_problem, spike_onsets
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a reproducible float32 trajectory
+    torch.set_num_threads(1)
     try:
         model, x, y = make_seed_problem(seed=0)
         opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.9, 0.999))
@@ -93,7 +93,13 @@ def test_seed_fnn_quiet_decay_then_growth_at_each_spike() -> None:
         rho: list[float] = []
         decay: list[float] = []
         phase: list[int] = []
-        for _ in range(900):
+        # the trajectory is chaotic (onsets 732/853 on one CPU, 808/952 on another): train
+        # until two onsets and their aftermath are in, whatever their steps
+        for _ in range(2000):
+            if len(losses) % 10 == 0:
+                seen = spike_onsets(losses)
+                if len(seen) >= 2 and len(losses) > seen[1] + 10:
+                    break
             opt.zero_grad()
             loss = ((model(x) - y) ** 2).mean()
             loss.backward()

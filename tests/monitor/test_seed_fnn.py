@@ -16,7 +16,7 @@ from monitor.hvp import ExactHVP
 from monitor.secant import SecantEstimator
 from monitor.seed_fnn import make_seed_problem, spike_onsets
 
-STEPS = 1300  # four spike episodes with seed 0
+STEPS = 1500  # three or more spike episodes with seed 0 on any CPU (onsets differ by CPU)
 TOP_EVERY = 10
 
 

@@ -72,8 +72,9 @@ def test_episodes_and_leads() -> None:
 
 
 def synthetic_run(steps: int = 400) -> list[tuple[int, dict[str, float], list[wire.Event]]]:
-    """A run that spikes at 230 (predicted from 200), wobbles harmlessly at 320, and has an
-    unrescaled momentum jump at 100 that does nothing."""
+    """A run that spikes at 230 (predicted from 200, after an earlier instability that moved the
+    loss 1.5×), wobbles harmlessly at 320, and has an unrescaled momentum jump at 100 that does
+    nothing."""
     rows = []
     for s in range(1, steps + 1):
         loss = 1.0 / math.sqrt(s)
@@ -87,7 +88,9 @@ def synthetic_run(steps: int = 400) -> list[tuple[int, dict[str, float], list[wi
         jump = {"rescaled": False, "needs_rescale": True, "old": 0.9, "new": 0.97}
         events = [wire.Event("momentum_jump", jump)] \
             if s == 100 else []  # fmt: skip
-        rows.append((s, {"loss": loss, "stability_ratio": r, "rho": rho}, events))
+        values = {"loss": loss, "stability_ratio_two_secant": r, "rho_sampled": rho,
+                  "instability_rise": 1.5 if s > 150 else 1.0}
+        rows.append((s, values, events))
     return rows
 
 
@@ -100,19 +103,20 @@ def test_score_on_a_replayed_run() -> None:
     rep = bt.score("job", rules, log, [(s, v["loss"]) for s, v, _ in rows])
     assert rep.onsets == [230]
     by = {s.rule: s for s in rep.rules}
-    # predicted_loss_spike sustains 3 observations since the issue-8 tuning (was 8): 5 steps earlier
-    assert [e.fired_step for e in by["predicted_loss_spike"].alerts] == [202, 322]
-    assert by["predicted_loss_spike"].leads == [28]
+    # predicted_loss_spike needs 2 observations (ratio ≥ 0.99, ρ < 0.2, an earlier rise ≥ 1.3)
+    assert [e.fired_step for e in by["predicted_loss_spike"].alerts] == [201, 321]
+    assert by["predicted_loss_spike"].leads == [29]
     assert by["predicted_loss_spike"].grades == ["true", "false"]
     assert by["unrescaled_momentum_jump"].grades == ["false"]
     assert by["loss_spike"].leads == [None]  # reactive: fires at the onset, not before
     assert rep.recall == 1.0
-    assert rep.page_leads == [28]
-    assert rep.median_lead == 28
-    assert (rep.true_pages, rep.minor_pages, rep.false_pages) == (1, 0, 2)
+    assert rep.page_leads == [29]
+    assert rep.median_lead == 29
+    # the momentum jump is a warning now (it did not spike on the benchmark), not a false page
+    assert (rep.true_pages, rep.minor_pages, rep.false_pages) == (1, 0, 1)
     text = bt.format_report(rep)
     assert "1 loss spike onset(s) at step 230" in text
-    assert "page recall 1/1 (100 %), median page lead 28 steps, false pages 2" in text
+    assert "page recall 1/1 (100 %), median page lead 29 steps, false pages 1" in text
 
 
 def test_score_without_onsets_or_loss() -> None:
@@ -158,10 +162,10 @@ def test_backtest_command_replays_a_stored_run(
     assert "run job-7: 400 loss points, 1 loss spike onset(s) at step 230" in out
     line = next(x for x in out.splitlines() if x.startswith("predicted_loss_spike "))
     assert line.split()[1:4] == ["page", "2", "1/1"]
-    assert "230:+28" in line
+    assert "230:+29" in line
     # the event's data (needs_rescale: true) was read back from the store
-    assert "unrescaled_momentum_jump [page] 100 → 201, value 1, false" in out
-    assert "page recall 1/1 (100 %), median page lead 28 steps, false pages 2" in out
+    assert "unrescaled_momentum_jump [warning] 100 → 201, value 1, false" in out
+    assert "page recall 1/1 (100 %), median page lead 29 steps, false pages 1" in out
 
 
 def test_backtest_command_with_a_custom_rule_file_and_bad_input(
@@ -171,7 +175,7 @@ def test_backtest_command_with_a_custom_rule_file_and_bad_input(
     stored_run(url)
     rules = tmp_path / "mine.yaml"
     rules.write_text("rules:\n  - name: early\n    severity: page\n"
-                     "    condition: {metric: rho, op: '>', value: 0.1}\n")  # fmt: skip
+                     "    condition: {metric: rho_sampled, op: '>', value: 0.1}\n")  # fmt: skip
     assert cli(["backtest", "--rules", str(rules), "--run", "job-7", "--db", url]) == 0
     out = capsys.readouterr().out
     assert "early" in out

@@ -137,6 +137,7 @@ def test_sigterm_keeps_everything_acknowledged(db_url: str, tmp_path: Path) -> N
     finally:
         if srv.proc.poll() is None:
             srv.proc.kill()
+            srv.proc.wait(10)
     for s in senders:
         s.halt.set()
     for s in senders:
@@ -163,8 +164,10 @@ def test_rules_alerts_and_webhook_wired(sqlite_url: str, tmp_path: Path, webhook
         srv.wait_ready()
         sock.connect(srv.zmq)
         session = uuid.uuid4().hex
-        jump = wire.Event("momentum_jump", {"old": 0.9, "new": 0.97, "rescaled": False,
-                                            "needs_rescale": True, "advised_factor": 3.33})
+        # β1 down, unrescaled, and past the edge: a warning (the buffer's scale) and a page
+        jump = wire.Event("momentum_jump", {"old": 0.97, "new": 0.9, "rescaled": False,
+                                            "needs_rescale": True, "advised_factor": 0.3,
+                                            "unstable_after": True})
         recs = (*(wire.Record(i, 1000.0 + i, {"loss": 1.0}) for i in range(1, 5)),
                 wire.Record(5, 1005.0, {"loss": 1.0}, events=(jump,)))
         sock.send(wire.encode(wire.Batch(wire.Header(session, 1, "jumpy"), recs)))
@@ -175,14 +178,16 @@ def test_rules_alerts_and_webhook_wired(sqlite_url: str, tmp_path: Path, webhook
         alerts: list[dict[str, object]] = []
         while time.monotonic() < deadline:
             alerts = httpx.get(f"{srv.http}/api/v1/runs/jumpy/alerts", timeout=5).json()
-            if any(a["rule"] == "unrescaled_momentum_jump" for a in alerts) and Hook.received:
+            paged = any("unstable_after_hparam_change" in json.dumps(b) for b in Hook.received)
+            if {a["rule"] for a in alerts} >= {"unrescaled_momentum_jump",
+                                               "unstable_after_hparam_change"} and paged:
                 break
             time.sleep(0.1)
-        [a] = [a for a in alerts if a["rule"] == "unrescaled_momentum_jump"]
-        assert a["severity"] == "page"
-        assert a["state"] == "firing"
-        assert a["fired_step"] == 5
-        assert any("unrescaled_momentum_jump" in json.dumps(body) for body in Hook.received)
+        by = {a["rule"]: a for a in alerts}
+        assert by["unrescaled_momentum_jump"]["severity"] == "warning"
+        page = by["unstable_after_hparam_change"]
+        assert (page["severity"], page["state"], page["fired_step"]) == ("page", "firing", 5)
+        assert any("unstable_after_hparam_change" in json.dumps(b) for b in Hook.received)
         metrics = httpx.get(f"{srv.http}/metrics", timeout=5).text
         assert 'spikewatch_messages_received_total{type="batch"} 1.0' in metrics
         assert "spikewatch_run_loss{run=\"jumpy\"} 1.0" in metrics
@@ -192,6 +197,7 @@ def test_rules_alerts_and_webhook_wired(sqlite_url: str, tmp_path: Path, webhook
         ctx.term()
         if srv.proc.poll() is None:
             srv.proc.kill()
+            srv.proc.wait(10)
 
 
 def test_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:

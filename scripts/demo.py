@@ -2,13 +2,15 @@
 
 Starts `spikewatch serve` with its embedded defaults (SQLite file in ./spikewatch-demo/, ZeroMQ on
 127.0.0.1:5557 and HTTP on 127.0.0.1:8000, or free ports when those are taken), trains the seed's
-spiking network (arXiv:2506.04805: width-1000 ReLU net, Adam lr=0.01) with the agent attached and a
-closure (exact λ_grad), and prints every 25 steps what the *server* knows: loss, stability ratio,
-ρ, phase and alerts, read back through its HTTP API. At the end: each loss-spike onset, the page
-raised before it and its lead in steps, and where to look next. The server is stopped at the end
-unless --keep is given.
+spiking network (arXiv:2506.04805: width-1000 ReLU net, Adam lr=0.01) with the agent attached as
+a user attaches it (`agent.attach(model, opt, run=..., endpoint=...)`: no closure, the default
+profile and 1 % overhead budget), each step paced to at least 50 ms like a small real job's (the
+toy steps in ~1 ms, and the budget is a share of step time), and prints every 25 steps what the
+*server* knows: loss, stability ratio, ρ, phase and alerts, read back through its HTTP API. At the
+end: each loss-spike onset, the page raised before it and its lead in steps, and where to look
+next. The server is stopped at the end unless --keep is given.
 
-    python scripts/demo.py [--steps 900] [--dir spikewatch-demo] [--keep]
+    python scripts/demo.py [--steps 900] [--pace-ms 50] [--dir spikewatch-demo] [--keep]
 """
 
 from __future__ import annotations
@@ -159,9 +161,10 @@ def progress_line(api: Api, step: int, loss: float) -> str:
     run = api.run()
     seen = run["last_step"] if run and run["last_step"] is not None else None
     since = max(0, (seen or 0) - 4 * EVERY)
-    vals = {m: api.latest(m, since) for m in ("stability_ratio", "rho", "phase")}
-    r = vals["stability_ratio"][1] if vals["stability_ratio"] else None
-    rho = vals["rho"][1] if vals["rho"] else None
+    vals = {m: api.latest(m, since)
+            for m in ("stability_ratio_two_secant", "rho_sampled", "phase")}
+    r = vals["stability_ratio_two_secant"][1] if vals["stability_ratio_two_secant"] else None
+    rho = vals["rho_sampled"][1] if vals["rho_sampled"] else None
     ph = vals["phase"][1] if vals["phase"] else None
     phase = PHASES.get(int(ph), "?") if ph is not None and math.isfinite(ph) else "—"
     firing = [f"{a['rule']}({a['severity']})" for a in api.alerts() if a["state"] == "firing"]
@@ -187,8 +190,10 @@ def new_pages(api: Api, seen: set[tuple[str, int]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda a: int(a["fired_step"]))
 
 
-def train(server: DemoServer, api: Api, steps: int, on_line: Callable[[str], None]) -> list[float]:
-    """Train the seed problem with the agent attached; return the loss per step."""
+def train(server: DemoServer, api: Api, steps: int, pace_s: float,
+          on_line: Callable[[str], None]) -> list[float]:
+    """Train the seed problem with the agent attached, each step taking at least `pace_s`;
+    return the loss per step."""
     import torch
 
     import agent
@@ -199,19 +204,12 @@ def train(server: DemoServer, api: Api, steps: int, on_line: Callable[[str], Non
     model, x, y = make_seed_problem(seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     loss_fn = torch.nn.MSELoss()
-
-    def closure() -> torch.Tensor:
-        out: torch.Tensor = loss_fn(model(x), y)
-        return out
-
-    # profile "full": λ_grad every step; the budget is unbounded because this toy step takes
-    # ~1 ms, so any fixed fraction of it would stretch the probes to nothing.
-    monitor = agent.attach(model, opt, run=RUN, endpoint=server.endpoint, closure=closure,
-                           profile="full", overhead_budget=math.inf)
+    monitor = agent.attach(model, opt, run=RUN, endpoint=server.endpoint)  # the defaults
     losses: list[float] = []
     paged: set[tuple[str, int]] = set()
     try:
         for step in range(steps):
+            t0 = time.monotonic()
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             loss.backward()
@@ -224,6 +222,7 @@ def train(server: DemoServer, api: Api, steps: int, on_line: Callable[[str], Non
                     summ = a["annotations"].get("summary", "")
                     on_line(f"   >>> PAGE {a['rule']} fired at step {a['fired_step']} "
                             f"(value {_fmt(_num(a['value']))}): {summ}")
+            time.sleep(max(0.0, pace_s - (time.monotonic() - t0)))
     finally:
         monitor.close(timeout=5.0)
     return losses
@@ -296,7 +295,8 @@ def summary(api: Api, server: DemoServer, losses: list[float], db: Path,
     lines += ["", "Where to look:",
               f"  API        {server.url}/api/v1/runs/{RUN}",
               f"             {server.url}/api/v1/runs/{RUN}/alerts",
-              f"             {server.url}/api/v1/runs/{RUN}/series?metric=stability_ratio",
+              f"             {server.url}/api/v1/runs/{RUN}/series"
+              "?metric=stability_ratio_two_secant",
               f"  OpenAPI    {server.url}/docs",
               f"  Prometheus {server.url}/metrics",
               f"  CLI        {cli} runs{src}",
@@ -310,6 +310,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--steps", type=int, default=900,
                     help="training steps (default 900: the first spike starts near step 730)")
+    ap.add_argument("--pace-ms", type=float, default=50.0,
+                    help="each step takes at least this long (default 50: a small real job; "
+                    "0: as fast as the toy trains, ~1 ms, where the 1%% budget stretches probes)")
     ap.add_argument("--dir", type=Path, default=Path("spikewatch-demo"),
                     help="working directory of the server (default ./spikewatch-demo)")
     ap.add_argument("--keep", action="store_true",
@@ -341,13 +344,16 @@ def main(argv: list[str] | None = None) -> int:
               f"ZeroMQ {server.endpoint}, HTTP {server.url}) ...", flush=True)
         server.start()
         print(f"server ready after {time.monotonic() - t0:.1f} s. Training the seed's spiking "
-              f"network ({args.steps} steps, Adam lr=0.01, agent attached, exact λ_grad) ...\n"
-              "  r = stability ratio η·λ_grad/2 (≥ 1: beyond Adam's edge of stability), "
-              "ρ = ‖g‖/‖√v̂‖; the right half is read back from the server's API\n", flush=True)
+              f"network ({args.steps} steps of ≥ {args.pace_ms:g} ms, Adam lr=0.01, agent "
+              "attached with its defaults) ...\n"
+              "  r = stability ratio η·λ/2 (two-secant, every step; ≥ 1: beyond Adam's edge of "
+              "stability), ρ = ‖g‖/‖√v̂‖; the right half is read back from the server's API\n",
+              flush=True)
         api = Api(server.url)
         try:
             t1 = time.monotonic()
-            losses = train(server, api, args.steps, lambda s: print(s, flush=True))
+            losses = train(server, api, args.steps, args.pace_ms / 1e3,
+                           lambda s: print(s, flush=True))
             train_s = time.monotonic() - t1
             if not wait_stored(api, args.steps - 1):
                 print("warning: the server has not stored the last steps yet", flush=True)

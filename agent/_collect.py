@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from agent import wire
-from agent.names import Combine
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import Combine
 
 Value = torch.Tensor | float | int
 # (device, start, length) into a pending device buffer; or already on the host

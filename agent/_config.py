@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from agent import wire
-from agent._profiles import PROFILES
+from spikewatch.agent._profiles import PROFILES
+from spikewatch.protocol import wire
 
 DEFAULT_ENDPOINT: Final = "tcp://127.0.0.1:5557"
 DEFAULT_BUDGET: Final = 0.01

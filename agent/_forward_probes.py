@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from agent import names as nm
-from agent._collect import Collector
-from agent._profiles import ALIGNMENT, LOGITS
-from agent._untraced import untraced
+from spikewatch.agent._collect import Collector
+from spikewatch.agent._profiles import ALIGNMENT, LOGITS
+from spikewatch.agent._untraced import untraced
+from spikewatch.protocol import names as nm
 
 ForwardHook = Callable[[nn.Module, tuple[Any, ...], Any], None]
 MISSED_LIMIT = 2  # armed steps in a row with no hook call before a probe is reported
@@ -191,7 +191,7 @@ class AlignmentProbe(Armed):
 
     def __init__(self, layers: Sequence[tuple[str, nn.Module]], env: HookEnv) -> None:
         super().__init__(env)
-        from monitor.spectral_alignment import SpectralAlignment, declared_linear_weight
+        from spikewatch.monitor.spectral_alignment import SpectralAlignment, declared_linear_weight
 
         self._weight = declared_linear_weight
         self._trackers: dict[str, SpectralAlignment] = {}
@@ -257,7 +257,7 @@ class AlignmentProbe(Armed):
 
 def over_confidence(step: int, logits: Tensor, out: Collector) -> None:
     """Over-confidence proxies of a logits tensor (..., classes) into the collector."""
-    from monitor.overconfidence import overconfidence
+    from spikewatch.monitor.overconfidence import overconfidence
 
     with torch.no_grad():
         _report_overconfidence(step, overconfidence(logits), out)
@@ -302,7 +302,7 @@ class LogitsProbe(Armed):
             over_confidence(step, lg, self.env.out)
 
     def capture(self, key: str, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> Any:
-        from monitor.overconfidence import overconfidence
+        from spikewatch.monitor.overconfidence import overconfidence
 
         lg = logits_of(output)
         if lg is None:

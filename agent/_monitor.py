@@ -23,12 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from agent import names as nm
-from agent import wire
-from agent._collect import Collector
-from agent._config import Config, resolve
-from agent._distributed import World, detect, local_optimizer
-from agent._forward_probes import (
+from spikewatch.agent._collect import Collector
+from spikewatch.agent._config import Config, resolve
+from spikewatch.agent._distributed import World, detect, local_optimizer
+from spikewatch.agent._forward_probes import (
     AlignmentProbe,
     Armed,
     HookEnv,
@@ -36,7 +34,7 @@ from agent._forward_probes import (
     LogitsProbe,
     over_confidence,
 )
-from agent._probes import (
+from spikewatch.agent._probes import (
     MAX_SA_LAYERS,
     Closure,
     Ctx,
@@ -44,7 +42,7 @@ from agent._probes import (
     Probe,
     layer_name,
 )
-from agent._profiles import (
+from spikewatch.agent._profiles import (
     ALIGNMENT,
     CURVATURE,
     HPARAMS,
@@ -54,10 +52,12 @@ from agent._profiles import (
     PROFILES,
     TWO_SECANT,
 )
-from agent._scheduler import HEADROOM, UNTIMED, Clock, Report, Scheduler
-from agent._two_secant_probe import TwoSecantProbe
-from agent._untraced import untraced
-from agent.names import EventType
+from spikewatch.agent._scheduler import HEADROOM, UNTIMED, Clock, Report, Scheduler
+from spikewatch.agent._two_secant_probe import TwoSecantProbe
+from spikewatch.agent._untraced import untraced
+from spikewatch.protocol import names as nm
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import EventType
 
 __all__ = ["Monitor", "attach"]
 
@@ -225,7 +225,7 @@ class Monitor:
     # --- setup ------------------------------------------------------------------------------
     def _build_probes(self, layers: Iterable[str | nn.Module] | None,
                       logits_module: nn.Module | None, *, compiled: bool) -> None:
-        from agent import _probes as pr
+        from spikewatch.agent import _probes as pr
 
         ctx = self.ctx
         adam = isinstance(ctx.optimizer, torch.optim.Adam)
@@ -587,8 +587,8 @@ class _Reactive:
     loss rise, on drained records."""
 
     def __init__(self) -> None:
-        from monitor.instability import InstabilityTracker
-        from monitor.reactive import ReactiveDetector
+        from spikewatch.monitor.instability import InstabilityTracker
+        from spikewatch.monitor.reactive import ReactiveDetector
 
         self.loss = ReactiveDetector("olmo_core")
         self.grad = ReactiveDetector("olmo_core")
@@ -596,7 +596,7 @@ class _Reactive:
         self.instability = InstabilityTracker()
 
     def observe(self, records: list[wire.Record], beta2: float) -> list[wire.Record]:
-        from monitor.reactive import Kind
+        from spikewatch.monitor.reactive import Kind
 
         out = []
         for i, r in enumerate(records):
@@ -624,7 +624,7 @@ class _Reactive:
             if rho is not None and decay is not None and math.isfinite(rho):
                 ratio = _ratio(r.scalars)
                 if self.phases is None:
-                    from monitor.phases import PhaseLabeller
+                    from spikewatch.monitor.phases import PhaseLabeller
 
                     self.phases = PhaseLabeller(beta2)
                 u = self.phases.update(rho, decay if math.isfinite(decay) else 1.0, ratio)
@@ -735,7 +735,7 @@ def _select_layers(model: nn.Module, layers: Iterable[str | nn.Module] | None
 
 
 def _make_transport(config: Config, world: World) -> Any:
-    from agent._transport import Transport
+    from spikewatch.agent._transport import Transport
 
     return Transport(
         config.endpoint, run=config.run, rank=world.rank, world_size=world.world_size,

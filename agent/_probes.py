@@ -17,11 +17,9 @@ from typing import Any, Final
 import torch
 from torch import Tensor, nn
 
-from agent import names as nm
-from agent import wire
-from agent._collect import Collector
-from agent._distributed import World
-from agent._profiles import (
+from spikewatch.agent._collect import Collector
+from spikewatch.agent._distributed import World
+from spikewatch.agent._profiles import (
     CURVATURE,
     GRAD_NORM,
     HPARAMS,
@@ -29,8 +27,10 @@ from agent._profiles import (
     PRECOND,
     SPIKE_SHARE,
 )
-from agent.names import Combine, EventType
-from monitor._reduce import norms_f32
+from spikewatch.monitor._reduce import norms_f32
+from spikewatch.protocol import names as nm
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import Combine, EventType
 
 Closure = Callable[[], Tensor]
 MAX_SPIKE_LAYERS = 32
@@ -70,7 +70,7 @@ class Ctx:
     def views(self, step: int, phase: str) -> list[Any]:
         """Adam views of the parameters with a gradient, cached for this step and hook."""
         if self._views is None or self._views[0] != (step, phase):
-            from monitor.adam_state import adam_view
+            from spikewatch.monitor.adam_state import adam_view
 
             live = [v for v in adam_view(self.optimizer, self.names) if v.grad is not None]
             if not live:
@@ -95,7 +95,7 @@ class Ctx:
     def _build_hvp(self, step: int) -> Any:
         if self.closure is None:
             raise ValueError("curvature probes need attach(closure=...)")
-        from monitor.hvp import ExactHVP, FiniteDifferenceHVP
+        from spikewatch.monitor.hvp import ExactHVP, FiniteDifferenceHVP
 
         params = [v.param for v in self.views(step, "pre")]
         backend: Any
@@ -227,7 +227,7 @@ class SpikeShareProbe(Probe):
 
     def __init__(self, ctx: Ctx) -> None:
         super().__init__(ctx)
-        from monitor.spike_share import SpikeShare
+        from spikewatch.monitor.spike_share import SpikeShare
 
         self.tracker = SpikeShare()
         mats = [p for p in ctx.params() if p.ndim == 2 and min(p.shape) >= 2]
@@ -260,7 +260,7 @@ class HparamsProbe(Probe):
 
     def __init__(self, ctx: Ctx) -> None:
         super().__init__(ctx)
-        from monitor.hparams import HparamWatch
+        from spikewatch.monitor.hparams import HparamWatch
 
         opt = ctx.optimizer
         # one (the smallest) momentum buffer tells a rescale: for Adam its version counter, no
@@ -345,7 +345,7 @@ class PrecondProbe(Probe):
 
     def __init__(self, ctx: Ctx) -> None:
         super().__init__(ctx)
-        from monitor.precond_decay import PreconditionerDecay
+        from spikewatch.monitor.precond_decay import PreconditionerDecay
 
         self.pd = PreconditionerDecay(include_current_grad=True)
 
@@ -375,7 +375,7 @@ class CurvatureProbe(Probe):
     name = CURVATURE
 
     def pre(self, step: int, out: Collector) -> None:
-        from monitor.curvature import gradient_curvature
+        from spikewatch.monitor.curvature import gradient_curvature
 
         def measure(hvp: Any) -> None:
             gc = gradient_curvature(self.ctx.views(step, "pre"), hvp)
@@ -392,7 +392,7 @@ class LambdaMaxProbe(Probe):
 
     def __init__(self, ctx: Ctx) -> None:
         super().__init__(ctx)
-        from monitor.curvature import TopEigen
+        from spikewatch.monitor.curvature import TopEigen
 
         self.top = TopEigen(max_iters=LAMBDA_MAX_ITERS, tol=None)
 

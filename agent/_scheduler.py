@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from agent._profiles import FIXED, MAX_CADENCE, PREDICTIVE, Profile
+from spikewatch.agent._profiles import FIXED, MAX_CADENCE, PREDICTIVE, Profile
 
 Clock = Callable[[], float]
 _EMA = 0.3  # weight of the newest cost measurement

@@ -48,10 +48,10 @@ from typing import Any, Final
 
 import zmq
 
-from agent import wire
-from agent._counters import TransportCounters
-from agent._transport_queue import PriorityDropQueue
-from agent._transport_sender import HelloItem, Item, Sender
+from spikewatch.agent._counters import TransportCounters
+from spikewatch.agent._transport_queue import PriorityDropQueue
+from spikewatch.agent._transport_sender import HelloItem, Item, Sender
+from spikewatch.protocol import wire
 
 __all__ = ["PRIORITY_DIAGNOSTICS", "PRIORITY_EVENTS", "PRIORITY_SIGNALS", "Transport",
            "TransportCounters"]

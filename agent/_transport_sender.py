@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Final
 
 import zmq
 
-from agent import wire
-from agent._counters import TransportCounters
-from agent._spool import Entry, Spool
+from spikewatch.agent._counters import TransportCounters
+from spikewatch.agent._spool import Entry, Spool
+from spikewatch.protocol import wire
 
 if TYPE_CHECKING:
-    from agent._transport import Transport
+    from spikewatch.agent._transport import Transport
 
 log = logging.getLogger("spikewatch.agent.transport")
 

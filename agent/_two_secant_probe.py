@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agent import names as nm
-from agent._collect import Collector
-from agent._host_mirror import HostMirror
-from agent._probes import Ctx, Probe
-from agent._profiles import TWO_SECANT
-from agent.names import Combine
+from spikewatch.agent._collect import Collector
+from spikewatch.agent._host_mirror import HostMirror
+from spikewatch.agent._probes import Ctx, Probe
+from spikewatch.agent._profiles import TWO_SECANT
+from spikewatch.protocol import names as nm
+from spikewatch.protocol.names import Combine
 
 URGENT_RATIO = 0.98  # a reading this close to the edge is sent at once (see Monitor._urgent)
 
@@ -36,7 +36,7 @@ class TwoSecantProbe(Probe):
 
     def __init__(self, ctx: Ctx, fraction: float | None = None) -> None:
         super().__init__(ctx)
-        from monitor.two_secant import TwoSecant
+        from spikewatch.monitor.two_secant import TwoSecant
 
         self.est = TwoSecant(ctx.optimizer, fraction=fraction)
         self.last: Any = None  # the last reading (device tensors), for hyperparameter events

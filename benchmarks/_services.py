@@ -40,7 +40,7 @@ class DurablePostgres(PostgresServer):
 
 
 class ServerProcess:
-    """`python -m server.cli serve` on free 127.0.0.1 ports; log in `workdir/server.log`."""
+    """`spikewatch serve` on free 127.0.0.1 ports; log in `workdir/server.log`."""
 
     def __init__(self, db: str, workdir: Path, zmq: str | None = None) -> None:
         self.db, self.workdir = db, workdir
@@ -55,8 +55,8 @@ class ServerProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "SPIKEWATCH_LOG_LEVEL": "WARNING"}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "serve", "--db", self.db, "--zmq", self.zmq,
-                 "--http-port", str(self.http_port)],
+                [sys.executable, "-m", "spikewatch.server.cli", "serve", "--db", self.db,
+                 "--zmq", self.zmq, "--http-port", str(self.http_port)],
                 cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 90.0) -> None:

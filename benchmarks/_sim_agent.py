@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from agent import names as nm
-from agent import wire
+from spikewatch.protocol import names as nm
+from spikewatch.protocol import wire
 
 # Global scalars in the order a workload takes them (all real metric names of the catalogue).
 SCALARS: tuple[str, ...] = (
@@ -106,7 +106,7 @@ def run_agent(endpoint: str, run: str, workload: Workload, seconds: float, windo
     """Process entry point: hello, wait for `start`, stream for `seconds` with at most `window`
     batches unacknowledged (and, if `interval` > 0, one batch per `interval` seconds, like a
     job draining on a cadence), wait for the last acks, put a result dict on `out`."""
-    from agent._transport import Transport
+    from spikewatch.agent._transport import Transport
 
     clock = _AckClock()
     frame = wire.encode(wire.Batch(wire.Header("0" * 32, 1, run), tuple(workload.batch(1))))

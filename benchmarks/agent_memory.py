@@ -35,9 +35,9 @@ def child(attached: bool, steps: int, profile: str, endpoint: str) -> dict[str, 
     import torch
     from torch import nn
 
-    import agent  # both arms import it: the import is not the agent's running cost
     from benchmarks._rss import peak_rss_bytes, rss_bytes
     from benchmarks._tinylm import BATCH, SEQ, VOCAB, TinyLM
+    from spikewatch import agent  # both arms import it: the import is not the agent's running cost
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -59,10 +59,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
 
-import agent
-from agent._monitor import Monitor
 from benchmarks._rss import rss_bytes
 from benchmarks._tinylm import BATCH, SEQ, VOCAB, Job, TinyLM, disable_probes, predictor_footprint
+from spikewatch import agent
+from spikewatch.agent._monitor import Monitor
 
 _PEER = (
     "import sys; from tests.agent._peer import Peer\n"

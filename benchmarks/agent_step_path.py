@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import agent
-from agent._monitor import Monitor
-from agent._profiles import FIXED, PROBES
 from benchmarks._tinylm import BATCH, SEQ, VOCAB, Job, TinyLM, disable_probes
+from spikewatch import agent
+from spikewatch.agent._monitor import Monitor
+from spikewatch.agent._profiles import FIXED, PROBES
 from tests.agent._peer import Peer
 
 # the monitor's own entry points: `_plan` looks up the next step's due probes and arms forward

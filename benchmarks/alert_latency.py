@@ -27,9 +27,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.notify import AlertmanagerNotifier, Dispatcher
-from server.rules import RuleEngine, load_rules
-from server.types import AlertState, Observation
+from spikewatch.server.notify import AlertmanagerNotifier, Dispatcher
+from spikewatch.server.rules import RuleEngine, load_rules
+from spikewatch.server.types import AlertState, Observation
 
 HEALTHY = {"loss": 0.07, "stability_ratio": 0.9, "rho": 0.05, "sqrt_v_decay": 1.0,
            "sa_sign_diversity": 0.8, "grad_spike_share": 0.3, "max_prob": 0.6}  # fmt: skip

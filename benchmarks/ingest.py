@@ -1,6 +1,6 @@
 """Sustained ingest into SQLite and PostgreSQL from several concurrent simulated agents.
 
-Runs the real daemon (`python -m server.cli serve`, default rule pack) as a subprocess; each agent
+Runs the real daemon (`spikewatch serve`, default rule pack) as a subprocess; each agent
 is a separate process with a real ZeroMQ DEALER socket that keeps up to `--window` batches in
 flight and times every acknowledgement (ack = committed). PostgreSQL is a throw-away cluster started
 here (needs /usr/lib/postgresql/15/bin; as root it runs as the `postgres` user), durable settings.
@@ -35,7 +35,7 @@ def agent(endpoint: str, run: str, seconds: float, window: int, records: int, sc
     """One simulated agent: stream batches for `seconds`, report acks and latencies."""
     import zmq
 
-    from agent import wire
+    from spikewatch.protocol import wire
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -86,7 +86,7 @@ def bench(db_url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any
     zmq_ep = f"tcp://127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SPIKEWATCH_LOG_LEVEL": "WARNING"}
     log = (workdir / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--db", db_url,
+    proc = subprocess.Popen([sys.executable, "-m", "spikewatch.server.cli", "serve", "--db", db_url,
                              "--zmq", zmq_ep, "--http-port", str(free_port())],
                             cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -124,7 +124,7 @@ def _wait_ack(endpoint: str, proc: subprocess.Popen[bytes], timeout: float = 60)
     """Wait until the server acknowledges a hello (it migrated and is collecting)."""
     import zmq
 
-    from agent import wire
+    from spikewatch.protocol import wire
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)

@@ -2,7 +2,7 @@
 
 For each database (SQLite file, PostgreSQL started here with durable settings):
 
-1. spikewatch: the real daemon (``python -m server.cli serve``) as a subprocess and `--agents`
+1. spikewatch: the real daemon (`spikewatch serve`) as a subprocess and `--agents`
    simulated training jobs, each a separate process with the real `agent._transport.Transport`
    (`benchmarks/_sim_agent.py`), streaming batches of `--records` steps (global scalars, two
    per-layer metrics over `--layers` layers, one `--bins`-bin histogram per step) for `--seconds`,
@@ -46,7 +46,7 @@ from benchmarks._sim_agent import Workload, run_agent  # noqa: E402
 
 # Workers fork from a clean forkserver with these modules preloaded: 64 fresh interpreters
 # importing them would take most of a 2-core machine for half a minute.
-_PRELOAD = ["benchmarks._sim_agent", "agent._transport", "zmq"]
+_PRELOAD = ["benchmarks._sim_agent", "spikewatch.agent._transport", "zmq"]
 _SPAWN = mp.get_context("forkserver")
 
 

@@ -5,7 +5,7 @@
    overhead budget) to an endpoint nobody listens on, spool directory in a temporary folder. The
    ratio of the median attached block time to the median unattached block time is reported
    (target <= 1.01), with the spool's size at the end.
-2. Replay. The real daemon (``python -m server.cli serve``, SQLite) is started while the attached
+2. Replay. The real daemon (`spikewatch serve`, SQLite) is started while the attached
    monitor is still open; reported: time to ready, and time from ready until the spool is empty
    and every spooled step's loss is in the database. Then the monitor closes and every training
    step's loss must be stored exactly once.
@@ -38,16 +38,16 @@ import torch  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from torch import nn  # noqa: E402
 
-import agent  # noqa: E402
-from agent import wire  # noqa: E402
-from agent._transport import (  # noqa: E402
+from benchmarks._services import ServerProcess, free_port  # noqa: E402
+from spikewatch import agent  # noqa: E402
+from spikewatch.agent._transport import (  # noqa: E402
     PRIORITY_DIAGNOSTICS,
     PRIORITY_EVENTS,
     PRIORITY_SIGNALS,
     Transport,
     TransportCounters,
 )
-from benchmarks._services import ServerProcess, free_port  # noqa: E402
+from spikewatch.protocol import wire  # noqa: E402
 
 # One metric per priority, so what survived can be counted per priority in the database.
 PRIORITY_METRIC = {PRIORITY_DIAGNOSTICS: "agent_queued", PRIORITY_SIGNALS: "loss",

@@ -28,15 +28,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from monitor.adam_state import ParamView, adam_view
-from monitor.curvature import TopEigen, gradient_curvature
-from monitor.hparams import HparamWatch
-from monitor.hvp import ExactHVP, FiniteDifferenceHVP
-from monitor.overconfidence import overconfidence
-from monitor.precond_decay import PreconditionerDecay
-from monitor.secant import SecantEstimator
-from monitor.spectral_alignment import SpectralAlignment
-from monitor.spike_share import SpikeShare
+from spikewatch.monitor.adam_state import ParamView, adam_view
+from spikewatch.monitor.curvature import TopEigen, gradient_curvature
+from spikewatch.monitor.hparams import HparamWatch
+from spikewatch.monitor.hvp import ExactHVP, FiniteDifferenceHVP
+from spikewatch.monitor.overconfidence import overconfidence
+from spikewatch.monitor.precond_decay import PreconditionerDecay
+from spikewatch.monitor.secant import SecantEstimator
+from spikewatch.monitor.spectral_alignment import SpectralAlignment
+from spikewatch.monitor.spike_share import SpikeShare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._tinylm import BATCH, SEQ, VOCAB, TinyLM

@@ -3,7 +3,8 @@ time, and the step-time ratio of a CPU training step with the server absent for 
 
     .venv/bin/python benchmarks/transport_throughput.py [--messages 5000]
 
-The peer is the real ROUTER from the tests (decodes with agent.wire, acks each message), run in a
+The peer is the real ROUTER from the tests (decodes with spikewatch.protocol.wire, acks each
+message), run in a
 separate process so it does not share the GIL with the measured one. Prints numbers; asserts
 nothing.
 """
@@ -21,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent import wire
-from agent._transport import Transport
+from spikewatch.agent._transport import Transport
+from spikewatch.protocol import wire
 from tests.agent._peer import Peer, free_endpoint
 
 

@@ -7,7 +7,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
-from server.store._models import metadata
+from spikewatch.server.store._models import metadata
 
 config = context.config
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from monitor._arrays import Arrays
+from spikewatch.monitor._arrays import Arrays
 
 # Rows of the linear step's input: this step's reads (θ, carrier), the last step's reads, and the
 # last step's output rows (all six; C ignores the ones it does not use).

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from monitor.adam_state import ParamView, c_t, effective_grad, preconditioner
-from monitor.hvp import HVP
+from spikewatch.monitor.adam_state import ParamView, c_t, effective_grad, preconditioner
+from spikewatch.monitor.hvp import HVP
 
 __all__ = [
     "GradCurvature",

@@ -50,9 +50,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agent.names import EventType
-from monitor._reduce import fits_f32, norms_f32
-from monitor.adam_state import UnsupportedOptimizer, adam_view, c_t
+from spikewatch.monitor._reduce import fits_f32, norms_f32
+from spikewatch.monitor.adam_state import UnsupportedOptimizer, adam_view, c_t
+from spikewatch.protocol.names import EventType
 
 __all__ = ["HparamEvent", "HparamWatch", "stability_threshold"]
 

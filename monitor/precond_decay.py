@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from monitor._reduce import norms_f32
-from monitor.adam_state import ParamView, adam_view, bias_corrected_v, effective_grad
+from spikewatch.monitor._reduce import norms_f32
+from spikewatch.monitor.adam_state import ParamView, adam_view, bias_corrected_v, effective_grad
 
 __all__ = ["PreconditionerDecay", "RhoResult"]
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from monitor.adam_state import ParamView, c_t
+from spikewatch.monitor.adam_state import ParamView, c_t
 
 __all__ = ["SecantEstimator", "SecantReading"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from monitor._power import top_right_singular
+from spikewatch.monitor._power import top_right_singular
 
 __all__ = ["SAResult", "SpectralAlignment", "declared_linear_weight", "sample_rows"]
 

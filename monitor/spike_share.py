@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from monitor._power import top_singular_subspace
+from spikewatch.monitor._power import top_singular_subspace
 
 __all__ = ["SpikeShare", "SpikeShareResult", "spike_k"]
 

@@ -61,8 +61,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from monitor._arrays import Arrays
-from monitor._two_secant_algebra import (
+from spikewatch.monitor._arrays import Arrays
+from spikewatch.monitor._two_secant_algebra import (
     DG_LAST,
     DTHETA,
     GRAD,
@@ -73,8 +73,8 @@ from monitor._two_secant_algebra import (
     Hyper,
     HyperReader,
 )
-from monitor.adam_state import UnsupportedOptimizer
-from monitor.coordinate_sample import CoordinateSample, default_fraction, work_dtype
+from spikewatch.monitor.adam_state import UnsupportedOptimizer
+from spikewatch.monitor.coordinate_sample import CoordinateSample, default_fraction, work_dtype
 
 __all__ = ["BYTES_PER_COORD", "SMOOTHING", "V_RESYNC", "TwoSecant", "TwoSecantReading"]
 

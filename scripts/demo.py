@@ -3,7 +3,7 @@
 Starts `spikewatch serve` with its embedded defaults (SQLite file in ./spikewatch-demo/, ZeroMQ on
 127.0.0.1:5557 and HTTP on 127.0.0.1:8000, or free ports when those are taken), trains the seed's
 spiking network (arXiv:2506.04805: width-1000 ReLU net, Adam lr=0.01) with the agent attached as
-a user attaches it (`agent.attach(model, opt, run=..., endpoint=...)`: no closure, the default
+a user attaches it (`spikewatch.attach(model, opt, run=..., endpoint=...)`: no closure, the default
 profile and 1 % overhead budget), each step paced to at least 50 ms like a small real job's (the
 toy steps in ~1 ms, and the budget is a share of step time), and prints every 25 steps what the
 *server* knows: loss, stability ratio, ρ, phase and alerts, read back through its HTTP API. At the
@@ -81,7 +81,7 @@ class DemoServer:
         return self.workdir / "server.log"
 
     def start(self, timeout: float = 60.0) -> None:
-        cmd = [sys.executable, "-m", "server.cli", "serve"]
+        cmd = [sys.executable, "-m", "spikewatch.server.cli", "serve"]
         if self.zmq_port != 5557:
             cmd += ["--zmq", self.endpoint]
         if self.http_port != 8000:
@@ -196,15 +196,15 @@ def train(server: DemoServer, api: Api, steps: int, pace_s: float,
     return the loss per step."""
     import torch
 
-    import agent
-    from monitor.seed_fnn import make_seed_problem
+    import spikewatch
+    from spikewatch.monitor.seed_fnn import make_seed_problem
 
     torch.manual_seed(0)
     torch.set_num_threads(1)  # a tiny model: one thread is fastest and leaves a core to the server
     model, x, y = make_seed_problem(seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     loss_fn = torch.nn.MSELoss()
-    monitor = agent.attach(model, opt, run=RUN, endpoint=server.endpoint)  # the defaults
+    monitor = spikewatch.attach(model, opt, run=RUN, endpoint=server.endpoint)  # the defaults
     losses: list[float] = []
     paged: set[tuple[str, int]] = set()
     try:
@@ -264,7 +264,7 @@ def leads(onsets: list[int], alerts: list[Alert]) -> list[tuple[int, list[Alert]
 def summary(api: Api, server: DemoServer, losses: list[float], db: Path,
             keep: bool) -> list[str]:
     """The closing report: onsets, the pages before them with their lead, where to look."""
-    from monitor.seed_fnn import spike_onsets
+    from spikewatch.monitor.seed_fnn import spike_onsets
 
     alerts = api.alerts()
     onsets = spike_onsets(losses)
@@ -288,7 +288,7 @@ def summary(api: Api, server: DemoServer, losses: list[float], db: Path,
         by_sev[a["severity"]] = by_sev.get(a["severity"], 0) + 1
     lines.append(f"Alert episodes stored: {len(alerts)} "
                  f"({', '.join(f'{n} {s}' for s, n in sorted(by_sev.items()))})")
-    cli = f"{sys.executable} -m server.cli"
+    cli = f"{sys.executable} -m spikewatch.server.cli"
     # The CLI reads the running server's API (--keep) or, once it is stopped, the database file.
     src = (("" if server.http_port == 8000 else f" --url {server.url}") if keep
            else f" --db sqlite:///{db}")

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from agent import wire
-from server._stats import Stats
+from spikewatch.protocol import wire
+from spikewatch.server._stats import Stats
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")

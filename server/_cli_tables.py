@@ -22,9 +22,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from server.api._convert import alert_out, run_out
-from server.api._schemas import AlertOut, RunOut
-from server.types import AlertState
+from spikewatch.server.api._convert import alert_out, run_out
+from spikewatch.server.api._schemas import AlertOut, RunOut
+from spikewatch.server.types import AlertState
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 TOKEN_ENV: Final = "SPIKEWATCH_API_TOKEN"
@@ -154,7 +154,7 @@ def _store(url: str) -> Iterator[Any]:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    from server.store import Store  # imported here: only --db needs SQLAlchemy
+    from spikewatch.server.store import Store  # imported here: only --db needs SQLAlchemy
 
     if "://" not in url:
         url = f"sqlite:///{url}"

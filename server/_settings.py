@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from server._cardinality import Limits
-from server.store import KindPolicy, RetentionPolicy
+from spikewatch.server._cardinality import Limits
+from spikewatch.server.store import KindPolicy, RetentionPolicy
 
 _FILE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("_FILE", default=None)
 

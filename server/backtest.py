@@ -24,9 +24,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from server.rules import Rule, RuleEngine, RuleError, load_rules
-from server.rules._conditions import EventLike
-from server.types import AlertState, Observation, Severity, Transition
+from spikewatch.server.rules import Rule, RuleEngine, RuleError, load_rules
+from spikewatch.server.rules._conditions import EventLike
+from spikewatch.server.types import AlertState, Observation, Severity, Transition
 
 WINDOW = 50
 FACTOR = 2.0
@@ -388,7 +388,7 @@ def main(args: argparse.Namespace) -> int:
     except RuleError as e:
         print(f"spikewatch backtest: {e}", file=sys.stderr)
         return 2
-    from server.store import Store
+    from spikewatch.server.store import Store
 
     store = Store(args.db)
     try:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from server._settings import ConfigError, Settings, load_settings
+from spikewatch.server._settings import ConfigError, Settings, load_settings
 
 
 def _settings(args: argparse.Namespace, **flags: Any) -> Settings:
@@ -26,7 +26,7 @@ def _settings(args: argparse.Namespace, **flags: Any) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.daemon import Daemon
+    from spikewatch.server.daemon import Daemon
 
     settings = _settings(args, zmq=args.zmq, http_host=args.http_host, http_port=args.http_port,
                          rules=args.rules)
@@ -36,8 +36,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _db(args: argparse.Namespace) -> int:
-    from server.daemon import safe_url
-    from server.store import Store
+    from spikewatch.server.daemon import safe_url
+    from spikewatch.server.store import Store
 
     settings = _settings(args)
     store = Store(settings.db)
@@ -67,11 +67,11 @@ def _register_optional(sub: Any) -> None:
     """Subcommands owned by other modules, added when those modules are present."""
     # --- `spikewatch runs`, `spikewatch alerts` (server/_cli_tables.py) ---
     # --- `spikewatch backtest` (server/backtest.py) ---
-    for name in ("server._cli_tables", "server.backtest", "server.bench"):
+    for name in ("spikewatch.server._cli_tables", "spikewatch.server.backtest"):
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)
-    # --- further subcommands (e.g. `report`, `bench`) register here the same way ---
-    importlib.import_module("server.report").register(sub)  # `spikewatch report`
+    # --- further subcommands register here the same way ---
+    importlib.import_module("spikewatch.server.report").register(sub)  # `spikewatch report`
 
 
 def parser() -> argparse.ArgumentParser:

@@ -16,14 +16,12 @@ the agents resend. `stop()` stops reading, drains the queue, commits, acks and c
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import queue
 import threading
 import time
 import uuid
-import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,10 +33,10 @@ import zmq.auth
 from sqlalchemy.exc import DataError, IntegrityError
 from zmq.auth.thread import ThreadAuthenticator
 
-from agent import wire
-from server._cardinality import Cardinality, Limits
-from server._stats import Stats
-from server.store import Store, WriteResult
+from spikewatch.protocol import wire
+from spikewatch.server._cardinality import Cardinality, Limits
+from spikewatch.server._stats import Stats
+from spikewatch.server.store import Store, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -97,22 +95,6 @@ def _zap_log() -> logging.Logger:
 class _Item:
     envelope: list[bytes]
     msg: wire.Hello | wire.Batch
-
-
-def peek_id(frame: bytes) -> tuple[str, int]:
-    """Best-effort (session, seq) of a frame that failed validation, for its nack."""
-    try:
-        body = frame[wire.HEADER_LEN:]
-        if frame[3:4] == bytes((wire.FLAG_ZLIB,)):
-            body = zlib.decompressobj().decompress(body, wire.MAX_BODY_BYTES)
-        doc = json.loads(body)
-        session, seq = doc["session"], doc["seq"]
-        if (isinstance(session, str) and wire.SESSION_RE.match(session)
-                and isinstance(seq, int) and not isinstance(seq, bool) and 1 <= seq <= 2**62):
-            return session, seq
-    except Exception:  # anything unparsable has no id
-        pass
-    return _NO_SESSION, 1
 
 
 def _check_storable(msg: wire.Hello | wire.Batch) -> None:
@@ -314,7 +296,7 @@ class Collector:
         except wire.WireError as e:
             self.stats.message_invalid(e.reason)
             small = len(frame) <= wire.MAX_FRAME_BYTES
-            session, seq = peek_id(frame) if small else (_NO_SESSION, 1)
+            session, seq = (wire.message_id(frame) if small else None) or (_NO_SESSION, 1)
             router.send_multipart([*envelope, wire.encode(wire.Nack(session, seq, e.reason))])
             return None
         self.stats.message_received(msg.type)

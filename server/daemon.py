@@ -19,11 +19,11 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from server._settings import Settings
-from server._stats import Stats
-from server.collector import Collector, CurveConfig
-from server.store import Store, WriteResult
-from server.types import Transition
+from spikewatch.server._settings import Settings
+from spikewatch.server._stats import Stats
+from spikewatch.server.collector import Collector, CurveConfig
+from spikewatch.server.store import Store, WriteResult
+from spikewatch.server.types import Transition
 
 log = logging.getLogger("spikewatch")
 
@@ -60,10 +60,10 @@ class Daemon:
     # --- wiring --------------------------------------------------------------------------------
 
     def _rules(self) -> None:
-        if not _has("server.rules"):
+        if not _has("spikewatch.server.rules"):
             log.warning("server.rules is not available: alert rules are not evaluated")
             return
-        from server.rules import RuleEngine, load_rules
+        from spikewatch.server.rules import RuleEngine, load_rules
 
         rules = load_rules(self.settings.rules)
         self.engine = RuleEngine(rules)
@@ -74,7 +74,7 @@ class Daemon:
         swap it in; alerts of rules that are gone end now. Returns the new rules."""
         if self.engine is None:
             raise RuntimeError("alert rules are not evaluated on this server")
-        from server.rules import load_rules
+        from spikewatch.server.rules import load_rules
 
         rules = load_rules(self.settings.rules)
         with self._rules_lock:
@@ -85,9 +85,9 @@ class Daemon:
         return list(self.engine.rules)
 
     def _notifiers(self) -> None:
-        if not _has("server.notify"):
+        if not _has("spikewatch.server.notify"):
             return
-        from server.notify import AlertmanagerNotifier, Dispatcher, WebhookNotifier
+        from spikewatch.server.notify import AlertmanagerNotifier, Dispatcher, WebhookNotifier
 
         s = self.settings
         notifiers: list[Any] = []
@@ -138,13 +138,13 @@ class Daemon:
 
     def _api(self) -> None:
         s = self.settings
-        if not _has("server.api"):
+        if not _has("spikewatch.server.api"):
             log.warning("server.api is not available: no HTTP API")
             return
         import uvicorn
 
-        from server.api import Tokens, create_app, readiness_checks
-        from server.exporter import StoreExportSource, build_registry
+        from spikewatch.server.api import Tokens, create_app, readiness_checks
+        from spikewatch.server.exporter import StoreExportSource, build_registry
 
         assert self.store is not None
         tokens = (Tokens.from_file(s.auth.api_tokens_file)

@@ -4,7 +4,8 @@ The data source is injected (`ExportSource`), so the collector is testable with 
 `CollectorRegistry`; `StoreExportSource` is the real one (the Store plus the server's own counters).
 
 Exposed names (fixed; dashboards and rules rely on them): per active run, label ``run`` only,
-``spikewatch_run_<metric>`` for every `agent.names.EXPORTED` metric, ``spikewatch_run_last_step``,
+``spikewatch_run_<metric>`` for every `spikewatch.protocol.names.EXPORTED` metric,
+``spikewatch_run_last_step``,
 ``spikewatch_run_last_seen_timestamp_seconds``, ``spikewatch_run_alert_state{run,rule,severity}``
 (1 pending, 2 firing); ``spikewatch_active_runs``; server health counters and gauges. Label sets are
 bounded: no per-layer labels, at most `max_runs` runs (most recently seen first) and what was left
@@ -30,10 +31,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from agent.names import BY_NAME, EXPORTED
-from server._stats import Stats
-from server.store.rows import AlertRow, RunRow
-from server.types import AlertState, Severity
+from spikewatch.protocol.names import BY_NAME, EXPORTED
+from spikewatch.server._stats import Stats
+from spikewatch.server.store.rows import AlertRow, RunRow
+from spikewatch.server.types import AlertState, Severity
 
 PREFIX: Final = "spikewatch"
 DEFAULT_MAX_RUNS: Final = 200

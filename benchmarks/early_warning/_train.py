@@ -25,10 +25,10 @@ from torch import Tensor
 
 from benchmarks.early_warning._configs import Config
 from benchmarks.early_warning.scenarios import Scenario, Task, by_name
-from server.backtest import spike_onsets
+from spikewatch.server.backtest import spike_onsets
 
 if TYPE_CHECKING:
-    from agent import Monitor
+    from spikewatch.agent import Monitor
 
 MIN_CHUNK = 25
 CHUNKS = 12
@@ -135,14 +135,14 @@ def train_pair(scenario: Scenario | str, config: Config, endpoint: str, run: str
     """Train `scenario` twice, interleaved in chunks: once with the agent attached per `config`
     (streaming to `endpoint` as `run`, steps paced to `pace` s), once without; timings and the
     trajectory check. A worker process gets the scenario's name (its recipe does not pickle)."""
-    import agent
+    import spikewatch
 
     torch.set_num_threads(threads)
     sc = by_name([scenario])[0] if isinstance(scenario, str) else scenario
     t_start = time.perf_counter()
     plain = Arm(sc.build(), pace=pace)
     watched = Arm(sc.build(), pace=pace)
-    watched.mon = agent.attach(watched.task.model, watched.task.optimizer, run=run,
+    watched.mon = spikewatch.attach(watched.task.model, watched.task.optimizer, run=run,
                                endpoint=endpoint, **config.attach_kwargs(watched.task.closure))
     size = chunk or chunk_size(sc.steps)
     ratios: list[float] = []

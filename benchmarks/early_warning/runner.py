@@ -3,10 +3,11 @@ spikewatch server and, interleaved with it, the identical run without the agent;
 back through the server's HTTP API and score them.
 
     python -m benchmarks.early_warning.runner [--quick] [--configs default,closure-exact-full-inf]
-    spikewatch bench early-warning ...      (the same options)
+
+(from a source checkout: the benchmarks are not part of the installed package)
 
 What is measured. By default the agent is attached exactly as a user would attach it,
-`agent.attach(model, optimizer, run=..., endpoint=...)`: no closure, the library's profile,
+`spikewatch.attach(model, optimizer, run=..., endpoint=...)`: no closure, the library's profile,
 overhead budget and curvature estimator. Other configurations are opt-in (`--configs`, or
 `--closure/--profile/--budget`, see `_configs.py`) and every table and summary line names the
 configuration it was measured with.
@@ -49,12 +50,12 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from agent.names import AGENT_OVERHEAD, AGENT_PREDICTION_CADENCE
 from benchmarks.early_warning._configs import PRESETS, Config, from_options, parse
 from benchmarks.early_warning._train import Trained, train_pair
-from server.backtest import Episode, Report, score_episodes
-from server.rules import load_rules
-from server.types import Severity
+from spikewatch.protocol.names import AGENT_OVERHEAD, AGENT_PREDICTION_CADENCE
+from spikewatch.server.backtest import Episode, Report, score_episodes
+from spikewatch.server.rules import load_rules
+from spikewatch.server.types import Severity
 
 if TYPE_CHECKING:  # the scenarios import torch; the runner imports it only to train
     from benchmarks.early_warning.scenarios import Scenario
@@ -84,10 +85,10 @@ class Server:
 
 @contextmanager
 def server(workdir: Path, rules: Path | None = None) -> Iterator[Server]:
-    """Start `python -m server.cli serve` on free ports with SQLite in `workdir`; stop it after."""
+    """Start `spikewatch serve` on free ports with SQLite in `workdir`; stop it after."""
     zmq_port, http_port = _free_port(), _free_port()
     db = f"sqlite:///{workdir / 'bench.db'}"
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--db", db,
+    cmd = [sys.executable, "-m", "spikewatch.server.cli", "serve", "--db", db,
            "--zmq", f"tcp://127.0.0.1:{zmq_port}", "--http-port", str(http_port)]
     if rules is not None:
         cmd += ["--rules", str(rules)]
@@ -351,8 +352,8 @@ def _pool(jobs: int) -> Iterator[ProcessPoolExecutor | None]:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The standalone parser (the same options as `spikewatch bench early-warning`)."""
-    from server.bench import add_options
+    """The runner's command line."""
+    from benchmarks.early_warning._options import add_options
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.early_warning.runner",
                                 description="Run the early-warning benchmark.")

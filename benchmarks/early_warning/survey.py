@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from server.backtest import FACTOR, WINDOW, spike_onsets
+from spikewatch.server.backtest import FACTOR, WINDOW, spike_onsets
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.routing import Route
 
-from server.api import _routes_alerts, _routes_health, _routes_runs
-from server.api._auth import Scope, TokenFileError, Tokens
-from server.api._checks import readiness_checks
-from server.api._deps import ApiContext, Check, ReadStore, RuleLike
-from server.api._json import FLOAT_DOC
-from server.api._metrics import MetricsApp
-from server.exporter import package_version
+from spikewatch.server.api import _routes_alerts, _routes_health, _routes_runs
+from spikewatch.server.api._auth import Scope, TokenFileError, Tokens
+from spikewatch.server.api._checks import readiness_checks
+from spikewatch.server.api._deps import ApiContext, Check, ReadStore, RuleLike
+from spikewatch.server.api._json import FLOAT_DOC
+from spikewatch.server.api._metrics import MetricsApp
+from spikewatch.server.exporter import package_version
 
 __all__ = ["API_PREFIX", "Check", "ReadStore", "RuleLike", "Scope", "TokenFileError", "Tokens",
            "create_app", "readiness_checks"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from server._stats import Stats
-from server.api._deps import Check
+from spikewatch.server._stats import Stats
+from spikewatch.server.api._deps import Check
 
 
 class _Migrated(Protocol):

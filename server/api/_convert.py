@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from server.api._deps import RuleLike
-from server.api._schemas import AlertOut, RuleOut, RunOut
-from server.store.rows import AlertRow, RunRow
+from spikewatch.server.api._deps import RuleLike
+from spikewatch.server.api._schemas import AlertOut, RuleOut, RunOut
+from spikewatch.server.store.rows import AlertRow, RunRow
 
 
 def run_out(r: RunRow, firing: int) -> RunOut:

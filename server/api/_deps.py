@@ -9,8 +9,8 @@ from typing import Annotated, Any, Protocol
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from server.api._auth import Scope, Tokens
-from server.store.rows import AlertRow, EventRow, HistRow, Point, RunRow
+from spikewatch.server.api._auth import Scope, Tokens
+from spikewatch.server.store.rows import AlertRow, EventRow, HistRow, Point, RunRow
 
 
 class ReadStore(Protocol):

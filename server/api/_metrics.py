@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from server.api._auth import Scope as TokenScope
-from server.api._auth import Tokens
-from server.api._deps import authorize
+from spikewatch.server.api._auth import Scope as TokenScope
+from spikewatch.server.api._auth import Tokens
+from spikewatch.server.api._deps import authorize
 
 
 def _bearer(scope: Scope) -> str | None:

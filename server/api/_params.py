@@ -6,7 +6,7 @@ from typing import Annotated, Final
 
 from fastapi import HTTPException, Path, Query
 
-from agent.wire import LAYER_RE, METRIC_RE, RUN_RE
+from spikewatch.protocol.wire import LAYER_RE, METRIC_RE, RUN_RE
 
 MAX_STEP: Final = 2**62
 MAX_SERIES_LIMIT: Final = 10000

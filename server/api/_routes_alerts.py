@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from server.api._convert import alert_out, rule_out
-from server.api._deps import Ctx, require_admin, require_read
-from server.api._schemas import AlertOut, ErrorOut, RuleOut
-from server.types import AlertState
+from spikewatch.server.api._convert import alert_out, rule_out
+from spikewatch.server.api._deps import Ctx, require_admin, require_read
+from spikewatch.server.api._schemas import AlertOut, ErrorOut, RuleOut
+from spikewatch.server.types import AlertState
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["alerts"])

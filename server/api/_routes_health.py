@@ -7,8 +7,8 @@ import logging
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from server.api._deps import Ctx
-from server.api._schemas import HealthOut, ReadyOut
+from spikewatch.server.api._deps import Ctx
+from spikewatch.server.api._schemas import HealthOut, ReadyOut
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
-from agent.names import BY_NAME
-from server.api._convert import alert_out, run_out
-from server.api._deps import Ctx, get_run_or_404, require_read
-from server.api._params import (
+from spikewatch.protocol.names import BY_NAME
+from spikewatch.server.api._convert import alert_out, run_out
+from spikewatch.server.api._deps import Ctx, get_run_or_404, require_read
+from spikewatch.server.api._params import (
     MAX_EVENT_LIMIT,
     MAX_HIST_LIMIT,
     MAX_SERIES_LIMIT,
@@ -23,7 +23,7 @@ from server.api._params import (
     StepMin,
     check_range,
 )
-from server.api._schemas import (
+from spikewatch.server.api._schemas import (
     AlertOut,
     ErrorOut,
     EventOut,
@@ -33,7 +33,7 @@ from server.api._schemas import (
     RunOut,
     SeriesOut,
 )
-from server.types import AlertState
+from spikewatch.server.types import AlertState
 
 _404: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Unknown run (or metric)."}}

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.api._json import JsonFloat, JsonObject
+from spikewatch.server.api._json import JsonFloat, JsonObject
 
 
 class _Out(BaseModel):

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
-from server.types import AlertState, Transition
+from spikewatch.server.types import AlertState, Transition
 
 
 def _rfc3339(ts: float) -> str:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from server.types import Transition
+from spikewatch.server.types import Transition
 
 log = logging.getLogger(__name__)
 OUTCOMES = ("sent", "failed", "retried")

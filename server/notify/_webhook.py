@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from server.types import AlertState, Transition
+from spikewatch.server.types import AlertState, Transition
 
 PAYLOAD_VERSION = 1
 

@@ -17,15 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server.report._data import ReportError, RunData, from_api, from_store
+from spikewatch.server.report._data import ReportError, RunData, from_api, from_store
 
 __all__ = ["ReportError", "RunData", "from_api", "from_store", "load", "register", "write_report"]
 
 
 def write_report(run: RunData, out_dir: Path | str) -> tuple[Path, Path]:
     """Draw `run` and write OUT/NAME.png and OUT/NAME.html; their paths."""
-    from server.report._html import render_html
-    from server.report._png import render_png
+    from spikewatch.server.report._html import render_html
+    from spikewatch.server.report._png import render_png
 
     png = render_png(run)
     html = render_html(run, png, time.time())
@@ -61,7 +61,7 @@ def _safe_url(url: str) -> str:
 def load(run: str, *, db: str | None = None, url: str | None = None,
          token: str | None = None, timeout: float = 30.0) -> RunData:  # fmt: skip
     """Read a run from a database URL or a server URL; `ReportError` with the reason if not."""
-    from agent.wire import RUN_RE
+    from spikewatch.protocol.wire import RUN_RE
 
     if not RUN_RE.match(run):
         raise ReportError(f"not a valid run name: {run[:130]!r}")
@@ -74,7 +74,7 @@ def load(run: str, *, db: str | None = None, url: str | None = None,
     db = db or "sqlite:///spikewatch.db"
     from sqlalchemy.exc import SQLAlchemyError
 
-    from server.store import Store
+    from spikewatch.server.store import Store
 
     shown = _safe_url(db)
     f = _sqlite_file(db)
@@ -115,7 +115,7 @@ def register(subparsers: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the report subcommand; 0 on success, 2 when the run cannot be read or drawn."""
-    from server.report._png import require_matplotlib
+    from spikewatch.server.report._png import require_matplotlib
 
     try:
         require_matplotlib()

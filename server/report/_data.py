@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 import httpx
 
-from agent import names as nm
-from server.backtest import Episode, lead, spike_onsets
-from server.types import Severity
+from spikewatch.protocol import names as nm
+from spikewatch.server.backtest import Episode, lead, spike_onsets
+from spikewatch.server.types import Severity
 
 Points = list[tuple[int, float]]
 

@@ -12,9 +12,9 @@ import math
 from html import escape
 from typing import Any, Final
 
-from server.report._data import Alert, RunData
-from server.report._layout import PHASES, panels, phase_bands, severity_color
-from server.report._svg import alerts_svg, panel_svg
+from spikewatch.server.report._data import Alert, RunData
+from spikewatch.server.report._layout import PHASES, panels, phase_bands, severity_color
+from spikewatch.server.report._svg import alerts_svg, panel_svg
 
 CHART_IDS: Final = ("chart-loss", "chart-stability", "chart-rho", "chart-alignment",
                     "chart-alerts")  # fmt: skip

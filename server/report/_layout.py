@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Final
 
-from agent import names as nm
-from server.report._data import Points, RunData
+from spikewatch.protocol import names as nm
+from spikewatch.server.report._data import Points, RunData
 
 PHASES: Final[dict[int, tuple[str, str]]] = {
     1: ("1 stable", "#e2f0d9"),

@@ -10,8 +10,8 @@ import io
 import math
 from typing import Any, Final
 
-from server.report._data import ReportError, RunData
-from server.report._layout import (
+from spikewatch.server.report._data import ReportError, RunData
+from spikewatch.server.report._layout import (
     ONSET_COLOR,
     PHASES,
     SEVERITY_COLORS,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import Final
 
-from server.report._data import Points, RunData
-from server.report._layout import (
+from spikewatch.server.report._data import Points, RunData
+from spikewatch.server.report._layout import (
     ONSET_COLOR,
     PHASES,
     THRESHOLD_COLOR,

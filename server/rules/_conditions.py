@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from agent.names import EventType
-from agent.wire import Scalar
-from server.rules._model import (
+from spikewatch.protocol.names import EventType
+from spikewatch.protocol.wire import Scalar
+from spikewatch.server.rules._model import (
     AllOf,
     AnyOf,
     Condition,
@@ -30,7 +30,7 @@ from server.rules._model import (
     RateMode,
     Threshold,
 )
-from server.types import Observation
+from spikewatch.server.types import Observation
 
 LATE_STEPS = 100  # how far back an observation still counts as late data rather than a restart
 RESUMED = EventType.RESUMED.value
@@ -44,7 +44,7 @@ NAN = math.nan
 
 
 class EventLike(Protocol):
-    """An event with its data (agent.wire.Event, the store's event rows)."""
+    """An event with its data (spikewatch.protocol.wire.Event, the store's event rows)."""
 
     @property
     def type(self) -> str: ...

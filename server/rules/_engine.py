@@ -26,9 +26,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from server.rules._conditions import LATE_STEPS, EventLike, Signals, evaluate
-from server.rules._model import Rule, RuleError
-from server.types import AlertState, Observation, Severity, Transition
+from spikewatch.server.rules._conditions import LATE_STEPS, EventLike, Signals, evaluate
+from spikewatch.server.rules._model import Rule, RuleError
+from spikewatch.server.types import AlertState, Observation, Severity, Transition
 
 _PLACEHOLDER = re.compile(r"\{(run|rule|step|value|severity)\}")
 

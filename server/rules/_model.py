@@ -2,7 +2,7 @@
 
 A rule file is a YAML mapping::
 
-    extra_metrics: [my_metric]     # optional: custom metric names besides agent.names.CATALOGUE
+    extra_metrics: [my_metric]     # optional: custom names besides protocol.names.CATALOGUE
     rules:
       - name: predicted_loss_spike
         severity: page             # info | warning | page
@@ -38,9 +38,9 @@ from typing import Any, Final, Literal, TypeAlias
 
 import yaml
 
-from agent.names import BY_NAME, EventType
-from agent.wire import Scalar
-from server.types import Severity
+from spikewatch.protocol.names import BY_NAME, EventType
+from spikewatch.protocol.wire import Scalar
+from spikewatch.server.types import Severity
 
 Op: TypeAlias = Literal[">", ">=", "<", "<="]
 OPS: Final[tuple[Op, ...]] = (">", ">=", "<", "<=")

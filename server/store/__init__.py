@@ -4,9 +4,9 @@
 (``postgresql+psycopg://...``); `Store.upgrade()` migrates the schema to the newest revision.
 """
 
-from server.store._retention import KindPolicy, RetentionPolicy
-from server.store._store import Store, alembic_config
-from server.store.rows import (
+from spikewatch.server.store._retention import KindPolicy, RetentionPolicy
+from spikewatch.server.store._store import Store, alembic_config
+from spikewatch.server.store.rows import (
     GLOBAL_RANK,
     AlertRow,
     EventRow,

@@ -7,11 +7,11 @@ from typing import Any
 
 from sqlalchemy import and_, insert, select, update
 
-from server.store import _models as m
-from server.store._codec import dumps, enc
-from server.store._writer import Txn
-from server.store.rows import labels_key
-from server.types import AlertState, Transition
+from spikewatch.server.store import _models as m
+from spikewatch.server.store._codec import dumps, enc
+from spikewatch.server.store._writer import Txn
+from spikewatch.server.store.rows import labels_key
+from spikewatch.server.types import AlertState, Transition
 
 _OPEN = (AlertState.PENDING.value, AlertState.FIRING.value)
 

@@ -1,11 +1,12 @@
-"""Exact combination of per-rank partial sums into one global value (agent.names.Combine)."""
+"""Exact combination of per-rank partial sums into one global value
+(`spikewatch.protocol.names.Combine`)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
-from agent.names import Combine
+from spikewatch.protocol.names import Combine
 
 
 def _sum(xs: Sequence[float]) -> float:

@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, select, union
 from sqlalchemy.engine import Engine
 
-from server.store import _models as m
-from server.store._codec import dec, loads
-from server.store.rows import GLOBAL_RANK, AlertRow, EventRow, HistRow, Point, RunRow
+from spikewatch.server.store import _models as m
+from spikewatch.server.store._codec import dec, loads
+from spikewatch.server.store.rows import GLOBAL_RANK, AlertRow, EventRow, HistRow, Point, RunRow
 
 MAX_LIMIT = 1_000_000
 

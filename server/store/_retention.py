@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Table, and_, delete, func, select
 from sqlalchemy.engine import Connection
 
-from server.store import _models as m
+from spikewatch.server.store import _models as m
 
 DAY = 86400.0
 

@@ -16,15 +16,15 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-import migrations
-from agent import wire
-from server.store._alerts import save_transitions as _save_transitions
-from server.store._engine import is_retryable, make_engines
-from server.store._reader import Reader
-from server.store._retention import RetentionPolicy, apply_retention
-from server.store._writer import Txn
-from server.store.rows import WriteResult
-from server.types import Transition
+from spikewatch import migrations
+from spikewatch.protocol import wire
+from spikewatch.server.store._alerts import save_transitions as _save_transitions
+from spikewatch.server.store._engine import is_retryable, make_engines
+from spikewatch.server.store._reader import Reader
+from spikewatch.server.store._retention import RetentionPolicy, apply_retention
+from spikewatch.server.store._writer import Txn
+from spikewatch.server.store.rows import WriteResult
+from spikewatch.server.types import Transition
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -17,13 +17,13 @@ from typing import Any
 from sqlalchemy import and_, case, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from agent import wire
-from agent.names import Combine
-from server.store import _models as m
-from server.store._codec import dec, dumps, enc, loads
-from server.store._combine import combine
-from server.store.rows import GLOBAL_RANK, WriteResult
-from server.types import Observation
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import Combine
+from spikewatch.server.store import _models as m
+from spikewatch.server.store._codec import dec, dumps, enc, loads
+from spikewatch.server.store._combine import combine
+from spikewatch.server.store.rows import GLOBAL_RANK, WriteResult
+from spikewatch.server.types import Observation
 
 
 def dialect_insert(conn: Connection, table: Any) -> Any:

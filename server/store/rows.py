@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.wire import Event
-from server.types import Observation
+from spikewatch.protocol.wire import Event
+from spikewatch.server.types import Observation
 
 GLOBAL_RANK = -1
 """Rank under which values combined from all ranks' partial sums are stored."""
@@ -54,7 +54,7 @@ class HistRow:
 
 @dataclass(frozen=True, slots=True)
 class EventRow:
-    """A discrete event at a step (see agent.names.EventType)."""
+    """A discrete event at a step (see spikewatch.protocol.names.EventType)."""
 
     step: int
     time: float

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agent import wire
-from agent._monitor import Monitor
+from spikewatch.agent._monitor import Monitor
+from spikewatch.protocol import wire
 from tests.agent._peer import Peer
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from agent._monitor import Monitor
+from spikewatch.agent._monitor import Monitor
 
 
 def train_on(monitor: Monitor, opt: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor],

@@ -1,9 +1,9 @@
 """A small real ZeroMQ ROUTER peer that stands in for the server's collector in agent tests.
 
-It decodes every frame with `agent.wire` (the same validation the server runs), records what it
-received, duplicates included, and replies Ack, or Nack for frames that fail validation. Switches
-let a test make it go silent, drop the first acks, stop and start again on the same port, or
-speak CURVE.
+It decodes every frame with `spikewatch.protocol.wire` (the same validation the server runs),
+records what it received, duplicates included, and replies Ack, or Nack for frames that fail
+validation. Switches let a test make it go silent, drop the first acks, stop and start again on
+the same port, or speak CURVE.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from agent import wire
+from spikewatch.protocol import wire
 
 
 class Peer:

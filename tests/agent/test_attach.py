@@ -14,12 +14,12 @@ import torch
 import zmq
 from torch import nn
 
-import agent
-from agent import names as nm
-from agent._config import resolve
-from agent._monitor import Monitor
-from agent._profiles import PROFILES
-from agent.names import EventType
+from spikewatch import agent
+from spikewatch.agent._config import resolve
+from spikewatch.agent._monitor import Monitor
+from spikewatch.agent._profiles import PROFILES
+from spikewatch.protocol import names as nm
+from spikewatch.protocol.names import EventType
 from tests.agent import _delivered as dl
 from tests.agent._loop import train_on
 from tests.agent._peer import Peer, free_endpoint
@@ -351,8 +351,8 @@ def test_logits_passed_to_log(peer: Peer) -> None:
 
 def test_failing_hparams_probe_is_reported_once_and_the_rest_keeps_running(
         peer: Peer, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent._collect import Collector
-    from agent._probes import HparamsProbe
+    from spikewatch.agent._collect import Collector
+    from spikewatch.agent._probes import HparamsProbe
 
     def broken(self: HparamsProbe, step: int, out: Collector) -> None:
         if step >= 3:

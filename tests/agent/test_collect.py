@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from agent._collect import _CHUNK, Collector
+from spikewatch.agent._collect import _CHUNK, Collector
 
 
 def test_recorded_values_are_copies_not_references() -> None:

@@ -21,10 +21,10 @@ import torch
 from torch import fx, nn
 from torch._dynamo.utils import counters
 
-import agent
-from agent import names as nm
-from agent import wire
-from agent.names import EventType
+from spikewatch import agent
+from spikewatch.protocol import names as nm
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import EventType
 from tests.agent._loop import train_on
 from tests.agent._peer import Peer
 

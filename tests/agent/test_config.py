@@ -8,7 +8,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from agent._config import DEFAULT_BUDGET, DEFAULT_ENDPOINT, ConfigError, resolve
+from spikewatch.agent._config import DEFAULT_BUDGET, DEFAULT_ENDPOINT, ConfigError, resolve
 
 
 def test_defaults_without_environment() -> None:

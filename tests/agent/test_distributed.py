@@ -1,6 +1,7 @@
 """Distributed: two CPU processes on gloo. Under a sharded optimizer (ZeroRedundancyOptimizer over
-DDP) each rank streams partial sums of its shard; combined as the server would (agent.names
-Combine ops) they equal the global values of the same training run in a single process."""
+DDP) each rank streams partial sums of its shard; combined as the server would (Combine ops of
+spikewatch.protocol.names) they equal the global values of the same training run in a single
+process."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from torch import nn
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
-import agent
-from agent import names as nm
-from agent import wire
-from agent.names import Combine
-from monitor.precond_decay import PreconditionerDecay
-from monitor.two_secant import TwoSecant
+from spikewatch import agent
+from spikewatch.monitor.precond_decay import PreconditionerDecay
+from spikewatch.monitor.two_secant import TwoSecant
+from spikewatch.protocol import names as nm
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import Combine
 from tests._net import free_port
 from tests.agent._peer import Peer
 

@@ -18,12 +18,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import agent
-from agent import _profiles as pf
-from agent import names as nm
-from agent import wire
-from agent._probes import sum_of_squares
-from agent.names import EventType
+from spikewatch import agent
+from spikewatch.agent import _profiles as pf
+from spikewatch.agent._probes import sum_of_squares
+from spikewatch.protocol import names as nm
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import EventType
 from tests.agent._peer import Peer
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]

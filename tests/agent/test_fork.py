@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from agent import wire
-from agent._transport import Transport
+from spikewatch.agent._transport import Transport
+from spikewatch.protocol import wire
 from tests.agent._peer import Peer
 
 

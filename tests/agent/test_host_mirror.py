@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent._host_mirror import HostMirror
+from spikewatch.agent._host_mirror import HostMirror
 
 
 def test_cpu_values_are_read_at_once() -> None:

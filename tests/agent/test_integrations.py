@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from agent import names as nm
-from agent import wire
+from spikewatch.protocol import names as nm
+from spikewatch.protocol import wire
 from tests.agent._peer import Peer
 
 STEPS = 6
@@ -39,7 +39,7 @@ def _series(peer: Peer, metric: str) -> dict[int, float]:
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_lightning_callback(peer: Peer, tmp_path: Path) -> None:
     pl = pytest.importorskip("lightning.pytorch")
-    from agent.integrations.lightning import SpikewatchCallback
+    from spikewatch.agent.integrations.lightning import SpikewatchCallback
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     seen: list[float] = []
@@ -87,7 +87,7 @@ def test_lightning_callback(peer: Peer, tmp_path: Path) -> None:
 def trainer_cb(peer: Peer) -> Any:
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from agent.integrations.huggingface import SpikewatchCallback
+    from spikewatch.agent.integrations.huggingface import SpikewatchCallback
 
     return SpikewatchCallback(run="hf-run", endpoint=peer.endpoint, profile="full",
                               overhead_budget=math.inf)

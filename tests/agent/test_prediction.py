@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from agent import names as nm
-from agent._config import resolve
-from agent._monitor import Monitor
-from agent.names import EventType
-from monitor.seed_fnn import make_seed_problem
-from monitor.two_secant import TwoSecant
+from spikewatch.agent._config import resolve
+from spikewatch.agent._monitor import Monitor
+from spikewatch.monitor.seed_fnn import make_seed_problem
+from spikewatch.monitor.two_secant import TwoSecant
+from spikewatch.protocol import names as nm
+from spikewatch.protocol.names import EventType
 from tests.agent import _delivered as dl
 from tests.agent._loop import train_on
 from tests.agent._peer import Peer

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 import pytest
 
-from agent._profiles import (
+from spikewatch.agent._profiles import (
     ALIGNMENT,
     CURVATURE,
     FIXED,
@@ -21,7 +21,7 @@ from agent._profiles import (
     TWO_SECANT,
     Profile,
 )
-from agent._scheduler import Report, Scheduler
+from spikewatch.agent._scheduler import Report, Scheduler
 
 
 class FakeClock:

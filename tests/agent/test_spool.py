@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent._spool import SEG_MAGIC, Spool
+from spikewatch.agent._spool import SEG_MAGIC, Spool
 
 S1 = "11111111111111111111111111111111"
 S2 = "22222222222222222222222222222222"
@@ -65,7 +65,7 @@ def test_a_later_process_adopts_and_replays_the_spool(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os
         from pathlib import Path
-        from agent._spool import Spool
+        from spikewatch.agent._spool import Spool
         s = Spool(Path({str(tmp_path)!r}), {S1!r}, max_bytes=1 << 20, segment_bytes=1000)
         for seq in range(1, 21):
             s.append({S1!r}, seq, seq % 3, (b"x%d-" % seq) * 50)

@@ -16,9 +16,14 @@ from typing import Any
 import pytest
 import zmq
 
-from agent import wire
-from agent._transport import PRIORITY_DIAGNOSTICS, PRIORITY_EVENTS, PRIORITY_SIGNALS, Transport
-from agent._transport_queue import PriorityDropQueue
+from spikewatch.agent._transport import (
+    PRIORITY_DIAGNOSTICS,
+    PRIORITY_EVENTS,
+    PRIORITY_SIGNALS,
+    Transport,
+)
+from spikewatch.agent._transport_queue import PriorityDropQueue
+from spikewatch.protocol import wire
 from tests.agent._peer import Peer, free_endpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,8 +270,8 @@ def test_interpreter_exit_never_hangs(tmp_path: Path) -> None:
         peer.silent = True
         script = textwrap.dedent(f"""
             import time
-            from agent import wire
-            from agent._transport import Transport
+            from spikewatch.protocol import wire
+            from spikewatch.agent._transport import Transport
             t = Transport({peer.endpoint!r}, run="exit-test", linger_ms=60000,
                           spool_dir={str(tmp_path)!r})
             dead = Transport({free_endpoint()!r}, run="exit-test", linger_ms=60000)

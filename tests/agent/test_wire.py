@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import wire
-from agent.names import Combine
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import Combine
 
 SESSION = "0123456789abcdef0123456789abcdef"
 
@@ -193,5 +193,6 @@ def test_random_documents_are_rejected_or_fully_valid(doc: dict[str, object]) ->
 
 
 def test_wire_imports_without_torch() -> None:
-    code = "import sys, agent.wire, agent.names; assert 'torch' not in sys.modules"
+    code = ("import sys, spikewatch.protocol.wire, spikewatch.protocol.names; "
+            "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

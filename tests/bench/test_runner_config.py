@@ -13,13 +13,13 @@ pytest.importorskip("torch")
 
 import torch
 
-import agent
+import spikewatch
 from benchmarks.early_warning import runner
 from benchmarks.early_warning._configs import PRESETS, Config, from_options, parse
+from benchmarks.early_warning._options import add_options
 from benchmarks.early_warning._train import train_pair
 from benchmarks.early_warning.runner import Row
 from benchmarks.early_warning.scenarios import QUICK, SCENARIOS, by_name
-from server.bench import add_options
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +118,7 @@ def test_train_pair_attaches_like_a_user_and_checks_the_trajectory(
         mons.append(_FakeMonitor(model, meddle))
         return mons[0]
 
-    monkeypatch.setattr(agent, "attach", fake_attach, raising=False)
+    monkeypatch.setattr(spikewatch, "attach", fake_attach, raising=False)
     (sc,) = by_name([QUICK[0]])
     tr = train_pair(sc, Config(), "tcp://127.0.0.1:1", "r1", chunk=100)
     assert calls == [{"run": "r1", "endpoint": "tcp://127.0.0.1:1"}]
@@ -146,7 +146,7 @@ def test_train_pair_logs_eval_loss_for_minibatch_scenarios(monkeypatch: pytest.M
         def close(self, timeout: float = 5.0) -> None:
             pass
 
-    monkeypatch.setattr(agent, "attach", lambda *a, **k: Mon(), raising=False)
+    monkeypatch.setattr(spikewatch, "attach", lambda *a, **k: Mon(), raising=False)
     sc = next(s for s in SCENARIOS if s.minibatch)
     short = type(sc)(sc.name, sc.family, sc.control, 60, sc.build, sc.minibatch)
     tr = train_pair(short, parse("closure-exact-full-inf"), "tcp://127.0.0.1:1", "r2")

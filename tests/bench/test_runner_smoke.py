@@ -15,7 +15,7 @@ import torch
 
 from benchmarks.early_warning import runner
 from benchmarks.early_warning.scenarios import QUICK, SCENARIOS, Scenario, by_name
-from server.rules import load_rules
+from spikewatch.server.rules import load_rules
 
 
 @pytest.fixture(autouse=True)

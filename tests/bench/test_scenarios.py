@@ -13,7 +13,6 @@ pytest.importorskip("torch")
 
 import torch
 
-from agent.wire import METRIC_RE, RUN_RE
 from benchmarks.early_warning._train import Arm, first_mismatch
 from benchmarks.early_warning.scenarios import (
     EDGES,
@@ -27,6 +26,7 @@ from benchmarks.early_warning.scenarios import (
 from benchmarks.early_warning.scenarios._base import at
 from benchmarks.early_warning.scenarios._mlp import mlp, mlp_sgd
 from benchmarks.early_warning.survey import peak_rise, survey
+from spikewatch.protocol.wire import METRIC_RE, RUN_RE
 
 
 @pytest.fixture(autouse=True)

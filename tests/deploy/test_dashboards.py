@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.names import EXPORTED
+from spikewatch.protocol.names import EXPORTED
 from tests.deploy.conftest import DEPLOY
 from tests.deploy.promql import all_expressions, variables
 

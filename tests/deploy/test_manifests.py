@@ -201,7 +201,7 @@ def test_deployment_service_and_probes(objects: dict[str, dict[str, Any]]) -> No
 
 def test_rules_configmap_is_a_valid_complete_rule_pack(
         objects: dict[str, dict[str, Any]]) -> None:
-    rules = pytest.importorskip("server.rules", reason="server.rules not importable")
+    rules = pytest.importorskip("spikewatch.server.rules", reason="server.rules not importable")
     deployed = {r.name for r in rules.parse_rules(objects["ConfigMap"]["data"]["rules.yaml"])}
     default = {r.name for r in rules.load_rules()}
     assert default <= deployed, f"rules missing from the deployed pack: {default - deployed}"
@@ -306,7 +306,8 @@ def _kubernetes_env() -> dict[str, str]:
                          ids=["compose", "kubernetes", "systemd"])
 def test_server_settings_take_the_deployment_environment(
         environment: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = pytest.importorskip("server._settings", reason="server settings not importable")
+    settings = pytest.importorskip("spikewatch.server._settings",
+                                   reason="server settings not importable")
     for key in [k for k in os.environ if k.startswith("SPIKEWATCH_")]:
         monkeypatch.delenv(key)
     env: dict[str, str] = environment()

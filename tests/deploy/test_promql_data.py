@@ -18,8 +18,14 @@ import httpx
 import pytest
 from prometheus_client import start_http_server
 
-from agent.names import EXPORTED
-from server.exporter import AlertInfo, HealthStats, LatencyHistogram, RunInfo, build_registry
+from spikewatch.protocol.names import EXPORTED
+from spikewatch.server.exporter import (
+    AlertInfo,
+    HealthStats,
+    LatencyHistogram,
+    RunInfo,
+    build_registry,
+)
 from tests._net import free_port, program
 from tests.deploy.conftest import DEPLOY, start, stop, wait_ready
 from tests.deploy.promql import all_expressions, concrete, rule_expressions

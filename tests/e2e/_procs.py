@@ -80,7 +80,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
 
 @dataclass
 class Daemon:
-    """`python -m server.cli serve` as a subprocess."""
+    """`python -m spikewatch.server.cli serve` as a subprocess."""
 
     zmq: str
     http: str
@@ -97,7 +97,7 @@ def start_daemon(procs: Procs, workdir: Path, db: str,
     """Start the daemon on free ports with `db` and an optional config file; wait for /readyz."""
     workdir.mkdir(parents=True, exist_ok=True)
     zmq, port = f"tcp://127.0.0.1:{free_port()}", free_port()
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--db", db, "--zmq", zmq,
+    cmd = [sys.executable, "-m", "spikewatch.server.cli", "serve", "--db", db, "--zmq", zmq,
            "--http-port", str(port)]
     if config:
         path = workdir / "spikewatch.yaml"

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import torch
 
-import agent
-from monitor.seed_fnn import make_seed_problem, spike_onsets
+import spikewatch
+from spikewatch.monitor.seed_fnn import make_seed_problem, spike_onsets
 
 __all__ = ["Trained", "alerts", "train_classifier", "train_seed", "wait_stored"]
 
@@ -32,7 +32,7 @@ class Trained:
 def train_seed(endpoint: str, run: str, lr: float, steps: int, *, min_step_s: float = 0.05,
                stop_after_onset: int | None = None) -> Trained:
     """The seed FNN (arXiv:2506.04805) trained with Adam(lr), the agent attached as a user
-    attaches it: `agent.attach(model, opt, run=..., endpoint=...)`, no closure, the default
+    attaches it: `spikewatch.attach(model, opt, run=..., endpoint=...)`, no closure, the default
     profile and overhead budget.
 
     `min_step_s` paces the loop to at least that wall time per step, the step time of a small
@@ -45,7 +45,7 @@ def train_seed(endpoint: str, run: str, lr: float, steps: int, *, min_step_s: fl
     model, x, y = make_seed_problem(seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = torch.nn.MSELoss()
-    monitor = agent.attach(model, opt, run=run, endpoint=endpoint)
+    monitor = spikewatch.attach(model, opt, run=run, endpoint=endpoint)
     losses: list[float] = []
     logged: list[float] = []
     try:
@@ -86,7 +86,7 @@ def train_classifier(endpoint: str, run: str, steps: int = 40) -> None:
         out: torch.Tensor = loss_fn(model(x), labels)
         return out
 
-    monitor = agent.attach(model, opt, run=run, endpoint=endpoint, closure=closure,
+    monitor = spikewatch.attach(model, opt, run=run, endpoint=endpoint, closure=closure,
                            profile="full", overhead_budget=math.inf)
     try:
         for _ in range(steps):

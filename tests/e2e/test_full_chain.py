@@ -25,7 +25,7 @@ import pytest
 import zmq
 from sqlalchemy.engine import make_url
 
-from agent import wire
+from spikewatch.protocol import wire
 from tests._net import free_port, program
 from tests.deploy.promql import all_expressions, concrete
 from tests.e2e._procs import (

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from server.report._html import CHART_IDS
-from server.report._layout import PHASES, SEVERITY_COLORS
-from server.store import Store
+from spikewatch.server.report._html import CHART_IDS
+from spikewatch.server.report._layout import PHASES, SEVERITY_COLORS
+from spikewatch.server.store import Store
 from tests.server.test_report import RUN, fill_spiking_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chromium]
@@ -53,7 +53,7 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store.upgrade()
     fill_spiking_run(store)
     store.close()
-    code = "import sys\nfrom server.cli import main\nsys.exit(main(sys.argv[1:]))"
+    code = "import sys\nfrom spikewatch.server.cli import main\nsys.exit(main(sys.argv[1:]))"
     r = subprocess.run([sys.executable, "-c", code, "report", "--run", RUN, "--db", url,
                         "--out", str(tmp / "out")], capture_output=True, text=True, timeout=90,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, check=False)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from monitor.adam_state import (
+from spikewatch.monitor.adam_state import (
     ParamView,
     UnsupportedOptimizer,
     adam_view,

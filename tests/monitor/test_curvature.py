@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from monitor.adam_state import adam_view
-from monitor.curvature import TopEigen, gradient_curvature, stability_ratio
-from monitor.hvp import ExactHVP, FiniteDifferenceHVP
+from spikewatch.monitor.adam_state import adam_view
+from spikewatch.monitor.curvature import TopEigen, gradient_curvature, stability_ratio
+from spikewatch.monitor.hvp import ExactHVP, FiniteDifferenceHVP
 
 LR = 0.05
 BETAS = (0.9, 0.99)

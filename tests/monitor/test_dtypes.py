@@ -18,9 +18,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from agent.names import EventType
-from monitor._reduce import norms_f32
-from monitor.adam_state import (
+from spikewatch.monitor._reduce import norms_f32
+from spikewatch.monitor.adam_state import (
     adam_view,
     bias_corrected_m,
     bias_corrected_v,
@@ -29,14 +28,15 @@ from monitor.adam_state import (
     rebuild_update,
     step_scale,
 )
-from monitor.curvature import TopEigen, gradient_curvature
-from monitor.hparams import HparamWatch
-from monitor.hvp import ExactHVP, FiniteDifferenceHVP, default_rel_step
-from monitor.overconfidence import overconfidence
-from monitor.precond_decay import PreconditionerDecay
-from monitor.secant import SecantEstimator
-from monitor.spectral_alignment import SpectralAlignment
-from monitor.spike_share import SpikeShare
+from spikewatch.monitor.curvature import TopEigen, gradient_curvature
+from spikewatch.monitor.hparams import HparamWatch
+from spikewatch.monitor.hvp import ExactHVP, FiniteDifferenceHVP, default_rel_step
+from spikewatch.monitor.overconfidence import overconfidence
+from spikewatch.monitor.precond_decay import PreconditionerDecay
+from spikewatch.monitor.secant import SecantEstimator
+from spikewatch.monitor.spectral_alignment import SpectralAlignment
+from spikewatch.monitor.spike_share import SpikeShare
+from spikewatch.protocol.names import EventType
 
 LOW = [torch.float64, torch.float16, torch.bfloat16]
 ALL = [torch.float32, *LOW]

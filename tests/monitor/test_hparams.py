@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from agent.names import EventType
-from monitor.adam_state import UnsupportedOptimizer, c_t
-from monitor.hparams import HparamEvent, HparamWatch, stability_threshold
+from spikewatch.monitor.adam_state import UnsupportedOptimizer, c_t
+from spikewatch.monitor.hparams import HparamEvent, HparamWatch, stability_threshold
+from spikewatch.protocol.names import EventType
 
 
 def _train(

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from monitor.hvp import ExactHVP, FiniteDifferenceHVP
+from spikewatch.monitor.hvp import ExactHVP, FiniteDifferenceHVP
 
 
 def _problem(dtype: torch.dtype) -> tuple[nn.Module, Tensor, Tensor]:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from monitor.instability import InstabilityTracker
+from spikewatch.monitor.instability import InstabilityTracker
 
 
 def _feed(tr: InstabilityTracker, rows: list[tuple[float | None, float | None]], start: int = 0

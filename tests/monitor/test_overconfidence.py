@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from monitor.overconfidence import overconfidence
+from spikewatch.monitor.overconfidence import overconfidence
 
 
 def test_hand_computed_two_rows() -> None:

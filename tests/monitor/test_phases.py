@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from monitor.phases import Phase, PhaseLabeller
+from spikewatch.monitor.phases import Phase, PhaseLabeller
 
 B2 = 0.999
 FLAT = 1 / math.sqrt(B2)  # decay reading of a constant ‖√v‖
@@ -80,8 +80,8 @@ def test_seed_fnn_quiet_decay_then_growth_at_each_spike() -> None:
     """The seed experiment, labelled live from ρ and the decay rate alone (no curvature probe)."""
     import torch
 
-    from monitor.precond_decay import PreconditionerDecay
-    from monitor.seed_fnn import make_seed_problem, spike_onsets
+    from spikewatch.monitor.precond_decay import PreconditionerDecay
+    from spikewatch.monitor.seed_fnn import make_seed_problem, spike_onsets
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

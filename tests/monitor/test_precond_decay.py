@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from monitor.adam_state import UnsupportedOptimizer
-from monitor.precond_decay import PreconditionerDecay
+from spikewatch.monitor.adam_state import UnsupportedOptimizer
+from spikewatch.monitor.precond_decay import PreconditionerDecay
 
 BETAS = [(0.9, 0.999), (0.8, 0.95)]
 
@@ -235,7 +235,7 @@ def _forbid_host_reads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("kwargs", [{}, {"amsgrad": True}], ids=["adam", "amsgrad"])
 def test_no_host_reads(monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any]) -> None:
-    from monitor.adam_state import adam_view
+    from spikewatch.monitor.adam_state import adam_view
 
     m = _model()
     opt = torch.optim.AdamW(_groups(m, wd=0.1), lr=1e-2, **kwargs)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from monitor.reactive import Kind, Preset, ReactiveDetector, Rule, detect
+from spikewatch.monitor.reactive import Kind, Preset, ReactiveDetector, Rule, detect
 
 
 def _noisy(n: int, base: float = 2.0, amp: float = 0.05) -> list[float]:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from monitor.adam_state import adam_view
-from monitor.secant import SecantEstimator, SecantReading
+from spikewatch.monitor.adam_state import adam_view
+from spikewatch.monitor.secant import SecantEstimator, SecantReading
 
 LR = 0.05
 BETAS = (0.9, 0.99)

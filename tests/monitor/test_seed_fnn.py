@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from monitor.adam_state import adam_view, bias_corrected_v, effective_grad
-from monitor.curvature import TopCurvature, TopEigen, gradient_curvature
-from monitor.hvp import ExactHVP
-from monitor.secant import SecantEstimator
-from monitor.seed_fnn import make_seed_problem, spike_onsets
+from spikewatch.monitor.adam_state import adam_view, bias_corrected_v, effective_grad
+from spikewatch.monitor.curvature import TopCurvature, TopEigen, gradient_curvature
+from spikewatch.monitor.hvp import ExactHVP
+from spikewatch.monitor.secant import SecantEstimator
+from spikewatch.monitor.seed_fnn import make_seed_problem, spike_onsets
 
 STEPS = 1500  # three or more spike episodes with seed 0 on any CPU (onsets differ by CPU)
 TOP_EVERY = 10

@@ -8,7 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from monitor.spectral_alignment import SpectralAlignment, declared_linear_weight, sample_rows
+from spikewatch.monitor.spectral_alignment import (
+    SpectralAlignment,
+    declared_linear_weight,
+    sample_rows,
+)
 
 
 def _gapped(out: int, inp: int, seed: int = 0) -> torch.Tensor:

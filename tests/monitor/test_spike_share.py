@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from monitor.spike_share import SpikeShare, spike_k
+from spikewatch.monitor.spike_share import SpikeShare, spike_k
 
 
 def _spiky(m: int, n: int, spikes: int, seed: int = 0) -> torch.Tensor:

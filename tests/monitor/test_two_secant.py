@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from monitor.adam_state import UnsupportedOptimizer, adam_view
-from monitor.coordinate_sample import default_fraction
-from monitor.secant import SecantEstimator
-from monitor.two_secant import BYTES_PER_COORD, TwoSecant
+from spikewatch.monitor.adam_state import UnsupportedOptimizer, adam_view
+from spikewatch.monitor.coordinate_sample import default_fraction
+from spikewatch.monitor.secant import SecantEstimator
+from spikewatch.monitor.two_secant import BYTES_PER_COORD, TwoSecant
 
 F64 = torch.float64
 

@@ -1,4 +1,4 @@
-"""The real spikewatch daemon (`python -m server.cli serve`) as a subprocess on fixed ports.
+"""The real spikewatch daemon (`spikewatch serve`) as a subprocess on fixed ports.
 
 The ports are chosen once, so the daemon can be killed and restarted on the same endpoints while
 agents keep their connection target.
@@ -39,8 +39,8 @@ class Daemon:
     def start(self) -> None:
         """Start the process (not waiting for readiness)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--db", self.db, "--zmq", self.zmq,
-               "--http-port", str(self.http_port)]
+        cmd = [sys.executable, "-m", "spikewatch.server.cli", "serve", "--db", self.db,
+               "--zmq", self.zmq, "--http-port", str(self.http_port)]
         if self.config is not None:
             cmd += ["--config", str(self.config)]
         with self.log.open("ab") as out:

@@ -10,7 +10,7 @@ from typing import Any
 
 import zmq
 
-from agent import wire
+from spikewatch.protocol import wire
 
 
 def batch_doc(run: str = "fuzz", seq: int = 1, session: str | None = None,

@@ -23,14 +23,14 @@ import httpx
 import pytest
 import uvicorn
 
-from agent import wire
-from agent.names import Combine
-from server._stats import Stats
-from server.api import Tokens, create_app
-from server.exporter import StoreExportSource, build_registry
-from server.rules import DEFAULT_PACK, load_rules
-from server.store import Store
-from server.types import AlertState, Severity, Transition
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import Combine
+from spikewatch.server._stats import Stats
+from spikewatch.server.api import Tokens, create_app
+from spikewatch.server.exporter import StoreExportSource, build_registry
+from spikewatch.server.rules import DEFAULT_PACK, load_rules
+from spikewatch.server.store import Store
+from spikewatch.server.types import AlertState, Severity, Transition
 from tests._net import free_port
 
 EXAMPLES = 30

@@ -16,8 +16,8 @@ import pytest
 import yaml
 import zmq.auth
 
-from agent import wire
-from agent._transport import Transport
+from spikewatch.agent._transport import Transport
+from spikewatch.protocol import wire
 from tests.reliability._daemon import Daemon
 
 

@@ -1,7 +1,7 @@
 """Crash safety: SIGKILL the real daemon 10 times while agents stream; nothing lost, nothing twice.
 
 Several agents (threads, each with the real `agent._transport.Transport` and its own spool
-directory) stream numbered one-step batches to ``python -m server.cli serve``. The daemon is killed
+directory) stream numbered one-step batches to `spikewatch serve`. The daemon is killed
 with SIGKILL at random moments and restarted on the same ports and database. At the end every
 agent must have every message acknowledged, and the database must hold every sequence number of
 every session exactly once: the session's contiguous high-water mark equals the number of messages
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from agent import wire
-from agent._transport import Transport
+from spikewatch.agent._transport import Transport
+from spikewatch.protocol import wire
 from tests.reliability._daemon import Daemon
 
 AGENTS = 4

@@ -22,13 +22,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from agent import wire
-from agent.names import EXPORTED
-from server._cardinality import Cardinality, Limits
-from server._stats import Stats
-from server.collector import Collector
-from server.exporter import DEFAULT_MAX_RUNS, StoreExportSource, build_registry
-from server.store import Store
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import EXPORTED
+from spikewatch.server._cardinality import Cardinality, Limits
+from spikewatch.server._stats import Stats
+from spikewatch.server.collector import Collector
+from spikewatch.server.exporter import DEFAULT_MAX_RUNS, StoreExportSource, build_registry
+from spikewatch.server.store import Store
 from tests.reliability._ingest import RawAgent, batch_doc, frame
 
 FUZZ = settings(max_examples=60, deadline=None,

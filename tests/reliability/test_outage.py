@@ -1,7 +1,7 @@
 """Outage: no server at all while training, then the real daemon appears; and a full spool.
 
 Behaviour only (timings are in benchmarks/outage.py): an attached training run with nobody
-listening completes and its batches wait in the on-disk spool; when ``python -m server.cli serve``
+listening completes and its batches wait in the on-disk spool; when `spikewatch serve`
 starts, the still-open transport replays them and every step is stored in order, exactly once. A
 spool too small for what is submitted drops priority-0 data first and counts every loss.
 """
@@ -17,14 +17,14 @@ import torch
 from sqlalchemy import create_engine, text
 from torch import nn
 
-import agent
-from agent import wire
-from agent._transport import (
+from spikewatch import agent
+from spikewatch.agent._transport import (
     PRIORITY_DIAGNOSTICS,
     PRIORITY_EVENTS,
     PRIORITY_SIGNALS,
     Transport,
 )
+from spikewatch.protocol import wire
 from tests.reliability._daemon import Daemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

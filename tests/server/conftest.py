@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from server.store import Store
+from spikewatch.server.store import Store
 from tests._net import free_port
 
 PG_BIN = Path(os.environ.get("SPIKEWATCH_PG_BIN", "/usr/lib/postgresql/15/bin"))

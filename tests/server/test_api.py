@@ -15,14 +15,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import wire
-from agent.names import Combine
-from server._stats import Stats
-from server.api import TokenFileError, Tokens, create_app, readiness_checks
-from server.api._json import from_json_float
-from server.api._schemas import AlertOut, EventOut, HistogramOut, RunOut, SeriesOut
-from server.store import Store
-from server.types import AlertState, Severity, Transition
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import Combine
+from spikewatch.server._stats import Stats
+from spikewatch.server.api import TokenFileError, Tokens, create_app, readiness_checks
+from spikewatch.server.api._json import from_json_float
+from spikewatch.server.api._schemas import AlertOut, EventOut, HistogramOut, RunOut, SeriesOut
+from spikewatch.server.store import Store
+from spikewatch.server.types import AlertState, Severity, Transition
 
 SESSION_A = "a" * 32
 SESSION_B0 = "b" * 32
@@ -270,7 +270,7 @@ rules:
 
 
 def test_rules_and_admin_reload(store: Store, tmp_path: Path) -> None:
-    from server.rules import load_rules
+    from spikewatch.server.rules import load_rules
 
     path = tmp_path / "rules.yaml"
     path.write_text(RULES_YAML)

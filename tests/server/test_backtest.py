@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import wire
-from server import backtest as bt
-from server.rules import load_rules, parse_rules
-from server.store import Store
-from server.types import AlertState, Observation, Severity, Transition
+from spikewatch.protocol import wire
+from spikewatch.server import backtest as bt
+from spikewatch.server.rules import load_rules, parse_rules
+from spikewatch.server.store import Store
+from spikewatch.server.types import AlertState, Observation, Severity, Transition
 
 
 def pts(*losses: float, start: int = 0) -> list[tuple[int, float]]:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import wire
-from server._cli_tables import TOKEN_ENV, alerts_table, fmt_time, fmt_value, table
-from server.api import Tokens, create_app
-from server.api._schemas import AlertOut
-from server.store import Store
-from server.types import AlertState, Severity, Transition
+from spikewatch.protocol import wire
+from spikewatch.server._cli_tables import TOKEN_ENV, alerts_table, fmt_time, fmt_value, table
+from spikewatch.server.api import Tokens, create_app
+from spikewatch.server.api._schemas import AlertOut
+from spikewatch.server.store import Store
+from spikewatch.server.types import AlertState, Severity, Transition
 from tests._net import free_port, live_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,11 +25,12 @@ TOKEN = "cli-read-token-0123456789"
 
 
 def spikewatch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real `spikewatch` command line (server.cli) in a subprocess."""
+    """Run the real `spikewatch` command line (spikewatch.server.cli) in a subprocess."""
     full_env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
     full_env.update(PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True,
-                          text=True, timeout=60, env=full_env, cwd=ROOT, check=False)
+    return subprocess.run([sys.executable, "-m", "spikewatch.server.cli", *args],
+                          capture_output=True, text=True, timeout=60, env=full_env, cwd=ROOT,
+                          check=False)
 
 
 def _fill(store: Store) -> None:

@@ -14,11 +14,11 @@ import sqlalchemy
 import zmq
 import zmq.auth
 
-from agent import wire
-from agent.names import Combine
-from server._stats import Stats
-from server.collector import Collector, CurveConfig, wait_until
-from server.store import Store, WriteResult
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import Combine
+from spikewatch.server._stats import Stats
+from spikewatch.server.collector import Collector, CurveConfig, wait_until
+from spikewatch.server.store import Store, WriteResult
 
 
 class Agent:

@@ -19,8 +19,8 @@ import httpx
 import pytest
 import zmq
 
-from agent import wire
-from server.store import Store
+from spikewatch.protocol import wire
+from spikewatch.server.store import Store
 from tests._net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,8 +58,8 @@ class Server:
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "serve", "--db", db, "--zmq", self.zmq,
-                 "--http-port", self.http.rsplit(":", 1)[1]],
+                [sys.executable, "-m", "spikewatch.server.cli", "serve", "--db", db,
+                 "--zmq", self.zmq, "--http-port", self.http.rsplit(":", 1)[1]],
                 cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -203,7 +203,8 @@ def test_rules_alerts_and_webhook_wired(sqlite_url: str, tmp_path: Path, webhook
 def test_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
     cfg = tmp_path / "spikewatch.yaml"
     cfg.write_text("http_port: lots\n")
-    out = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--config", str(cfg)],
+    out = subprocess.run([sys.executable, "-m", "spikewatch.server.cli", "serve",
+                          "--config", str(cfg)],
                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
@@ -212,8 +213,8 @@ def test_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_daemon_runs_retention_periodically(sqlite_url: str) -> None:
-    from server._settings import load_settings
-    from server.daemon import Daemon
+    from spikewatch.server._settings import load_settings
+    from spikewatch.server.daemon import Daemon
 
     store = Store(sqlite_url)
     store.upgrade()
@@ -239,7 +240,7 @@ def test_daemon_runs_retention_periodically(sqlite_url: str) -> None:
 
 def test_settings_precedence_file_env_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                             ) -> None:
-    from server._settings import load_settings
+    from spikewatch.server._settings import load_settings
 
     cfg = tmp_path / "sw.toml"
     cfg.write_text('db = "sqlite:///from-file.db"\nhttp_port = 9001\nzmq = "tcp://127.0.0.1:1"\n'
@@ -266,7 +267,7 @@ def test_settings_precedence_file_env_flags(tmp_path: Path, monkeypatch: pytest.
      ("a: [\n", "not valid YAML")],
 )
 def test_bad_config_names_the_field(tmp_path: Path, text: str, needle: str) -> None:
-    from server._settings import ConfigError, load_settings
+    from spikewatch.server._settings import ConfigError, load_settings
 
     cfg = tmp_path / "sw.yaml"
     cfg.write_text(text)
@@ -275,7 +276,7 @@ def test_bad_config_names_the_field(tmp_path: Path, text: str, needle: str) -> N
 
 
 def test_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from server._settings import ConfigError, load_settings
+    from spikewatch.server._settings import ConfigError, load_settings
 
     monkeypatch.setenv("SPIKEWATCH_ACTIVE_WINDOW_S", "-1")
     with pytest.raises(ConfigError, match=r"'active_window_s' from environment"):
@@ -285,8 +286,8 @@ def test_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_rules_reload_through_the_api(sqlite_url: str, tmp_path: Path) -> None:
-    from server._settings import load_settings
-    from server.daemon import Daemon
+    from spikewatch.server._settings import load_settings
+    from spikewatch.server.daemon import Daemon
 
     rule = """rules:
   - name: {name}

@@ -14,11 +14,11 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from agent import wire
-from agent.names import EXPORTED
-from server._stats import Stats
-from server.api import Tokens, create_app
-from server.exporter import (
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import EXPORTED
+from spikewatch.server._stats import Stats
+from spikewatch.server.api import Tokens, create_app
+from spikewatch.server.exporter import (
     AlertInfo,
     HealthStats,
     LatencyHistogram,
@@ -26,8 +26,8 @@ from server.exporter import (
     StoreExportSource,
     build_registry,
 )
-from server.store import Store
-from server.types import AlertState, Severity, Transition
+from spikewatch.server.store import Store
+from spikewatch.server.types import AlertState, Severity, Transition
 
 TOKEN = "metrics-token-0123456789"
 

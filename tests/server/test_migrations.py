@@ -9,9 +9,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from agent import wire
-from server.store import Store
-from server.store._models import metadata
+from spikewatch.protocol import wire
+from spikewatch.server.store import Store
+from spikewatch.server.store._models import metadata
 
 TABLES = {"runs", "sessions", "scalars", "layer_values", "histograms", "events", "partials",
           "latest", "alerts"}
@@ -67,7 +67,7 @@ def test_upgrade_is_idempotent(sqlite_url: str) -> None:
 
 
 def test_db_command(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from server.cli import main
+    from spikewatch.server.cli import main
 
     assert main(["db", "current", "--db", sqlite_url]) == 0
     assert "none (empty database)" in capsys.readouterr().out

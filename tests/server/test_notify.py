@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from server.notify import AlertmanagerNotifier, Dispatcher, WebhookNotifier
-from server.types import AlertState, Severity, Transition
+from spikewatch.server.notify import AlertmanagerNotifier, Dispatcher, WebhookNotifier
+from spikewatch.server.types import AlertState, Severity, Transition
 from tests._net import free_port
 
 AM_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")

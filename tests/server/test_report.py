@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from agent import wire
-from server.api import Tokens, create_app
-from server.backtest import spike_onsets
-from server.report import ReportError, RunData, from_store, load, write_report
-from server.report._data import SERIES
-from server.report._html import CHART_IDS
-from server.report._layout import coarse_bands, panels, spans_decades
-from server.report._png import SIZE_PX
-from server.report._svg import panel_svg, thin
-from server.store import Store
-from server.types import AlertState, Severity, Transition
+from spikewatch.protocol import wire
+from spikewatch.server.api import Tokens, create_app
+from spikewatch.server.backtest import spike_onsets
+from spikewatch.server.report import ReportError, RunData, from_store, load, write_report
+from spikewatch.server.report._data import SERIES
+from spikewatch.server.report._html import CHART_IDS
+from spikewatch.server.report._layout import coarse_bands, panels, spans_decades
+from spikewatch.server.report._png import SIZE_PX
+from spikewatch.server.report._svg import panel_svg, thin
+from spikewatch.server.store import Store
+from spikewatch.server.types import AlertState, Severity, Transition
 from tests._net import live_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -308,10 +308,11 @@ def test_report_from_postgres(pg_url: str, tmp_path: Path) -> None:
 
 def spikewatch(*args: str, extra_env: dict[str, str] | None = None,
                pre: str = "") -> subprocess.CompletedProcess[str]:  # fmt: skip
-    """Run `spikewatch` (server.cli) in a subprocess; `pre`: Python run before it."""
+    """Run `spikewatch` (spikewatch.server.cli) in a subprocess; `pre`: Python run before it."""
     env = {k: v for k, v in os.environ.items() if k not in ("SPIKEWATCH_TOKEN", "SPIKEWATCH_DB")}
     env.update(PYTHONPATH=str(ROOT), **(extra_env or {}))
-    code = f"{pre}\nimport sys\nfrom server.cli import main\nsys.exit(main(sys.argv[1:]))"
+    code = (f"{pre}\nimport sys\nfrom spikewatch.server.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           timeout=90, env=env, cwd=ROOT, check=False)  # fmt: skip
 

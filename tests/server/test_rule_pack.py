@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.wire import Scalar
-from monitor.instability import InstabilityTracker
-from server.backtest import episodes, score_episodes, spike_onsets
-from server.rules import RuleEngine, load_rules
-from server.types import AlertState, Observation, Severity, Transition
+from spikewatch.monitor.instability import InstabilityTracker
+from spikewatch.protocol.wire import Scalar
+from spikewatch.server.backtest import episodes, score_episodes, spike_onsets
+from spikewatch.server.rules import RuleEngine, load_rules
+from spikewatch.server.types import AlertState, Observation, Severity, Transition
 
 TRACES = Path(__file__).parent / "traces"
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.wire import Scalar
-from server.rules import Rule, RuleEngine, RuleError, load_rules, parse_rules
-from server.types import AlertState, Observation, Severity, Transition
+from spikewatch.protocol.wire import Scalar
+from spikewatch.server.rules import Rule, RuleEngine, RuleError, load_rules, parse_rules
+from spikewatch.server.types import AlertState, Observation, Severity, Transition
 
 P, F, R, X = AlertState.PENDING, AlertState.FIRING, AlertState.RESOLVED, AlertState.INACTIVE
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from agent import wire
-from agent.names import Combine
-from server.store import GLOBAL_RANK, KindPolicy, RetentionPolicy, Store
-from server.types import AlertState, Severity, Transition
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import Combine
+from spikewatch.server.store import GLOBAL_RANK, KindPolicy, RetentionPolicy, Store
+from spikewatch.server.types import AlertState, Severity, Transition
 
 
 def header(session: str, seq: int, run: str = "r1", rank: int = 0, world: int = 1) -> wire.Header:
@@ -107,7 +107,7 @@ def test_dedup_per_session_and_seq_out_of_order(store: Store) -> None:
 
 
 def test_gaps_in_seqs_keep_dedup_state_bounded(sqlite_store: Store) -> None:
-    from server.store._writer import MAX_SEEN
+    from spikewatch.server.store._writer import MAX_SEEN
 
     s = sid()
     n = MAX_SEEN + 50  # seq 1 never arrives (e.g. the agent dropped it)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.early_warning.scenarios._base import Schedule, Task, adam, init_seed, seeded
-from monitor.seed_fnn import make_seed_problem
+from spikewatch.monitor.seed_fnn import make_seed_problem
 
 
 def mlp(width: int, lr: float, seed: int, *, eps: float = 1e-8, beta1: float = 0.9,

@@ -1,59 +1,16 @@
-"""`spikewatch bench early-warning`: the early-warning benchmark (benchmarks/early_warning/).
+"""The early-warning benchmark's command-line options (`python -m benchmarks.early_warning.runner`).
 
-The benchmark trains PyTorch models, so torch and the benchmark package are imported only when the
-command runs; the server CLI starts without them.
+Kept apart from the runner so that parsing them needs neither torch nor the scenarios.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
-
-_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _runner() -> Any:
-    """The runner module; the benchmarks live in the source tree next to `server/`."""
-    if not (_ROOT / "benchmarks" / "early_warning").is_dir():
-        raise ImportError(f"benchmarks/early_warning not found under {_ROOT} (a source checkout "
-                          "is needed to run the benchmark)")
-    if str(_ROOT) not in sys.path:
-        sys.path.insert(0, str(_ROOT))
-    from benchmarks.early_warning import runner
-
-    return runner
-
-
-def _early_warning(args: argparse.Namespace) -> int:
-    try:
-        runner = _runner()
-    except ImportError as e:
-        print(f"spikewatch bench early-warning: {e}", file=sys.stderr)
-        return 2
-    return int(runner.main(args))
-
-
-def register(subparsers: Any) -> None:
-    """Add `spikewatch bench early-warning [options]`."""
-    bench: argparse.ArgumentParser = subparsers.add_parser(
-        "bench", help="benchmarks (early-warning quality)",
-        description="Run a spikewatch benchmark.")  # fmt: skip
-    sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
-    p: argparse.ArgumentParser = sub.add_parser(
-        "early-warning", help="train spiking and stable scenarios against a real server and "
-        "score the pages (recall, lead, false pages)",
-        description="Train deterministic CPU scenarios with the agent attached to a real server "
-        "(by default exactly as a user attaches it) and, interleaved, without it; score the "
-        "alerts against the loss spikes and report the step-time ratio.")  # fmt: skip
-    add_options(p)
-    p.set_defaults(func=_early_warning)
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    """The benchmark's options (shared with `python -m benchmarks.early_warning.runner`)."""
-    # defined here so the CLI parser needs neither torch nor the benchmark package
+    """Add the benchmark's options to `p`."""
     p.add_argument("--quick", action="store_true", help="the small smoke-test subset")
     p.add_argument("--scenarios", default=None, metavar="A,B", help="only these scenarios")
     p.add_argument("--configs", default=None, metavar="C,..",

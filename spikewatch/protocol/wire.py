@@ -23,11 +23,27 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final
 
-from agent.names import Combine
+from spikewatch.protocol.messages import (
+    Ack,
+    Batch,
+    Event,
+    Header,
+    Hello,
+    Histogram,
+    Message,
+    Nack,
+    Partial,
+    Record,
+    Reply,
+    Scalar,
+)
+from spikewatch.protocol.names import Combine
+
+__all__ = ["Ack", "Batch", "Event", "Header", "Hello", "Histogram", "Message", "Nack", "Partial",
+           "Record", "Reply", "Scalar", "WireError", "decode", "decode_reply", "encode",
+           "message_id"]
 
 VERSION: Final = 1
 MAGIC: Final = b"SW"
@@ -53,7 +69,6 @@ RUN_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}$")
 SESSION_RE: Final = re.compile(r"^[0-9a-f]{32}$")
 KEY_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 
-Scalar: TypeAlias = float | int | str | bool | None
 
 
 class WireError(ValueError):
@@ -69,92 +84,6 @@ class WireError(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-# --- message types -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Histogram:
-    """Fixed-width bins over [lo, hi]; values outside go to the end bins, non-finite are counted."""
-
-    lo: float
-    hi: float
-    counts: tuple[int, ...]
-    nonfinite: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Partial:
-    """One rank's share of a sharded metric; the server combines ranks with `op`."""
-
-    op: Combine
-    num: float
-    den: float = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    type: str
-    data: Mapping[str, Scalar] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """Everything measured at one training step."""
-
-    step: int
-    time: float
-    scalars: Mapping[str, float] = field(default_factory=dict)
-    layers: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    hists: Mapping[str, Mapping[str, Histogram]] = field(default_factory=dict)
-    partials: Mapping[str, Partial] = field(default_factory=dict)
-    events: tuple[Event, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Header:
-    session: str
-    seq: int
-    run: str
-    rank: int = 0
-    world_size: int = 1
-    sent_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    """Run metadata: model size, optimizer and hyperparameters, world size, rank, resumed step."""
-
-    header: Header
-    meta: Mapping[str, Scalar]
-    type: Literal["hello"] = "hello"
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    header: Header
-    records: tuple[Record, ...]
-    type: Literal["batch"] = "batch"
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    session: str
-    seqs: tuple[int, ...]
-    type: Literal["ack"] = "ack"
-
-
-@dataclass(frozen=True, slots=True)
-class Nack:
-    session: str
-    seq: int
-    reason: str
-    type: Literal["nack"] = "nack"
-
-
-Message: TypeAlias = Hello | Batch
-Reply: TypeAlias = Ack | Nack
 
 
 # --- encoding ----------------------------------------------------------------------------------
@@ -446,3 +375,17 @@ def decode_reply(frame: bytes) -> Reply:
         return Nack(_name(d["session"], SESSION_RE, "session"), _int(d["seq"], "seq", lo=1),
                     reason[:200])
     raise WireError("bad_schema", "expected an ack or nack")
+
+
+def message_id(frame: bytes) -> tuple[str, int] | None:
+    """Best-effort (session, seq) of a frame that failed validation, for its nack; None when
+    the frame does not carry a readable one."""
+    try:
+        doc = _body(frame)
+        session, seq = doc["session"], doc["seq"]
+    except (WireError, TypeError, KeyError, IndexError):
+        return None
+    if (isinstance(session, str) and SESSION_RE.match(session)
+            and isinstance(seq, int) and not isinstance(seq, bool) and 1 <= seq <= 2**62):
+        return session, seq
+    return None

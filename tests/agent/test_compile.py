@@ -52,8 +52,10 @@ class RecordingBackend:
 
 
 def _ours(files: set[str]) -> set[str]:
-    """The spikewatch files among `files`, relative to the project root."""
-    return {f[len(ROOT):] for f in files
+    """The spikewatch files among `files`, relative to the project root (spikewatch/agent is a
+    link to agent/)."""
+    real = {str(Path(f).resolve()) for f in files}
+    return {f[len(ROOT):] for f in real
             if f.startswith(ROOT) and f[len(ROOT):].split("/")[0] in ("agent", "monitor")}
 
 

@@ -62,8 +62,8 @@ def test_dockerfile() -> None:
     [entry], [cmd] = get("ENTRYPOINT"), get("CMD")
     assert _exec_form(entry) + _exec_form(cmd) == SERVE
     installs = " ".join(v for v in get("RUN") if "pip " in v)
-    assert '".[postgres]"' in installs
-    assert '"spikewatch[postgres]"' in installs
+    assert '".[server,postgres]"' in installs
+    assert '"spikewatch[server,postgres]"' in installs
     assert "agent]" not in installs
     assert "torch" not in installs.replace("find_spec('torch')", "")
     ignore = (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text(encoding="utf-8")
@@ -78,7 +78,8 @@ def test_dockerfile() -> None:
 
 def test_server_installs_without_torch() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["postgres"]
+    extras = project["optional-dependencies"]
+    wanted = project["dependencies"] + extras["server"] + extras["postgres"]
     assert not [d for d in wanted if re.match(r"torch\b", d)]
 
 

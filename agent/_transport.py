@@ -28,8 +28,11 @@ Fork safety: a forked child (e.g. a DataLoader worker) must never touch the pare
 context or socket, so `os.register_at_fork` disables every transport in the child: `submit` and
 `hello` return False and count `dropped`, `close` does nothing. Only the parent streams.
 
-`close()` and interpreter exit (atexit) are bounded by their timeout even with no server: what
-is not acknowledged by then is spooled, the socket closes with a finite LINGER.
+`close()` and interpreter exit (atexit) are bounded by their timeout even with no server. Until
+shortly before it, close keeps delivering: the last batches, the spool's backlog (replayed), and
+while offline it keeps probing, so a server that is restarting can still take them. What is not
+acknowledged by then is spooled (and logged: on disk, the next transport on the same `spool_dir`
+replays it; in memory it is lost and counted `dropped`), the socket closes with a finite LINGER.
 """
 
 from __future__ import annotations
@@ -222,7 +225,11 @@ class Transport:
                 timeout=max(0.0, timeout))
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop within about `timeout` seconds: deliver what can be, spool the rest. Idempotent."""
+        """Stop within about `timeout` seconds: deliver what can be, spool the rest. Idempotent.
+
+        Returns as soon as everything is acknowledged; otherwise it keeps sending, replaying and
+        probing an offline server until shortly before the timeout, then spools and logs the rest.
+        """
         with self._lock:
             if self._closed:
                 return

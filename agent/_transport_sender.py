@@ -170,8 +170,8 @@ class Sender:
 
     def _wants_connection(self) -> bool:
         spool = self.spool
-        return (not self.online and not self.in_flight and self.t._closing_deadline is None
-                and spool is not None and spool.has_pending())
+        return (not self.online and not self.in_flight and spool is not None
+                and spool.has_pending())
 
     def _poll_timeout(self, now: float) -> float:
         due = now + (DRAIN_INTERVAL if self.busy else _MAX_POLL)
@@ -196,9 +196,18 @@ class Sender:
                 for seq, frame in self._encode(item):
                     self._to_spool(Out(t.session, seq, prio, frame))
             if spool is not None:
+                left = spool.pending
                 if not self.spool_on_disk:  # memory: lost with the process
-                    self.c["dropped"] += spool.pending
+                    self.c["dropped"] += left
                 spool.close()
+                if left and self.spool_on_disk:
+                    log.warning("spikewatch transport: %d message(s) not acknowledged by the "
+                                "server at close are kept in the spool %s; the next transport "
+                                "on this spool_dir delivers them", left, t.spool_dir)
+                elif left:
+                    log.warning("spikewatch transport: %d message(s) not acknowledged by the "
+                                "server at close are lost (no spool_dir; counted as dropped)",
+                                left)
         except Exception:
             log.exception("spikewatch transport shutdown failed")
         finally:
@@ -227,22 +236,25 @@ class Sender:
         self.busy = bool(items)
         for prio, item in items:
             self._admit(prio, item, now)
-        if self.online and not closing:
+        if self.online:  # closing too: what the spool holds is delivered while time is left
             self._replay(now)
         if self.in_flight and now >= self.next_resend:
             self._resend(now)
         if (self.online and self.in_flight and now - self.last_ack > t.spool_after
                 and now - next(iter(self.in_flight.values())).first_sent > t.spool_after):
             self._go_offline(now)
-        if not self.online and not closing and now >= self.next_probe:
+        if not self.online and now >= self.next_probe:
             self._probe(now)
         if now >= self.next_sync:
             spool.sync()
             self.next_sync = now + SYNC_INTERVAL
         stop = False
         if closing:
-            unsaved = any(o.entry is None for o in self.in_flight.values())
-            stop = not unsaved or not self.online or now >= t._give_up_at
+            # Stop once everything is acknowledged, or at _give_up_at: until then an offline
+            # transport keeps probing (a restarting server may come back) and replays the spool,
+            # so neither the last batch nor anything spooled is left behind while time remains.
+            delivered = not self.in_flight and not spool.has_pending()
+            stop = delivered or now >= t._give_up_at
             if stop:
                 with t._lock:  # nothing may slip into the queue after this
                     stop = len(t._queue) == 0

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -263,6 +264,37 @@ def test_close_is_bounded_with_a_silent_server(make: Callable[..., Transport],
     assert c.acked == 0
     assert c.spool_pending == 20
     assert list(tmp_path.glob("*/p*.seg"))
+
+
+def test_close_delivers_to_a_server_that_restarts_meanwhile(
+        make: Callable[..., Transport]) -> None:
+    """close() finds the server gone with the last batch in hand (the default in-memory spool):
+    it keeps probing within its timeout and delivers it once the server is back, instead of
+    giving up at once and losing it."""
+    peer = Peer().start()
+    t = make(peer.endpoint)
+    restart = threading.Timer(0.5, peer.start)
+    try:
+        for i in range(5):
+            t.submit([_rec(i)])
+        assert _wait(lambda: t.counters().acked == 5)
+        peer.stop()
+        t.submit([_rec(5)])  # the last step's batch: nobody to take it
+        assert t.flush(5)
+        assert not t.counters().online
+        restart.start()
+        t0 = time.monotonic()
+        t.close(timeout=10.0)
+        assert time.monotonic() - t0 < 9  # returns once delivered, not at the timeout
+        restart.join(10)
+        c = t.counters()
+        assert (c.acked, c.dropped, c.spool_pending, c.in_flight) == (6, 0, 0, 0), c
+        assert sorted(_steps(peer.first_seen(t.session))) == list(range(6))
+    finally:
+        restart.cancel()
+        if restart.ident is not None:
+            restart.join(10)
+        peer.stop()
 
 
 def test_interpreter_exit_never_hangs(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Server restarts around close(): the last step is delivered, or spooled, said so and replayed.
 
-An attached training run streams to ``python -m server.cli serve`` while the daemon is SIGKILLed
+An attached training run streams to ``spikewatch serve`` while the daemon is SIGKILLed
 and restarted several times, the last time after the last step: `close()` finds the server away
 (restarting) with the final batch, the last step's record, in hand. It must keep delivering within
 its timeout, so every step, the last one included, is stored exactly once.
@@ -20,9 +20,9 @@ import torch
 from sqlalchemy import create_engine, text
 from torch import nn
 
-import agent
-from agent._monitor import Monitor
-from agent._transport import Transport
+import spikewatch
+from spikewatch.agent._monitor import Monitor
+from spikewatch.agent._transport import Transport
 from tests.reliability._daemon import Daemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -59,7 +59,7 @@ def _attach(daemon: Daemon, run: str, spool: Path) -> tuple[Monitor, Callable[[]
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     x, y = torch.randn(32, 8), torch.randn(32, 1)
-    mon = agent.attach(model, opt, run=run, endpoint=daemon.zmq, spool_dir=spool)
+    mon = spikewatch.attach(model, opt, run=run, endpoint=daemon.zmq, spool_dir=spool)
 
     def step() -> None:
         opt.zero_grad()

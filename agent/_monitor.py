@@ -34,6 +34,7 @@ from spikewatch.agent._forward_probes import (
     LogitsProbe,
     over_confidence,
 )
+from spikewatch.agent._guard import Guard, GuardMachine, apply_lr, lift_v, restore_lr
 from spikewatch.agent._probes import (
     MAX_SA_LAYERS,
     Closure,
@@ -103,6 +104,7 @@ class Monitor:
         transport: Any = None,
         clock: Clock | None = None,
         world: World | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.config = config
         compiled = _compiled(model)
@@ -146,6 +148,10 @@ class Monitor:
         self.ctx = Ctx(model, local, names, self.world, closure,
                        _backend(config.curvature, closure), auto=config.curvature == "auto")
         self._reactive = _Reactive()
+        self._guard = _GuardHooks(guard, self.world) if guard is not None else None
+        if guard is not None and self.world.sharded:
+            log.warning("spikewatch guard: off under a sharded optimizer (each rank holds part "
+                        "of the reading)")
         self._build_probes(layers, logits_module, compiled=compiled)
         self.transport = transport if transport is not None else _make_transport(config,
                                                                                    self.world)
@@ -411,6 +417,8 @@ class Monitor:
                     a.settle(step)
             if self._hparams is not None:
                 self._run_hparams(self._hparams.pre, step)
+            if self._guard is not None:  # after the hparams watch: a scaled lr is no change
+                self._guard.before(step, self.ctx.optimizer)
             due = self._due_probes
             off = self._disabled
             for p in due:
@@ -428,14 +436,21 @@ class Monitor:
         t0 = sched.now()
         spent = 0.0
         step = self.step
+        guard = self._guard
         try:
-            if self._hparams is not None:
+            acting = guard is not None and guard.acting
+            if self._hparams is not None and not acting:
                 self._run_hparams(self._hparams.post, step)
             off = self._disabled
             for p in self._due_probes:
                 if p.name not in off and p.has_post:
                     spent += self._run(p, "post", step)
             spent += self._run_followed("post", step, self._due_probes)
+            if guard is not None:  # the probes read the lr the update used; then it goes back
+                guard.after(step, self.ctx.predictor, self._reactive.instability.rise,
+                            self._event)
+            if self._hparams is not None and acting:
+                self._run_hparams(self._hparams.post, step)
             for p in self._due_probes:
                 if p.follow is not None and p.name not in off and p not in self._follow:
                     self._follow.append(p)
@@ -580,6 +595,39 @@ class Monitor:
         scalars[nm.AGENT_PREDICTION_CADENCE] = float(cadence)
         return wire.Record(step=step, time=time.time(), scalars=scalars, layers=layers,
                            events=self._prediction_events(cadence))
+
+
+class _GuardHooks:
+    """The guard inside the optimizer hooks: scale before the update, undo after it, then read
+    the predictor and decide for the next step. Never raises into training."""
+
+    def __init__(self, policy: Guard, world: World) -> None:
+        self.machine = GuardMachine(policy)
+        self.sharded = world.sharded  # each rank holds part of the reading: no local decision
+        self._saved: list[tuple[dict[str, Any], Any]] | None = None
+        self.acting = False
+
+    def before(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        m = self.machine
+        if m.lifts_v(step):
+            lift_v(optimizer, m.policy.factor)
+        mult = m.multiplier(step)
+        self.acting = mult != 1.0
+        if self.acting:
+            self._saved = apply_lr(optimizer, mult)
+
+    def after(self, step: int, predictor: Any, rise: float,
+              emit: Callable[..., None]) -> None:  # fmt: skip
+        if self._saved is not None:
+            restore_lr(self._saved)
+            self._saved = None
+        self.acting = False
+        reading = getattr(predictor, "reading", None)
+        if self.sharded or reading is None or reading[0] != step - 1:
+            return  # the reading of the gradient before last is made at this step's post hook
+        values = reading[1]
+        for kind, data in self.machine.observe(step, values[1], values[2], rise):
+            emit(step, kind, **data)
 
 
 class _Reactive:
@@ -782,6 +830,7 @@ def attach(
     client_secret_key: str | None = None,
     client_public_key: str | None = None,
     enabled: bool | None = None,
+    guard: bool | Guard = False,
 ) -> Monitor:
     """Attach spikewatch to a model and its optimizer; returns the `Monitor`.
 
@@ -792,8 +841,11 @@ def attach(
     λ_max; with curvature="auto" an exact HVP the model cannot double-differentiate falls back to
     finite differences; without a closure the zero-extra-pass secant estimate is used.
     `overhead_budget` is the agent's share of step time (default 0.01) that cadences are
-    stretched to respect; `math.inf` never stretches. Bad options raise ValueError / TypeError
-    here, before training starts; afterwards the agent never raises into training.
+    stretched to respect; `math.inf` never stretches. `guard=True` (or a `Guard` with its knobs)
+    lets the agent act when a spike is predicted: a bounded, temporary lift of Adam's decayed
+    second moment by default (`agent/_guard.py`); every action is streamed as an event. Bad
+    options raise ValueError / TypeError here, before training starts; afterwards the agent
+    never raises into training.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"attach(): model must be a torch.nn.Module, got {type(model).__name__}")
@@ -812,6 +864,10 @@ def attach(
     _backend(cfg.curvature, closure)  # refuse exact/fd without a closure up front
     if layers is not None and cfg.enabled:
         _select_layers(_uncompiled(model), layers)
+    if not isinstance(guard, bool | Guard):
+        raise TypeError("attach(): guard must be True/False or a Guard, got "
+                        f"{type(guard).__name__}")
+    policy = Guard() if guard is True else (guard or None)
     return Monitor(model, optimizer, cfg, closure=closure, layers=layers,
-                   logits_module=logits_module)
+                   logits_module=logits_module, guard=policy)
 

@@ -41,6 +41,7 @@ class TwoSecantProbe(Probe):
         self.est = TwoSecant(ctx.optimizer, fraction=fraction)
         self.last: Any = None  # the last reading (device tensors), for hyperparameter events
         self.mirror = HostMirror()  # its values on the host, when they are there to read
+        self.reading: tuple[int, list[float]] | None = None  # (step, host values), for the guard
 
     def post(self, step: int, out: Collector) -> None:
         r = self.est.update(step + 1)  # `step` is the index of the step that just completed
@@ -50,6 +51,8 @@ class TwoSecantProbe(Probe):
         self.last = r
         host = r.host()
         ratio = (host[0] if host is not None else self.mirror.update(r.values))
+        if ratio is not None:
+            self.reading = (r.step, ratio)
         if ratio is not None and ratio[1] >= URGENT_RATIO:
             self.ctx.near_edge = True
         keep = _ALL if self.est.kind == "adam" else _NO_RHO  # SGD keeps no second moment

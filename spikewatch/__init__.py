@@ -9,9 +9,9 @@
         monitor.log(loss=loss)
     monitor.close()
 
-This is the whole user API: `attach` and the `Monitor` it returns (torch is imported on first
-use, so the server installs and runs without it). The parts live in subpackages, each importing
-only the ones listed before it (docs/architecture.md):
+This is the whole user API: `attach`, the `Monitor` it returns and the `Guard` policy (torch
+is imported on first use, so the server installs and runs without it). The parts live in
+subpackages, each importing only the ones listed before it (docs/architecture.md):
 
 - `spikewatch.protocol`: the wire format and the metric vocabulary, shared by both sides;
 - `spikewatch.monitor`: the signal library (the math, on tensors);
@@ -25,7 +25,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Monitor", "__version__", "attach"]
+__all__ = ["Guard", "Monitor", "__version__", "attach"]
 
 try:
     __version__ = version("spikewatch")
@@ -33,6 +33,7 @@ except PackageNotFoundError:  # a source checkout that was never installed
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:
+    from spikewatch.agent._guard import Guard
     from spikewatch.agent._monitor import Monitor, attach
 
 
@@ -41,4 +42,8 @@ def __getattr__(name: str) -> Any:
         from spikewatch.agent import _monitor
 
         return getattr(_monitor, name)
+    if name == "Guard":
+        from spikewatch.agent._guard import Guard
+
+        return Guard
     raise AttributeError(f"module 'spikewatch' has no attribute {name!r}")

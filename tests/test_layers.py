@@ -72,7 +72,7 @@ def test_each_package_imports_only_the_layers_below_it(pkg: str) -> None:
 def test_the_public_api_is_one_small_name() -> None:
     import spikewatch
 
-    assert sorted(spikewatch.__all__) == ["Monitor", "__version__", "attach"]
+    assert sorted(spikewatch.__all__) == ["Guard", "Monitor", "__version__", "attach"]
     assert callable(spikewatch.attach)
 
 

@@ -152,3 +152,5 @@ class EventType(StrEnum):
     PROBE_ERROR = "probe_error"  # a probe failed; the agent disabled or backed it off
     PREDICTION_DEGRADED = "prediction_degraded"  # the predictor's cadence left (or came back to)
     # every step: data cadence, previous, reason
+    GUARD_ACTION = "guard_action"  # the guard acted on a predicted spike: what, why, the ratio
+    GUARD_RELEASE = "guard_release"  # ... and let go: when, after how many steps

@@ -192,6 +192,13 @@ def test_a_predictor_that_cannot_run_every_step_warns() -> None:
         assert fired(run_pack(trace)) == [("prediction_degraded", 10)]
 
 
+def test_a_guard_action_raises_an_info_alert_and_no_page() -> None:
+    trace = [(s, {"loss": 1.0}) for s in range(1, 20)]
+    ts = run_pack(trace, {6: [Ev("guard_action", action="v", factor=0.5, stability_ratio=1.01)]})
+    assert fired(ts) == [("guard_acted", 6)]
+    assert fired(ts, Severity.INFO) == [("guard_acted", 6)]
+
+
 def test_nonfinite_loss_pages_immediately() -> None:
     trace = [(s, {"loss": 1.0 if s < 8 else math.nan}) for s in range(1, 12)]
     assert fired(run_pack(trace), Severity.PAGE) == [("nonfinite_loss", 8)]

@@ -1,0 +1,168 @@
+"""The guard: act inside the job when a loss spike is predicted, before it happens.
+
+`attach(..., guard=True)` (or `guard=Guard(...)`) watches the predictor's reading after every
+optimizer step (host floats the agent already has: no extra work, no host-device sync) and, when
+the stability ratio has held at or above `ratio` with ρ below `rho` for `sustain` readings
+(optionally only after an earlier instability that moved the loss by `rise`), applies a bounded,
+temporary mitigation:
+
+- ``"v"`` (default): Adam's second moment is multiplied by ``1 / factor**2`` once, lifting the
+  decayed √v̂ that lets the step grow past the edge (seed 000): the effective step shrinks by
+  `factor` on every coordinate and grows back as v follows the gradient or decays with β2 (for
+  β2 = 0.999 the lift of 4 fades over ~1400 steps); a new action can come after `hold_steps` +
+  `release_steps`;
+- ``"lr"``: the learning rate of every param group is multiplied by `factor` for `hold_steps`
+  steps, then brought back linearly over `release_steps`. The scaling is applied in the
+  optimizer's pre-step hook and undone in its post-step hook, so a learning-rate scheduler that
+  sets ``group["lr"]`` keeps working and a checkpoint never saves the scaled value.
+
+The defaults come from `python -m benchmarks.guard` (README, "Guard"): ρ < 0.08 keeps it off the
+near-edge stable controls (their crossings come with ρ 0.1–0.4), and "v" prevented more spikes
+than "lr" there. Under DDP every rank reads the same ratio and ρ (all-reduced gradients, the
+same sampled coordinates) and so acts at the same step; `rise` > 1 reads the rank's own loss and
+can break that. With a sharded optimizer (ZeRO/FSDP) the reading is partial on each rank and the
+guard stays off.
+
+`GuardMachine` is the pure state machine (readings in, the multiplier and events out), with no
+torch in it; `apply_lr` / `restore_lr` / `lift_v` touch the optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Guard", "GuardMachine"]
+
+Action = Literal["lr", "v"]
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The guard's policy (see the module docstring). Bounds: 0.05 ≤ factor < 1,
+    1 ≤ hold_steps ≤ 10000, 0 ≤ release_steps ≤ 10000."""
+
+    action: Action = "v"
+    factor: float = 0.5
+    hold_steps: int = 50
+    release_steps: int = 50
+    ratio: float = 0.99
+    rho: float = 0.08
+    sustain: int = 2
+    rise: float = 1.0  # 1.0: act on every predicted crossing; 1.3: only after a ≥ 30 % instability
+
+    def __post_init__(self) -> None:
+        if self.action not in ("lr", "v"):
+            raise ValueError(f"Guard(action={self.action!r}): choose 'lr' or 'v'")
+        checks = (("factor", 0.05 <= self.factor < 1.0, "in [0.05, 1)"),
+                  ("hold_steps", 1 <= self.hold_steps <= 10000, "in [1, 10000]"),
+                  ("release_steps", 0 <= self.release_steps <= 10000, "in [0, 10000]"),
+                  ("ratio", 0.5 <= self.ratio <= 2.0, "in [0.5, 2]"),
+                  ("rho", 0.0 < self.rho <= 10.0, "in (0, 10]"),
+                  ("sustain", 1 <= self.sustain <= 100, "in [1, 100]"),
+                  ("rise", 1.0 <= self.rise <= 100.0, "in [1, 100]"))  # fmt: skip
+        for name, ok, bound in checks:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not ok or (isinstance(value, float)
+                                                     and not math.isfinite(value)):
+                raise ValueError(f"Guard({name}={value!r}): must be {bound}")
+
+
+@dataclass
+class Act:
+    """One guard action, as streamed (`guard_action` at its start, `guard_release` at its end)."""
+
+    start: int  # the first step it scales
+    ratio: float
+    rho: float
+    rise: float
+    extended: int = 0  # re-triggers while it held
+    data: dict[str, float | int | str] = field(default_factory=dict)
+
+
+class GuardMachine:
+    """Readings in, the multiplier for each step and the events out. Pure: no torch, no clock."""
+
+    def __init__(self, policy: Guard) -> None:
+        self.policy = policy
+        self.act: Act | None = None
+        self._above = 0  # consecutive readings meeting the condition
+        self._until = -1  # last step of the hold (inclusive)
+        self.actions = 0
+
+    def observe(self, step: int, ratio: float, rho: float, rise: float
+                ) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
+        """Take the reading made at the end of `step`; events to stream. The decision applies
+        from `step + 1` on."""
+        p = self.policy
+        hot = (math.isfinite(ratio) and ratio >= p.ratio and math.isfinite(rho) and rho < p.rho
+               and rise >= p.rise)  # fmt: skip
+        self._above = self._above + 1 if hot else 0
+        events: list[tuple[str, dict[str, Any]]] = []
+        if self._above >= p.sustain:
+            if self.act is None:
+                self.actions += 1
+                self.act = Act(step + 1, ratio, rho, rise)
+                events.append(("guard_action", self._describe(self.act, step)))
+            else:  # still predicted while it acts: hold again from here
+                self.act.extended += 1
+            self._until = step + p.hold_steps
+            self._above = 0
+        elif self.act is not None and step >= self._until + p.release_steps:
+            events.append(("guard_release", {
+                "action": p.action, "started_at_step": self.act.start, "released_at_step": step,
+                "steps": step - self.act.start + 1, "extended": self.act.extended}))
+            self.act = None
+        return events
+
+    def multiplier(self, step: int) -> float:
+        """The learning-rate multiplier at `step` (1.0 when not acting)."""
+        if self.act is None or self.policy.action != "lr":
+            return 1.0
+        if step <= self._until:
+            return self.policy.factor
+        k = self.policy.release_steps
+        done = min(1.0, (step - self._until) / k) if k > 0 else 1.0
+        return self.policy.factor + (1.0 - self.policy.factor) * done
+
+    def lifts_v(self, step: int) -> bool:
+        """Whether the "v" action is to be applied at `step` (its first step)."""
+        return self.act is not None and self.policy.action == "v" and self.act.start == step
+
+    def _describe(self, act: Act, step: int) -> dict[str, Any]:
+        p = self.policy
+        return {"action": p.action, "factor": p.factor, "hold_steps": p.hold_steps,
+                "release_steps": p.release_steps, "from_step": step + 1,
+                "stability_ratio": act.ratio, "rho": act.rho, "instability_rise": act.rise,
+                "why": (f"stability ratio {act.ratio:.3f} >= {p.ratio} with rho {act.rho:.3f} "
+                        f"< {p.rho} for {p.sustain} readings"
+                        + (f", after an instability that moved the loss {act.rise:.2f}x"
+                           if p.rise > 1.0 else ""))}  # fmt: skip
+
+
+def apply_lr(optimizer: Any, multiplier: float) -> list[tuple[dict[str, Any], Any]]:
+    """Scale every group's lr for this step; what `restore_lr` needs to undo it."""
+    saved = []
+    for g in optimizer.param_groups:
+        lr = g["lr"]
+        saved.append((g, lr))
+        g["lr"] = lr * multiplier  # a tensor lr stays a tensor on its device (no sync)
+    return saved
+
+
+def restore_lr(saved: list[tuple[dict[str, Any], Any]]) -> None:
+    for g, lr in saved:
+        g["lr"] = lr
+
+
+def lift_v(optimizer: Any, factor: float) -> int:
+    """Multiply Adam's exp_avg_sq by 1/factor² (the step shrinks by `factor`); tensors touched."""
+    scale = 1.0 / (factor * factor)
+    n = 0
+    for state in optimizer.state.values():
+        v = state.get("exp_avg_sq") if isinstance(state, dict) else None
+        if v is not None:
+            v.mul_(scale)
+            n += 1
+    return n

@@ -1,0 +1,186 @@
+"""The guard: its bounds, its state machine (how far, how long, release), what it does to the
+optimizer, the events it streams, and that it changes nothing where it does not act."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import spikewatch
+from spikewatch.agent._guard import Guard, GuardMachine, apply_lr, lift_v, restore_lr
+from spikewatch.monitor.seed_fnn import make_seed_problem
+from spikewatch.protocol.names import EventType
+from tests.agent import _delivered as dl
+from tests.agent._peer import Peer
+
+HOT = (1.02, 0.05)  # a reading past the edge with a decayed preconditioner
+COLD = (0.5, 0.05)
+
+
+@pytest.mark.parametrize(("kw", "field"), [
+    ({"factor": 1.0}, "factor"), ({"factor": 0.01}, "factor"), ({"hold_steps": 0}, "hold_steps"),
+    ({"release_steps": -1}, "release_steps"), ({"rise": 0.5}, "rise"),
+    ({"ratio": math.nan}, "ratio"), ({"sustain": 0}, "sustain"),
+    ({"action": "eps"}, "action")])  # fmt: skip
+def test_policy_bounds_are_clear_errors(kw: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=f"Guard\\({field}="):
+        Guard(**kw)  # type: ignore[arg-type]
+
+
+def feed(m: GuardMachine, readings: list[tuple[float, float]], rise: float = 1.0,
+         start: int = 0) -> list[tuple[int, str, dict[str, object]]]:  # fmt: skip
+    out = []
+    for i, (r, rho) in enumerate(readings):
+        out += [(start + i, k, d) for k, d in m.observe(start + i, r, rho, rise)]
+    return out
+
+
+def test_acts_after_sustained_readings_holds_then_releases_linearly() -> None:
+    m = GuardMachine(Guard(action="lr", rho=0.2, factor=0.5, hold_steps=10, release_steps=4,
+                           sustain=2))
+    assert feed(m, [HOT]) == []  # one reading is not enough
+    assert m.multiplier(1) == 1.0
+    [(step, kind, data)] = feed(m, [HOT], start=1)
+    assert (step, kind) == (1, EventType.GUARD_ACTION.value)
+    assert data["action"] == "lr"
+    assert data["factor"] == 0.5
+    assert data["from_step"] == 2
+    assert data["stability_ratio"] == 1.02
+    assert data["rho"] == 0.05
+    assert "stability ratio 1.020 >= 0.99 with rho 0.050 < 0.2 for 2 readings" in str(data["why"])
+    # held at the factor through step 1 + 10, then back to 1 over 4 steps
+    assert [m.multiplier(s) for s in range(2, 12)] == [0.5] * 10
+    assert [m.multiplier(s) for s in range(12, 16)] == pytest.approx([0.625, 0.75, 0.875, 1.0])
+    events = feed(m, [COLD] * 20, start=2)
+    assert [(s, k) for s, k, _ in events] == [(15, EventType.GUARD_RELEASE.value)]
+    assert events[0][2]["started_at_step"] == 2
+    assert events[0][2]["extended"] == 0
+    assert m.multiplier(16) == 1.0
+    assert m.act is None
+    assert m.actions == 1
+
+
+def test_a_prediction_while_it_acts_extends_the_hold_without_a_new_action() -> None:
+    m = GuardMachine(Guard(action="lr", hold_steps=10, release_steps=0, sustain=1))
+    feed(m, [HOT])
+    feed(m, [COLD] * 5 + [HOT], start=1)  # predicted again at step 6: hold to 16
+    assert m.multiplier(16) == 0.5
+    assert m.multiplier(17) == 1.0
+    assert m.actions == 1
+    assert m.act is not None
+    assert m.act.extended == 1
+
+
+def test_needs_a_decayed_preconditioner_finite_readings_and_the_rise() -> None:
+    m = GuardMachine(Guard(action="lr", sustain=1, rise=1.3))
+    assert feed(m, [(1.5, 0.3), (math.nan, 0.05), (1.5, math.inf)]) == []
+    assert feed(m, [HOT], rise=1.2, start=3) == []
+    assert [k for _, k, _ in feed(m, [HOT], rise=1.4, start=4)] == ["guard_action"]
+    assert m.multiplier(5) == 0.5
+
+
+def test_the_v_action_lifts_adam_second_moment_once_and_leaves_lr_alone() -> None:
+    m = GuardMachine(Guard(action="v", factor=0.5, sustain=1))
+    feed(m, [HOT], start=9)
+    assert m.lifts_v(10)
+    assert not m.lifts_v(11)
+    assert m.multiplier(10) == 1.0
+    p = nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    v = opt.state[p]["exp_avg_sq"].clone()
+    assert lift_v(opt, 0.5) == 1
+    assert torch.equal(opt.state[p]["exp_avg_sq"], v * 4.0)
+
+
+def test_lr_is_scaled_for_one_step_and_restored_float_and_tensor() -> None:
+    p = nn.Parameter(torch.ones(2))
+    lr = torch.tensor(0.2)
+    opt = torch.optim.Adam([{"params": [p], "lr": 0.1}, {"params": [], "lr": lr}])
+    saved = apply_lr(opt, 0.5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert float(opt.param_groups[1]["lr"]) == pytest.approx(0.1)
+    assert float(lr) == pytest.approx(0.2)  # the tensor itself is not modified
+    restore_lr(saved)
+    assert opt.param_groups[0]["lr"] == 0.1
+    assert opt.param_groups[1]["lr"] is lr
+
+
+def _seed_run(steps: int, guard: Guard | bool, peer: Peer | None, **adam: object
+              ) -> tuple[list[float], list[float], spikewatch.Monitor | None]:  # fmt: skip
+    torch.manual_seed(0)
+    model, x, y = make_seed_problem(seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, **adam)  # type: ignore[arg-type]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + 1e-4 * t))
+    mon = None
+    if peer is not None:
+        mon = spikewatch.attach(model, opt, run="guarded", endpoint=peer.endpoint, guard=guard,
+                                overhead_budget=math.inf)  # a behaviour test: no stretching
+    used: list[float] = []
+    opt.register_step_pre_hook(lambda o, a, k: used.append(float(o.param_groups[0]["lr"])))
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        sched.step()
+        if mon is not None:
+            mon.log(loss=loss.detach())
+        losses.append(float(loss.detach()))
+    if mon is not None:
+        mon.close(timeout=5.0)
+    return losses, used, mon
+
+
+def test_a_guard_that_never_acts_changes_nothing(peer: Peer) -> None:
+    plain, lr_plain, _ = _seed_run(120, False, None)
+    guarded, lr_guarded, mon = _seed_run(120, Guard(), peer)  # far from the edge at 120 steps
+    assert mon is not None
+    assert mon._guard is not None
+    assert mon._guard.machine.actions == 0
+    assert guarded == plain
+    assert lr_guarded == lr_plain
+    assert dl.events(peer, EventType.GUARD_ACTION.value) == []
+
+
+@pytest.mark.parametrize("impl", [{}, {"foreach": True}, {"fused": True}])
+def test_an_acting_guard_scales_the_update_streams_its_events_and_keeps_the_schedule(
+        peer: Peer, impl: dict[str, bool], monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    # this healthy run is far from the edge: the predictor's readings are made to say it is past
+    # it (ratio 1.5) at steps 10 and 11, so that the guard acts on a real optimizer
+    real = GuardMachine.observe
+
+    def past_edge(self: GuardMachine, step: int, ratio: float, rho: float, rise: float
+                  ) -> list[tuple[str, dict[str, object]]]:  # fmt: skip
+        return real(self, step, 1.5 if 10 <= step < 12 else ratio, rho, rise)
+
+    monkeypatch.setattr(GuardMachine, "observe", past_edge)
+    policy = Guard(action="lr", rho=10.0, sustain=2, hold_steps=5, release_steps=2)
+    _plain, lr_plain, _ = _seed_run(40, False, None, **impl)
+    _, lr_used, mon = _seed_run(40, policy, peer, **impl)
+    assert mon is not None
+    assert mon._guard is not None
+    acts = dl.events(peer, EventType.GUARD_ACTION.value)
+    assert acts, "the guard never acted"
+    step, event = acts[0]
+    start = event.data["from_step"]
+    assert (step, start) == (11, 12)
+    assert event.data["action"] == "lr"
+    assert event.data["stability_ratio"] == 1.5
+    # the updates 12..16 used half the scheduler's lr, 17 three quarters, then all of it again;
+    # the scheduler itself was not touched
+    assert lr_used[:12] == lr_plain[:12]
+    scale = [u / p for u, p in zip(lr_used, lr_plain, strict=True)]
+    assert scale[12:20] == pytest.approx([0.5] * 5 + [0.75, 1.0, 1.0])
+    assert scale[20:] == pytest.approx([1.0] * 20)
+    [(at, release)] = dl.events(peer, EventType.GUARD_RELEASE.value)
+    assert at == 18
+    assert release.data["started_at_step"] == 12
+    assert release.data["steps"] == 7
+    # after the run the group holds the scheduler's lr, not a scaled one
+    assert mon.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / (1.0 + 1e-4 * 40))

@@ -112,8 +112,10 @@ class Monitor:
         self.model = model
         self.optimizer = optimizer
         self.world = world or detect(model, optimizer)
-        self.enabled = config.enabled and not (
-            config.ddp_ranks == "rank0" and self.world.rank != 0 and not self.world.sharded)
+        # ddp_ranks="rank0": the other DDP ranks stream nothing; with a guard they still watch,
+        # so that every rank takes the guard's decisions at the same step (replicas stay equal)
+        quiet = config.ddp_ranks == "rank0" and self.world.rank != 0 and not self.world.sharded
+        self.enabled = config.enabled and (not quiet or guard is not None)
         self._closed = False
         self._handles: list[Any] = []
         self._armed: list[Armed] = []
@@ -140,7 +142,8 @@ class Monitor:
         self.scheduler = Scheduler(PROFILES[config.profile], config.overhead_budget,
                                    **({"clock": clock} if clock is not None else {}),
                                    stretch=not self.world.sharded, untimed=UNTIMED,
-                                   headroom=HEADROOM, bursts={TWO_SECANT: TwoSecantProbe.burst})
+                                   headroom=HEADROOM, bursts={TWO_SECANT: TwoSecantProbe.burst},
+                                   pin_predictor=guard is not None and self.world.world_size > 1)
         self.out = Collector()
         self.last_report: Report | None = None  # the scheduler's last overhead measurement
         names: dict[Tensor, str] = {p: layer_name(n, "param")
@@ -153,8 +156,8 @@ class Monitor:
             log.warning("spikewatch guard: off under a sharded optimizer (each rank holds part "
                         "of the reading)")
         self._build_probes(layers, logits_module, compiled=compiled)
-        self.transport = transport if transport is not None else _make_transport(config,
-                                                                                   self.world)
+        self.transport = (_NullTransport() if quiet else transport if transport is not None
+                          else _make_transport(config, self.world))
         self.transport.hello(self._meta(model, local))
         if self.resumed_at > 0:
             self._event(self.step, EventType.RESUMED, resumed_at_step=self.resumed_at)
@@ -593,6 +596,9 @@ class Monitor:
                     scalars[metric] = float(getattr(c, attr))
         cadence = self.scheduler.cadence(TWO_SECANT)
         scalars[nm.AGENT_PREDICTION_CADENCE] = float(cadence)
+        if self._guard is not None:
+            scalars[nm.GUARD_ACTIONS] = float(self._guard.machine.actions)
+            scalars[nm.GUARD_ACTIVE] = float(self._guard.machine.act is not None)
         return wire.Record(step=step, time=time.time(), scalars=scalars, layers=layers,
                            events=self._prediction_events(cadence))
 

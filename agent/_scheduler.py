@@ -81,7 +81,7 @@ class Scheduler:
 
     def __init__(self, profile: Profile, budget: float, *, clock: Clock = time.perf_counter,
                  stretch: bool = True, untimed: float = 1.0, headroom: float = 1.0,
-                 bursts: Mapping[str, int] | None = None) -> None:
+                 bursts: Mapping[str, int] | None = None, pin_predictor: bool = False) -> None:
         if untimed < 1.0:
             raise ValueError(f"untimed must be >= 1 (a factor on the timed cost), got {untimed}")
         if not 0.0 < headroom <= 1.0:
@@ -94,6 +94,9 @@ class Scheduler:
         self.untimed = untimed
         self.headroom = headroom
         self.stretch = stretch
+        # the predictor never stretched (a guard under DDP: every rank must read it at the same
+        # steps, whatever its own timings say)
+        self.pin_predictor = pin_predictor
         self._clock = clock
         self._base = dict(profile.cadences)
         self._cadence = dict(profile.cadences)
@@ -297,7 +300,7 @@ class Scheduler:
         rest = [p for p in self._cadence if p not in FIXED and p not in PREDICTIVE]
         over = self._load(pred) > pred_allowance
         self._pred_over = self._pred_over + 1 if over else 0
-        if self._pred_over >= PREDICTIVE_PATIENCE:
+        if self._pred_over >= PREDICTIVE_PATIENCE and not self.pin_predictor:
             self._stretch(pred, pred_allowance)
         rest_allowance = max(allowance - self._load(pred), 0.0)
         self._stretch(rest, rest_allowance)

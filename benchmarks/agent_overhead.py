@@ -146,7 +146,7 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
     mon = watched.monitor = agent.attach(
         watched.net, watched.opt, run=f"bench-{profile}-{variant or 'plain'}",
         endpoint=endpoint, profile=profile, closure=watched.loss if variant == "closure" else None,
-        spool_dir=args.spool_dir,
+        spool_dir=args.spool_dir, guard=args.guard,
         overhead_budget=args.budget, logits_module=watched.model.head)
     # Warm up until the budget has seen every scheduled probe run and has adjusted after it (a
     # probe with cadence 200 first runs at step 200): cadences frozen earlier would keep a costly
@@ -246,6 +246,9 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
         if foot is not None:
             print(f"  {name}: predictor sample {foot[0]} coordinates of "
                   f"{sum(p.numel() for p in watched.net.parameters())}, {foot[1]} bytes held")
+    guard = getattr(mon, "_guard", None)
+    if guard is not None:
+        print(f"  {name}: guard actions {guard.machine.actions} (0: it watched, never acted)")
     return out
 
 
@@ -313,6 +316,9 @@ def main() -> None:
     ap.add_argument("--tracemalloc", action="store_true",
                     help="also count Python allocations (slows the agent's Python: not a user's "
                     "step time)")
+    ap.add_argument("--guard", action="store_true",
+                    help="attach with guard=True (it only acts past the edge, which this job never "
+                         "reaches: the cost of a guard that watches)")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the model (inductor) and attach to the compiled module")
     ap.add_argument("--pin", action="store_true",
@@ -347,7 +353,7 @@ def main() -> None:
     print(f"agent overhead: TinyLM {sum(p.numel() for p in TinyLM().parameters())} params, "
           f"batch {BATCH}x{SEQ}, device {device}, torch {torch.__version__}, "
           f"{args.threads} thread(s), budget {args.budget}, "
-          f"{'torch.compile, ' if args.compile else ''}"
+          f"{'torch.compile, ' if args.compile else ''}{'guard=True, ' if args.guard else ''}"
           f"server: {'none' if args.no_server else endpoint}"
           + (f", training thread pinned to CPU {min(args.pin[0])}" if args.pin else ""))
     print(f"~{args.rounds} rounds x 3 interleaved blocks (A, B agent off; W on; arms: "

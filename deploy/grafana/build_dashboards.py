@@ -168,7 +168,7 @@ def _variables(run: bool) -> list[Json]:
 
 
 def dashboard(uid: str, title: str, description: str, items: list[Panel | Row],
-              run_variable: bool = False) -> Json:
+              run_variable: bool = False, annotations: list[Json] | None = None) -> Json:
     """A complete dashboard document."""
     return {
         "uid": uid, "title": title, "description": description, "tags": ["spikewatch"],
@@ -179,7 +179,7 @@ def dashboard(uid: str, title: str, description: str, items: list[Panel | Row],
         "annotations": {"list": [{
             "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
             "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
-            "name": "Annotations & Alerts", "type": "dashboard"}]},
+            "name": "Annotations & Alerts", "type": "dashboard"}, *(annotations or [])]},
         "links": [{"title": "spikewatch", "type": "dashboards", "tags": ["spikewatch"],
                    "asDropdown": True, "includeVars": False, "keepTime": True}],
         "templating": {"list": _variables(run_variable)},
@@ -273,6 +273,7 @@ def run_detail() -> Json:
               w=5, h=4, unit="s", thresholds=[(None, "green"), (120, "yellow"), (600, "red")]),
         Row("Edge of stability"),
         Panel("timeseries", "Stability ratio vs threshold 1", [
+            Target(_run("stability_ratio_two_secant"), "two-secant (every step, the page's)"),
             Target(_run("stability_ratio"), "λ_grad (gradient direction)"),
             Target(_run("stability_ratio_max"), "λ_max (top eigenvalue)"),
             Target(_run("stability_ratio_secant"), "secant (update direction)"),
@@ -314,8 +315,21 @@ def run_detail() -> Json:
         Panel("timeseries", "Step time", [Target(_run("agent_step_time_seconds"), "step")],
               w=12, h=8, unit="s"),
     ]
+    items += [
+        Row("Guard"),
+        Panel("timeseries", "Guard (attach(guard=True))", [
+            Target(_run("guard_active"), "acting"),
+            Target(_run("guard_actions"), "actions so far"),
+        ], w=24, h=6, description="The agent's guard acting on a predicted spike; each action is "
+            "also an annotation on every panel and a guard_action event in the API."),
+    ]
+    guard = {"datasource": DS, "enable": True, "hide": False, "iconColor": "green",
+             "name": "Guard actions", "step": "15s", "titleFormat": "guard acted",
+             "expr": f"changes({_run('guard_actions')}[1m]) > 0",
+             "textFormat": "the agent's guard acted on a predicted loss spike"}
     return dashboard("spikewatch-run", "spikewatch / Run detail",
-                     "Leading indicators of loss spikes for one run.", items, run_variable=True)
+                     "Leading indicators of loss spikes for one run.", items, run_variable=True,
+                     annotations=[guard])
 
 
 def _rate(metric: str, by: str = "") -> str:

@@ -63,6 +63,9 @@ def _train(rank: int, world: int, endpoint: str, mode: str) -> None:
     x, y = _data()
     half = len(x) // world
     xs, ys = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
+    if mode == "guard":
+        _guard_run(rank, model, opt, xs, ys, endpoint)
+        return
     monitor = agent.attach(model, opt, run=f"dist-{mode}", endpoint=endpoint,
                            profile="full", overhead_budget=math.inf, ddp_ranks="rank0",
                            sample_fraction=1.0)
@@ -74,6 +77,40 @@ def _train(rank: int, world: int, endpoint: str, mode: str) -> None:
         monitor.log(loss=loss)
     monitor.close(timeout=5.0)
     dist.barrier()  # both ranks are done with collectives before either tears down
+
+
+def _guard_run(rank: int, model: nn.Module, opt: torch.optim.Optimizer, xs: torch.Tensor,
+               ys: torch.Tensor, endpoint: str) -> None:  # fmt: skip
+    """The guard under DDP with the default budget (1 %) and ddp_ranks="rank0": the readings
+    say "past the edge" at steps 3 and 4 (made so here; the run is healthy), and every rank must
+    lift v at the same step, or the replicas drift apart."""
+    from spikewatch.agent._guard import GuardMachine
+
+    real = GuardMachine.observe
+
+    def past_edge(self: GuardMachine, step: int, ratio: float, rho: float,
+                  rise: float) -> list[tuple[str, dict[str, object]]]:  # fmt: skip
+        hot = step in (3, 4)
+        return real(self, step, 1.5 if hot else ratio, 0.01 if hot else rho, rise)
+
+    GuardMachine.observe = past_edge  # type: ignore[method-assign]
+    monitor = agent.attach(model, opt, run="dist-guard", endpoint=endpoint, guard=True,
+                           ddp_ranks="rank0")
+    for _ in range(3 * STEPS):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(xs), ys)
+        torch.autograd.backward(loss)
+        opt.step()
+        monitor.log(loss=loss)
+    guard = monitor._guard
+    assert guard is not None
+    assert guard.machine.actions == 1, (rank, guard.machine.actions)
+    monitor.close(timeout=5.0)
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    both = [torch.zeros_like(flat) for _ in range(2)]
+    dist.all_gather(both, flat)
+    assert torch.equal(both[0], both[1]), "the replicas drifted apart"
+    dist.barrier()
 
 
 def _reference() -> tuple[list[float], list[float], dict[int, tuple[float, float, float]]]:
@@ -178,3 +215,13 @@ def test_ddp_rank0_only(peer: Peer) -> None:
     ratio = {r.step: r.scalars[nm.STABILITY_RATIO_TWO_SECANT] for b in batches for r in b.records
              if nm.STABILITY_RATIO_TWO_SECANT in r.scalars}
     assert ratio == pytest.approx({s: v[1] for s, v in two_ref.items()}, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_ddp_guard_acts_on_every_rank_at_the_same_step(peer: Peer) -> None:
+    batches = _run(peer, "guard")  # each rank asserts its action and equal replicas
+    assert {b.header.rank for b in batches} == {0}  # rank 1 watches but streams nothing
+    acts = [(r.step, e) for b in batches for r in b.records for e in r.events
+            if e.type == "guard_action"]
+    assert [s for s, _ in acts] == [4]
+    assert acts[0][1].data["action"] == "v"

@@ -82,19 +82,32 @@ def test_needs_a_decayed_preconditioner_finite_readings_and_the_rise() -> None:
     assert m.multiplier(5) == 0.5
 
 
-def test_the_v_action_lifts_adam_second_moment_once_and_leaves_lr_alone() -> None:
+@pytest.mark.parametrize("impl", [{}, {"foreach": True}, {"fused": True}])
+def test_the_v_action_lifts_adam_second_moment_once_and_leaves_lr_alone(
+        impl: dict[str, bool]) -> None:  # fmt: skip
     m = GuardMachine(Guard(action="v", factor=0.5, sustain=1))
     feed(m, [HOT], start=9)
     assert m.lifts_v(10)
     assert not m.lifts_v(11)
     assert m.multiplier(10) == 1.0
-    p = nn.Parameter(torch.ones(3))
-    opt = torch.optim.Adam([p], lr=0.1)
-    p.grad = torch.ones(3)
-    opt.step()
-    v = opt.state[p]["exp_avg_sq"].clone()
-    assert lift_v(opt, 0.5) == 1
-    assert torch.equal(opt.state[p]["exp_avg_sq"], v * 4.0)
+    ps = [nn.Parameter(torch.ones(3)) for _ in range(2)]
+    opts = [torch.optim.Adam([p], lr=0.1, **impl) for p in ps]  # type: ignore[arg-type]
+    for p, opt in zip(ps, opts, strict=True):
+        p.grad = torch.ones(3)
+        opt.step()
+    v = opts[0].state[ps[0]]["exp_avg_sq"].clone()
+    assert lift_v(opts[0], 0.5) == 1
+    assert torch.equal(opts[0].state[ps[0]]["exp_avg_sq"], v * 4.0)
+    moved = []
+    for p, opt in zip(ps, opts, strict=True):
+        before = p.detach().clone()
+        opt.step()  # the same gradient again
+        moved.append(float((p.detach() - before).abs().max()))
+    # Adam's next v is β2·v + (1 − β2)·g²: the lift shrinks the step by √ of the v ratio
+    b2, v0 = 0.999, float(v[0])
+    shrink = math.sqrt((b2 * v0 + (1 - b2)) / (b2 * 4 * v0 + (1 - b2)))
+    assert moved[0] == pytest.approx(shrink * moved[1], rel=1e-3)
+    assert shrink < 0.7
 
 
 def test_lr_is_scaled_for_one_step_and_restored_float_and_tensor() -> None:

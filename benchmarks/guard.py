@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,41 +86,30 @@ class SkipStep:
         return out
 
 
-def _train_plain(sc: Scenario, arm: str) -> tuple[list[float], float, int]:
-    """The reference and the baselines: (ground truth per step, timed seconds, skipped steps)."""
+def _train_plain(sc: Scenario, arm: str) -> tuple[list[float], float]:
+    """The reference and the baselines: (ground truth per step, timed seconds)."""
     task = sc.build()
+    hook: Callable[[torch.Tensor], bool] | None = None
     if arm == "eps0.1":
         for g in task.optimizer.param_groups:
             if "eps" in g:
                 g["eps"] = 0.1
-    clip = None
-    if arm == "zclip":
+    elif arm == "zclip":
         from zclip import ZClip
 
         clip = ZClip()
-    skipper = SkipStep() if arm == "skip" else None
-    truth: list[torch.Tensor] = []
-    timed = 0.0
-    for t in range(sc.steps):
-        if task.batch is not None:
-            task.batch(t)
-        ev = None
-        if task.eval_loss is not None:
-            with torch.no_grad():
-                ev = task.eval_loss().detach()
-        t0 = time.perf_counter()
-        task.optimizer.zero_grad(set_to_none=True)
-        loss = task.closure()
-        loss.backward()  # type: ignore[no-untyped-call]
-        if task.schedule is not None:
-            task.schedule(t, task.optimizer)
-        if clip is not None:
+
+        def hook(loss: torch.Tensor) -> bool:
             clip.step(task.model)
-        if skipper is None or not skipper.skip(float(loss.detach())):
-            task.optimizer.step()
-        timed += time.perf_counter() - t0
-        truth.append(ev if ev is not None else loss.detach())
-    return torch.stack(truth).tolist(), timed, skipper.skipped if skipper else 0
+            return True
+    elif arm == "skip":
+        skipper = SkipStep()
+
+        def hook(loss: torch.Tensor) -> bool:
+            return not skipper.skip(float(loss.detach()))
+    plain = Arm(task, before_step=hook)
+    timed = plain.run(sc.steps)
+    return plain.truth(), timed
 
 
 def _train_guarded(sc: Scenario, pace: float, policy: Guard, spool: str
@@ -147,7 +137,7 @@ def run_one(name: str, arm: str, pace: float, policy: Guard) -> Result:
         with tempfile.TemporaryDirectory(prefix="spikewatch-guard-") as spool:
             curve, timed, actions = _train_guarded(sc, pace, policy, spool)
     else:
-        curve, timed, _ = _train_plain(sc, arm)
+        curve, timed = _train_plain(sc, arm)
     tail = [x for x in curve[-100:] if math.isfinite(x)]
     final = statistics.fmean(tail) if tail else math.inf
     return Result(sc.name, sc.family, sc.control, arm, spike_onsets(list(enumerate(curve))),

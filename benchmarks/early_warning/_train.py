@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,9 @@ class Arm:
     step: int = 0
     timed: float = 0.0  # seconds inside forward/backward/step/log
     pace: float = 0.0  # seconds a step takes at least, wall time (0: as fast as it trains)
+    # a baseline's hook between backward and the optimizer step (clipping, skip-step); False:
+    # skip this step's update
+    before_step: Callable[[Tensor], bool] | None = None
 
     def run(self, stop: int) -> float:
         """Train steps self.step .. stop − 1; the timed seconds of these steps.
@@ -67,7 +71,8 @@ class Arm:
             loss.backward()  # type: ignore[no-untyped-call]
             if task.schedule is not None:
                 task.schedule(t, task.optimizer)
-            task.optimizer.step()
+            if self.before_step is None or self.before_step(loss):
+                task.optimizer.step()
             if mon is not None:
                 if ev is None:
                     mon.log(loss.detach())

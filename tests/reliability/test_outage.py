@@ -9,7 +9,6 @@ spool too small for what is submitted drops priority-0 data first and counts eve
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,20 +24,12 @@ from spikewatch.agent._transport import (
     Transport,
 )
 from spikewatch.protocol import wire
+from spikewatch.server.collector import wait_until
 from tests.reliability._daemon import Daemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 STEPS = 60  # the default profile drains every 25 steps: two batches spooled, one sent live
-
-
-def _wait(pred: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def _scalars(url: str, run: str, metric: str) -> list[tuple[int, float]]:
@@ -89,7 +80,7 @@ def test_training_without_server_spools_then_replays_everything_once(
 
         daemon.start()
         daemon.wait_ready()
-        assert _wait(lambda: mon.counters().spool_pending == 0
+        assert wait_until(lambda: mon.counters().spool_pending == 0
                      and mon.counters().in_flight == 0, 60), mon.counters()
         assert mon.counters().online
         mon.close(timeout=30)  # the last partial drain interval goes out live
@@ -144,7 +135,7 @@ def test_full_spool_drops_priority_zero_first_and_counts_it(sqlite_url: str,
 
         daemon.start()
         daemon.wait_ready()
-        assert _wait(lambda: t.counters().spool_pending == 0 and t.counters().in_flight == 0,
+        assert wait_until(lambda: t.counters().spool_pending == 0 and t.counters().in_flight == 0,
                      60), t.counters()
         t.close(timeout=10)
     finally:

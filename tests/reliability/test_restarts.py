@@ -23,21 +23,13 @@ from torch import nn
 import spikewatch
 from spikewatch.agent._monitor import Monitor
 from spikewatch.agent._transport import Transport
+from spikewatch.server.collector import wait_until
 from tests.reliability._daemon import Daemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 STEPS = 2400
 KILLS = 6  # one after every STEPS // KILLS steps, the last one after the last step
-
-
-def _wait(pred: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def _loss_steps(url: str, run: str) -> list[int]:
@@ -85,7 +77,7 @@ def test_sigkill_restarts_lose_not_even_the_last_step(sqlite_url: str, tmp_path:
                 daemon.wait_ready()
         # All but the last step's record (close() drains it) is delivered by now, so a loss can
         # only be that record: the "every step but the last one".
-        assert _wait(lambda: mon.counters().acked == mon.counters().submitted
+        assert wait_until(lambda: mon.counters().acked == mon.counters().submitted
                      and mon.counters().spool_pending == 0, 30), mon.counters()
         daemon.kill()
         daemon.start()  # boots while close() runs: close() finds the server away
@@ -141,7 +133,7 @@ def test_close_without_server_spools_says_so_and_next_session_delivers(
                 lc = later.counters()
                 return lc.acked > 0 and lc.spool_pending == 0 and lc.in_flight == 0
 
-            assert _wait(replayed, 30), later.counters()
+            assert wait_until(replayed, 30), later.counters()
             assert later.counters().replayed >= c.spool_pending
         finally:
             later.close(timeout=5)

@@ -75,6 +75,8 @@ AGENT_SENT = "agent_sent"
 AGENT_ACKED = "agent_acked"
 AGENT_SPOOLED = "agent_spooled"
 AGENT_DROPPED = "agent_dropped"
+GUARD_ACTIONS = "guard_actions"
+GUARD_ACTIVE = "guard_active"
 
 _S0 = "arXiv:2506.04805 (Adaptive preconditioners trigger loss spikes in Adam)"
 _S1 = "Spectra (gradient spike-tail spectrum)"
@@ -134,6 +136,10 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(AGENT_ACKED, "1", "batches acknowledged by the server (cumulative)", _OWN),
     Metric(AGENT_SPOOLED, "1", "batches written to the on-disk spool (cumulative)", _OWN),
     Metric(AGENT_DROPPED, "1", "batches dropped under back-pressure (cumulative)", _OWN),
+    Metric(GUARD_ACTIONS, "1", "guard actions so far (cumulative; with attach(guard=...))", _OWN,
+           export=True),
+    Metric(GUARD_ACTIVE, "1", "1 while a guard action holds or releases, else 0", _OWN,
+           export=True),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in CATALOGUE}

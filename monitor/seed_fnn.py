@@ -7,12 +7,11 @@ steps. Reused by the tests, the demo and the benchmarks.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["make_seed_problem", "spike_onsets"]
+__all__ = ["make_seed_problem"]
 
 
 def make_seed_problem(
@@ -35,29 +34,3 @@ def make_seed_problem(
     finally:
         torch.random.set_rng_state(state)
     return model, x, y
-
-
-def spike_onsets(
-    losses: Sequence[float], factor: float = 2.0, window: int = 50, gap: int = 50
-) -> list[int]:
-    """Indices t where loss[t] > factor·min(loss[t−window:t]) starts a new spike episode.
-
-    An episode ends after ``gap`` consecutive steps without the condition; the next onset must
-    come after that. Non-finite losses count as spiking and are left out of the reference minimum.
-    The first ``window`` steps are skipped.
-    """
-    if window < 1 or gap < 1 or not factor > 0:
-        raise ValueError(f"need window >= 1, gap >= 1, factor > 0; got {window}, {gap}, {factor}")
-    onsets: list[int] = []
-    quiet = gap  # steps since the last spiking step; an onset needs quiet >= gap
-    for t in range(window, len(losses)):
-        finite = [v for v in losses[t - window : t] if math.isfinite(v)]
-        cur = losses[t]
-        spiking = not math.isfinite(cur) or (bool(finite) and cur > factor * min(finite))
-        if spiking:
-            if quiet >= gap:
-                onsets.append(t)
-            quiet = 0
-        else:
-            quiet += 1
-    return onsets

@@ -264,10 +264,10 @@ def leads(onsets: list[int], alerts: list[Alert]) -> list[tuple[int, list[Alert]
 def summary(api: Api, server: DemoServer, losses: list[float], db: Path,
             keep: bool) -> list[str]:
     """The closing report: onsets, the pages before them with their lead, where to look."""
-    from spikewatch.monitor.seed_fnn import spike_onsets
+    from spikewatch.server.backtest import spike_onsets
 
     alerts = api.alerts()
-    onsets = spike_onsets(losses)
+    onsets = spike_onsets(list(enumerate(losses)))
     lines = ["", "─" * 100,
              f"Loss-spike onsets (loss > 2× its 50-step minimum): {onsets or 'none'}"]
     warned: set[tuple[str, int]] = set()

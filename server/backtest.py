@@ -63,8 +63,8 @@ def spike_onsets(
 ) -> list[int]:  # fmt: skip
     """Steps where a loss spike episode starts; `points` are (step, loss) in step order.
 
-    The first `window` steps of the series are skipped (their window is incomplete), as in
-    `monitor.seed_fnn.spike_onsets`.
+    The first `window` steps of the series are skipped (their window is incomplete). This is
+    the one ground-truth definition (DESIGN.md §7): benchmarks, tests and the demo use it.
     """
     onsets: list[int] = []
     last_spiking: int | None = None

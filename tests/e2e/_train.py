@@ -11,7 +11,8 @@ import httpx
 import torch
 
 import spikewatch
-from spikewatch.monitor.seed_fnn import make_seed_problem, spike_onsets
+from spikewatch.monitor.seed_fnn import make_seed_problem
+from spikewatch.server.backtest import spike_onsets
 
 __all__ = ["Trained", "alerts", "train_classifier", "train_seed", "wait_stored"]
 
@@ -26,7 +27,7 @@ class Trained:
 
     @property
     def onsets(self) -> list[int]:
-        return spike_onsets(self.losses)
+        return spike_onsets(list(enumerate(self.losses)))
 
 
 def train_seed(endpoint: str, run: str, lr: float, steps: int, *, min_step_s: float = 0.05,
@@ -59,7 +60,7 @@ def train_seed(endpoint: str, run: str, lr: float, steps: int, *, min_step_s: fl
             losses.append(float(loss.detach()))
             logged.append(time.time())
             if stop_after_onset is not None and len(losses) % 10 == 0:
-                onsets = spike_onsets(losses)
+                onsets = spike_onsets(list(enumerate(losses)))
                 if onsets and len(losses) > onsets[0] + stop_after_onset:
                     break
             rest = min_step_s - (time.monotonic() - t0)

@@ -81,7 +81,8 @@ def test_seed_fnn_quiet_decay_then_growth_at_each_spike() -> None:
     import torch
 
     from spikewatch.monitor.precond_decay import PreconditionerDecay
-    from spikewatch.monitor.seed_fnn import make_seed_problem, spike_onsets
+    from spikewatch.monitor.seed_fnn import make_seed_problem
+    from spikewatch.server.backtest import spike_onsets
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -97,7 +98,7 @@ def test_seed_fnn_quiet_decay_then_growth_at_each_spike() -> None:
         # until two onsets and their aftermath are in, whatever their steps
         for _ in range(2000):
             if len(losses) % 10 == 0:
-                seen = spike_onsets(losses)
+                seen = spike_onsets(list(enumerate(losses)))
                 if len(seen) >= 2 and len(losses) > seen[1] + 10:
                     break
             opt.zero_grad()
@@ -112,7 +113,7 @@ def test_seed_fnn_quiet_decay_then_growth_at_each_spike() -> None:
             phase.append(int(lab.update(rho[-1], decay[-1], None).phase))
     finally:
         torch.set_num_threads(threads)
-    onsets = spike_onsets(losses)
+    onsets = spike_onsets(list(enumerate(losses)))
     assert len(onsets) >= 2, onsets
     assert onsets[0] >= 300
     for o in onsets:

@@ -14,7 +14,8 @@ from spikewatch.monitor.adam_state import adam_view, bias_corrected_v, effective
 from spikewatch.monitor.curvature import TopCurvature, TopEigen, gradient_curvature
 from spikewatch.monitor.hvp import ExactHVP
 from spikewatch.monitor.secant import SecantEstimator
-from spikewatch.monitor.seed_fnn import make_seed_problem, spike_onsets
+from spikewatch.monitor.seed_fnn import make_seed_problem
+from spikewatch.server.backtest import spike_onsets
 
 STEPS = 1500  # three or more spike episodes with seed 0 on any CPU (onsets differ by CPU)
 TOP_EVERY = 10
@@ -42,22 +43,6 @@ def test_seed_problem_is_deterministic_and_shaped() -> None:
     assert xs.shape == (11, 1)
     with pytest.raises(ValueError, match="width"):
         make_seed_problem(width=0)
-
-
-def test_spike_onsets() -> None:
-    flat = [1.0] * 100
-    assert spike_onsets(flat, window=10, gap=5) == []
-    series = [1.0] * 30 + [2.5, 3.0, 2.2] + [1.0] * 20 + [2.1] + [1.0] * 3 + [5.0] + [1.0] * 10
-    # onset at 30; the 2.1 at 53 is 20 quiet steps later (>= gap 5): new episode; 5.0 at 57 is not
-    assert spike_onsets(series, window=10, gap=5) == [30, 53]
-    assert spike_onsets(series, window=10, gap=2) == [30, 53, 57]
-    assert spike_onsets(series, factor=4.0, window=10, gap=5) == [57]
-    assert spike_onsets([1.0] * 20 + [math.nan], window=5) == [20]
-    # a non-finite loss in the reference window does not hide the next spike
-    assert spike_onsets([1.0] * 20 + [math.inf, 1.0, 3.0], window=5, gap=1) == [20, 22]
-    assert spike_onsets([1.0] * 3, window=5) == []
-    with pytest.raises(ValueError, match="window"):
-        spike_onsets(series, window=0)
 
 
 @dataclass
@@ -130,7 +115,7 @@ def _run_start(values: dict[int, float] | list[float], onset: int, lookback: int
 @pytest.mark.usefixtures("one_thread")
 def test_lambda_grad_crosses_two_over_eta_before_each_spike() -> None:
     trace = _train(STEPS)
-    onsets = spike_onsets(trace.losses, factor=2.0, window=50, gap=50)
+    onsets = spike_onsets(list(enumerate(trace.losses)), factor=2.0, window=50, quiet=50)
     assert len(onsets) >= 3, onsets  # spikes repeatedly ...
     assert onsets[0] >= 300  # ... after a few hundred steps of quiet training
     leads, secant_leads = [], []

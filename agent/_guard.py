@@ -30,10 +30,14 @@ torch in it; `apply_lr` / `restore_lr` / `lift_v` touch the optimizer.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-__all__ = ["Guard", "GuardMachine"]
+if TYPE_CHECKING:
+    from spikewatch.agent._distributed import World
+
+__all__ = ["Guard", "GuardHooks", "GuardMachine"]
 
 Action = Literal["lr", "v"]
 
@@ -166,3 +170,36 @@ def lift_v(optimizer: Any, factor: float) -> int:
             v.mul_(scale)
             n += 1
     return n
+
+
+class GuardHooks:
+    """The guard inside the optimizer hooks: scale before the update, undo after it, then read
+    the predictor and decide for the next step. Never raises into training."""
+
+    def __init__(self, policy: Guard, world: World) -> None:
+        self.machine = GuardMachine(policy)
+        self.sharded = world.sharded  # each rank holds part of the reading: no local decision
+        self._saved: list[tuple[dict[str, Any], Any]] | None = None
+        self.acting = False
+
+    def before(self, step: int, optimizer: Any) -> None:
+        m = self.machine
+        if m.lifts_v(step):
+            lift_v(optimizer, m.policy.factor)
+        mult = m.multiplier(step)
+        self.acting = mult != 1.0
+        if self.acting:
+            self._saved = apply_lr(optimizer, mult)
+
+    def after(self, step: int, predictor: Any, rise: float,
+              emit: Callable[..., None]) -> None:  # fmt: skip
+        if self._saved is not None:
+            restore_lr(self._saved)
+            self._saved = None
+        self.acting = False
+        reading = getattr(predictor, "reading", None)
+        if self.sharded or reading is None or reading[0] != step - 1:
+            return  # the reading of the gradient before last is made at this step's post hook
+        values = reading[1]
+        for kind, data in self.machine.observe(step, values[1], values[2], rise):
+            emit(step, kind, **data)

@@ -34,9 +34,9 @@ from spikewatch.agent._forward_probes import (
     LogitsProbe,
     over_confidence,
 )
-from spikewatch.agent._guard import Guard, GuardMachine, apply_lr, lift_v, restore_lr
+from spikewatch.agent._guard import Guard, GuardHooks
+from spikewatch.agent._layers import is_compiled, select_layers, uncompiled
 from spikewatch.agent._probes import (
-    MAX_SA_LAYERS,
     Closure,
     Ctx,
     HparamsProbe,
@@ -53,6 +53,7 @@ from spikewatch.agent._profiles import (
     PROFILES,
     TWO_SECANT,
 )
+from spikewatch.agent._reactive import Reactive, record_ratio
 from spikewatch.agent._scheduler import HEADROOM, UNTIMED, Clock, Report, Scheduler
 from spikewatch.agent._two_secant_probe import TwoSecantProbe
 from spikewatch.agent._untraced import untraced
@@ -107,8 +108,8 @@ class Monitor:
         guard: Guard | None = None,
     ) -> None:
         self.config = config
-        compiled = _compiled(model)
-        model = _uncompiled(model)
+        compiled = is_compiled(model)
+        model = uncompiled(model)
         self.model = model
         self.optimizer = optimizer
         self.world = world or detect(model, optimizer)
@@ -150,8 +151,8 @@ class Monitor:
                                     for n, p in model.named_parameters()}
         self.ctx = Ctx(model, local, names, self.world, closure,
                        _backend(config.curvature, closure), auto=config.curvature == "auto")
-        self._reactive = _Reactive()
-        self._guard = _GuardHooks(guard, self.world) if guard is not None else None
+        self._reactive = Reactive()
+        self._guard = GuardHooks(guard, self.world) if guard is not None else None
         if guard is not None and self.world.sharded:
             log.warning("spikewatch guard: off under a sharded optimizer (each rank holds part "
                         "of the reading)")
@@ -271,7 +272,7 @@ class Monitor:
                       self._gate, compiled=compiled)
         if self.scheduler.cadence(ALIGNMENT) > 0:
             try:
-                sel = _select_layers(self.model, layers)
+                sel = select_layers(self.model, layers)
                 if sel:
                     self._armed.append(AlignmentProbe(sel, env))
             except Exception as e:
@@ -535,7 +536,7 @@ class Monitor:
             self.last_report = report
         records = self._reactive.observe(records, self._phase_beta2())
         for r in records:
-            ratio = _ratio(r.scalars)
+            ratio = record_ratio(r.scalars)
             if ratio is not None and math.isfinite(ratio):
                 self.ctx.last_ratio = ratio
         if window:
@@ -603,105 +604,6 @@ class Monitor:
                            events=self._prediction_events(cadence))
 
 
-class _GuardHooks:
-    """The guard inside the optimizer hooks: scale before the update, undo after it, then read
-    the predictor and decide for the next step. Never raises into training."""
-
-    def __init__(self, policy: Guard, world: World) -> None:
-        self.machine = GuardMachine(policy)
-        self.sharded = world.sharded  # each rank holds part of the reading: no local decision
-        self._saved: list[tuple[dict[str, Any], Any]] | None = None
-        self.acting = False
-
-    def before(self, step: int, optimizer: torch.optim.Optimizer) -> None:
-        m = self.machine
-        if m.lifts_v(step):
-            lift_v(optimizer, m.policy.factor)
-        mult = m.multiplier(step)
-        self.acting = mult != 1.0
-        if self.acting:
-            self._saved = apply_lr(optimizer, mult)
-
-    def after(self, step: int, predictor: Any, rise: float,
-              emit: Callable[..., None]) -> None:  # fmt: skip
-        if self._saved is not None:
-            restore_lr(self._saved)
-            self._saved = None
-        self.acting = False
-        reading = getattr(predictor, "reading", None)
-        if self.sharded or reading is None or reading[0] != step - 1:
-            return  # the reading of the gradient before last is made at this step's post hook
-        values = reading[1]
-        for kind, data in self.machine.observe(step, values[1], values[2], rise):
-            emit(step, kind, **data)
-
-
-class _Reactive:
-    """Reactive loss-spike / non-finite detection, the phase label and the last instability's
-    loss rise, on drained records."""
-
-    def __init__(self) -> None:
-        from spikewatch.monitor.instability import InstabilityTracker
-        from spikewatch.monitor.reactive import ReactiveDetector
-
-        self.loss = ReactiveDetector("olmo_core")
-        self.grad = ReactiveDetector("olmo_core")
-        self.phases: Any = None
-        self.instability = InstabilityTracker()
-
-    def observe(self, records: list[wire.Record], beta2: float) -> list[wire.Record]:
-        from spikewatch.monitor.reactive import Kind
-
-        out = []
-        for i, r in enumerate(records):
-            events: list[wire.Event] = []
-            scalars = dict(r.scalars)
-            before = self.instability.rise
-            rise = self.instability.update(r.step, r.scalars.get(nm.LOSS), _ratio(r.scalars))
-            if rise != before or i == len(records) - 1:
-                scalars[nm.INSTABILITY_RISE] = rise
-            for series, det in ((nm.LOSS, self.loss), (nm.GRAD_NORM, self.grad)):
-                v = r.scalars.get(series)
-                if v is None:
-                    continue
-                d = det.update(r.step, v)
-                if d is None:
-                    continue
-                if d.kind == Kind.NONFINITE:
-                    events.append(wire.Event(EventType.NONFINITE.value,
-                                             {"series": series, "value": d.value}))
-                elif series == nm.LOSS:
-                    events.append(wire.Event(EventType.LOSS_SPIKE.value,
-                                             {"rule": d.rule, "value": d.value,
-                                              "threshold": d.threshold}))
-            rho, decay = r.scalars.get(nm.RHO), r.scalars.get(nm.SQRT_V_DECAY)
-            if rho is not None and decay is not None and math.isfinite(rho):
-                ratio = _ratio(r.scalars)
-                if self.phases is None:
-                    from spikewatch.monitor.phases import PhaseLabeller
-
-                    self.phases = PhaseLabeller(beta2)
-                u = self.phases.update(rho, decay if math.isfinite(decay) else 1.0, ratio)
-                scalars[nm.PHASE] = float(int(u.phase))
-                if u.changed:
-                    events.append(wire.Event(EventType.PHASE_CHANGE.value,
-                                             {"phase": int(u.phase), "previous": int(u.previous)}))
-            if events or scalars != r.scalars:
-                r = dataclasses.replace(r, scalars=scalars, events=(*r.events, *events))
-            out.append(r)
-        return out
-
-
-def _ratio(scalars: Mapping[str, float]) -> float | None:
-    """The record's stability ratio: the exact one where measured, else the two-secant's, else
-    the plain secant's."""
-    for name in (nm.STABILITY_RATIO, nm.STABILITY_RATIO_TWO_SECANT, nm.STABILITY_RATIO_SECANT):
-        v = scalars.get(name)
-        if v is not None:
-            return v
-    return None
-
-
 def _merge(a: wire.Record, b: wire.Record) -> wire.Record:
     return dataclasses.replace(a, scalars={**a.scalars, **b.scalars},
                                layers={**a.layers, **b.layers}, events=(*a.events, *b.events))
@@ -738,54 +640,6 @@ def _backend(curvature: str, closure: Closure | None) -> str:
         raise ValueError(f"curvature={curvature!r} needs closure= (a callable re-evaluating the "
                          "loss on the current batch); without one use 'secant' or 'auto'")
     return curvature
-
-
-def _compiled(model: nn.Module) -> bool:
-    """Whether torch.compile wraps the model or any of its modules (wrapper or in place)."""
-    return any(isinstance(getattr(m, "_orig_mod", None), nn.Module)
-               or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
-
-
-def _uncompiled(model: nn.Module) -> nn.Module:
-    """The module inside torch.compile's wrapper: layers and parameters keep the model's own
-    names (not `_orig_mod.…`), and hooks go on the modules the compiled code calls."""
-    while isinstance(inner := getattr(model, "_orig_mod", None), nn.Module):
-        model = inner
-    return model
-
-
-def _select_layers(model: nn.Module, layers: Iterable[str | nn.Module] | None
-                   ) -> list[tuple[str, nn.Module]]:
-    by_name = {layer_name(n): m for n, m in model.named_modules()}
-    # nn.MultiheadAttention multiplies by out_proj.weight itself: out_proj's forward never runs,
-    # so a hook there would never see an input
-    never_called = {id(m.out_proj) for m in model.modules()
-                    if isinstance(m, nn.MultiheadAttention)}
-    if layers is None:
-        lin: list[tuple[str, nn.Module]] = [(n, m) for n, m in by_name.items()
-                                            if isinstance(m, nn.Linear)
-                                            and id(m) not in never_called]
-        if len(lin) <= MAX_SA_LAYERS:
-            return lin
-        return [lin[i * (len(lin) - 1) // (MAX_SA_LAYERS - 1)] for i in range(MAX_SA_LAYERS)]
-    ids = {id(m): n for n, m in by_name.items()}
-    out = []
-    for item in layers:
-        if isinstance(item, str):
-            if item not in by_name:
-                raise ValueError(f"layers: the model has no module named {item!r}")
-            out.append((item, by_name[item]))
-        elif isinstance(item, nn.Module):
-            if id(item) not in ids:
-                raise ValueError(f"layers: {type(item).__name__} is not a module of the model")
-            out.append((ids[id(item)], item))
-        else:
-            raise TypeError(f"layers: expected module names or modules, got {type(item).__name__}")
-        if id(out[-1][1]) in never_called:
-            raise ValueError(f"layers: {out[-1][0]!r} is the out_proj of an nn.MultiheadAttention, "
-                             "which uses its weight directly and never calls its forward: its "
-                             "inputs cannot be observed")
-    return out
 
 
 def _make_transport(config: Config, world: World) -> Any:
@@ -869,7 +723,7 @@ def attach(
                   client_public_key=client_public_key)
     _backend(cfg.curvature, closure)  # refuse exact/fd without a closure up front
     if layers is not None and cfg.enabled:
-        _select_layers(_uncompiled(model), layers)
+        select_layers(uncompiled(model), layers)
     if not isinstance(guard, bool | Guard):
         raise TypeError("attach(): guard must be True/False or a Guard, got "
                         f"{type(guard).__name__}")

@@ -23,8 +23,9 @@ from spikewatch.server.types import Severity
 Points = list[tuple[int, float]]
 
 SERIES: tuple[str, ...] = (
-    nm.LOSS, nm.STABILITY_RATIO, nm.STABILITY_RATIO_SECANT, nm.STABILITY_RATIO_MAX, nm.RHO,
-    nm.SQRT_V_DECAY, nm.SA_SIGN_DIVERSITY, nm.GRAD_SPIKE_SHARE, nm.PHASE,
+    nm.LOSS, nm.STABILITY_RATIO_TWO_SECANT, nm.STABILITY_RATIO, nm.STABILITY_RATIO_SECANT,
+    nm.STABILITY_RATIO_MAX, nm.RHO, nm.RHO_SAMPLED, nm.SQRT_V_DECAY, nm.SA_SIGN_DIVERSITY,
+    nm.GRAD_SPIKE_SHARE, nm.PHASE,
 )
 """The metrics the report draws (each is optional)."""
 

@@ -142,6 +142,7 @@ def panels(run: RunData) -> list[Panel]:
     out.append(Panel("chart-loss", "Loss", "loss", lines,
                      log=any(spans_decades(ln.points) for ln in lines), notes=_note(miss)))
     lines, miss = _lines(run, [
+        (nm.STABILITY_RATIO_TWO_SECANT, "r two-secant (every step)", "#ef6c00", False, False),
         (nm.STABILITY_RATIO, "r = η·λ_grad/2", "#c62828", False, False),
         (nm.STABILITY_RATIO_SECANT, "r secant", "#6a1b9a", False, True),
         (nm.STABILITY_RATIO_MAX, "r = η·λ_max/2", "#00838f", False, False),
@@ -152,10 +153,12 @@ def panels(run: RunData) -> list[Panel]:
                      notes=_note(miss)))  # fmt: skip
     lines, miss = _lines(run, [
         (nm.RHO, "ρ = ‖g‖/‖√v̂‖", "#1565c0", False, False),
+        (nm.RHO_SAMPLED, "ρ sampled (every step)", "#0097a7", False, True),
         (nm.SQRT_V_DECAY, "√v̂ decay (right; 1 = pure β2 decay)", "#2e7d32", True, False),
     ])  # fmt: skip
     out.append(Panel("chart-rho", "Preconditioner decay", "ρ", lines,
-                     log=any(ln.metric == nm.RHO and any(v > 0 for _, v in ln.finite)
+                     log=any(ln.metric in (nm.RHO, nm.RHO_SAMPLED)
+                             and any(v > 0 for _, v in ln.finite)
                              for ln in lines),
                      right_label="√v̂ decay", right_robust=True, notes=_note(miss)))  # fmt: skip
     lines, miss = _lines(run, [

@@ -49,6 +49,7 @@ def _curves(s: int) -> dict[str, float]:
     phase = 1 if s < 200 else 2 if s < 388 else 3 if s < 400 else 4 if s < 415 else (
         5 if s < 430 else 1)
     out = {"loss": loss, "stability_ratio": ratio, "rho": rho,
+           "stability_ratio_two_secant": 0.99 * ratio, "rho_sampled": 1.05 * rho,
            "sqrt_v_decay": 1.0 if 200 <= s < ONSET else (1.04 if s < 415 else 1.0003),
            "sa_sign_diversity": div, "grad_spike_share": 0.15 + 0.6 * ramp * (s < 415),
            "phase": float(phase),
@@ -246,7 +247,8 @@ def test_missing_series_are_skipped_with_a_note(db: str, tmp_path: Path) -> None
     assert int(page.svgs["chart-loss"]["data-points"]) == 50
     assert page.svgs["chart-stability"]["data-points"] == "0"
     text = html.read_text(encoding="utf-8")
-    assert "not recorded in this run: stability_ratio, stability_ratio_secant" in text
+    assert ("not recorded in this run: stability_ratio_two_secant, stability_ratio, "
+            "stability_ratio_secant") in text
     assert "No phase series in this run" in text
     assert "No alerts were raised for this run." in text
 

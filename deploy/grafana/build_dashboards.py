@@ -198,7 +198,8 @@ def fleet() -> Json:
     items: list[Panel | Row] = [
         Panel("stat", "Active runs", [Target("spikewatch_active_runs", instant=True)], w=4, h=4),
         Panel("stat", "Runs beyond the edge (r ≥ 1)",
-              [Target("count(spikewatch_run_stability_ratio >= 1) or vector(0)", instant=True)],
+              [Target("count(spikewatch_run_stability_ratio_two_secant >= 1) or vector(0)",
+                      instant=True)],
               w=5, h=4, thresholds=[(None, "green"), (1, "red")]),
         Panel("stat", "Firing pages",
               [Target('sum(spikewatch_alerts_firing{severity="page"}) or vector(0)',
@@ -211,8 +212,8 @@ def fleet() -> Json:
         Row("Runs"),
         Panel("table", "Active runs", [
             Target("spikewatch_run_last_step", instant=True, table=True),
-            Target("spikewatch_run_stability_ratio", instant=True, table=True),
-            Target("spikewatch_run_rho", instant=True, table=True),
+            Target("spikewatch_run_stability_ratio_two_secant", instant=True, table=True),
+            Target("spikewatch_run_rho_sampled", instant=True, table=True),
             Target("spikewatch_run_phase", instant=True, table=True),
             Target("time() - spikewatch_run_last_seen_timestamp_seconds", instant=True,
                    table=True),
@@ -235,15 +236,17 @@ def fleet() -> Json:
               links=[{"title": "Run detail",
                       "url": RUN_LINK + "${__data.fields.run}&${__url_time_range}"}]),
         Panel("timeseries", "Stability ratio of every run (≥ 1: beyond the edge)",
-              [Target("spikewatch_run_stability_ratio", "{{run}}")], w=24, h=9,
+              [Target("spikewatch_run_stability_ratio_two_secant", "{{run}}")], w=24, h=9,
               thresholds=EDGE, threshold_line=True, links=RUN_DATA_LINK,
-              description="η·λ_grad/2 per run. A sustained crossing of 1 precedes loss spikes."),
+              description="η·λ/2 along the preconditioned gradient per run (the two-secant "
+              "estimate the agent measures every step). A sustained crossing of 1 precedes loss "
+              "spikes."),
         Panel("state-timeline", "Phases",
               [Target("spikewatch_run_phase", "{{run}}")], w=24, h=7, mappings=PHASES,
               description="Five-phase label from ρ and the stability ratio: stable, v decay, "
               "onset, v growth, recovery."),
         Panel("timeseries", "ρ = ‖g‖/‖√v̂‖ of every run",
-              [Target("spikewatch_run_rho", "{{run}}")], w=12, h=8, log_scale=True,
+              [Target("spikewatch_run_rho_sampled", "{{run}}")], w=12, h=8, log_scale=True,
               links=RUN_DATA_LINK),
         Panel("timeseries", "Loss of every run",
               [Target("spikewatch_run_loss", "{{run}}")], w=12, h=8, log_scale=True,
@@ -261,7 +264,8 @@ def run_detail() -> Json:
     """Everything spikewatch knows about one run, templated by $run."""
     items: list[Panel | Row] = [
         Panel("stat", "Last step", [Target(_run("last_step"), instant=True)], w=4, h=4),
-        Panel("stat", "Stability ratio", [Target(_run("stability_ratio"), instant=True)],
+        Panel("stat", "Stability ratio",
+              [Target(_run("stability_ratio_two_secant"), instant=True)],
               w=5, h=4, thresholds=EDGE, decimals=3),
         Panel("stat", "Phase", [Target(_run("phase"), instant=True)], w=5, h=4,
               mappings=PHASES),
@@ -287,7 +291,9 @@ def run_detail() -> Json:
         Panel("state-timeline", "Phase", [Target(_run("phase"), "phase")], w=24, h=3,
               mappings=PHASES),
         Row("Preconditioner"),
-        Panel("timeseries", "ρ = ‖g‖/‖√v̂‖", [Target(_run("rho"), "ρ")], w=12, h=8,
+        Panel("timeseries", "ρ = ‖g‖/‖√v̂‖",
+              [Target(_run("rho_sampled"), "ρ (sampled, every step)"), Target(_run("rho"), "ρ")],
+              w=12, h=8,
               log_scale=True, description="ρ ≪ 1: v decays like β2 per step and η/√v̂ grows."),
         Panel("timeseries", "‖√v̂‖ decay per step (units of √β2)",
               [Target(_run("sqrt_v_decay"), "decay")], w=12, h=8,

@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from spikewatch.agent._distributed import World
+from dataclasses import dataclass
+from typing import Any, Literal
 
 __all__ = ["Guard", "GuardHooks", "GuardMachine"]
 
@@ -68,8 +65,7 @@ class Guard:
                   ("rise", 1.0 <= self.rise <= 100.0, "in [1, 100]"))  # fmt: skip
         for name, ok, bound in checks:
             value = getattr(self, name)
-            if isinstance(value, bool) or not ok or (isinstance(value, float)
-                                                     and not math.isfinite(value)):
+            if isinstance(value, bool) or not ok:  # NaN fails every bound
                 raise ValueError(f"Guard({name}={value!r}): must be {bound}")
 
 
@@ -82,7 +78,6 @@ class Act:
     rho: float
     rise: float
     extended: int = 0  # re-triggers while it held
-    data: dict[str, float | int | str] = field(default_factory=dict)
 
 
 class GuardMachine:
@@ -176,19 +171,16 @@ class GuardHooks:
     """The guard inside the optimizer hooks: scale before the update, undo after it, then read
     the predictor and decide for the next step. Never raises into training."""
 
-    def __init__(self, policy: Guard, world: World) -> None:
+    def __init__(self, policy: Guard) -> None:
         self.machine = GuardMachine(policy)
-        self.sharded = world.sharded  # each rank holds part of the reading: no local decision
-        self._saved: list[tuple[dict[str, Any], Any]] | None = None
-        self.acting = False
+        self._saved: list[tuple[dict[str, Any], Any]] | None = None  # lr scaled for this step
 
     def before(self, step: int, optimizer: Any) -> None:
         m = self.machine
         if m.lifts_v(step):
             lift_v(optimizer, m.policy.factor)
         mult = m.multiplier(step)
-        self.acting = mult != 1.0
-        if self.acting:
+        if mult != 1.0:
             self._saved = apply_lr(optimizer, mult)
 
     def after(self, step: int, predictor: Any, rise: float,
@@ -196,9 +188,8 @@ class GuardHooks:
         if self._saved is not None:
             restore_lr(self._saved)
             self._saved = None
-        self.acting = False
         reading = getattr(predictor, "reading", None)
-        if self.sharded or reading is None or reading[0] != step - 1:
+        if reading is None or reading[0] != step - 1:
             return  # the reading of the gradient before last is made at this step's post hook
         values = reading[1]
         for kind, data in self.machine.observe(step, values[1], values[2], rise):

@@ -117,6 +117,8 @@ class Monitor:
         # so that every rank takes the guard's decisions at the same step (replicas stay equal)
         quiet = config.ddp_ranks == "rank0" and self.world.rank != 0 and not self.world.sharded
         self.enabled = config.enabled and (not quiet or guard is not None)
+        # with a sharded optimizer each rank holds part of the reading: no local decision
+        watching = guard is not None and not self.world.sharded
         self._closed = False
         self._handles: list[Any] = []
         self._armed: list[Armed] = []
@@ -144,7 +146,7 @@ class Monitor:
                                    **({"clock": clock} if clock is not None else {}),
                                    stretch=not self.world.sharded, untimed=UNTIMED,
                                    headroom=HEADROOM, bursts={TWO_SECANT: TwoSecantProbe.burst},
-                                   pin_predictor=guard is not None and self.world.world_size > 1)
+                                   pin_predictor=watching and self.world.world_size > 1)
         self.out = Collector()
         self.last_report: Report | None = None  # the scheduler's last overhead measurement
         names: dict[Tensor, str] = {p: layer_name(n, "param")
@@ -152,8 +154,8 @@ class Monitor:
         self.ctx = Ctx(model, local, names, self.world, closure,
                        _backend(config.curvature, closure), auto=config.curvature == "auto")
         self._reactive = Reactive()
-        self._guard = GuardHooks(guard, self.world) if guard is not None else None
-        if guard is not None and self.world.sharded:
+        self._guard = GuardHooks(guard) if guard is not None and watching else None
+        if guard is not None and not watching:
             log.warning("spikewatch guard: off under a sharded optimizer (each rank holds part "
                         "of the reading)")
         self._build_probes(layers, logits_module, compiled=compiled)
@@ -440,27 +442,26 @@ class Monitor:
         t0 = sched.now()
         spent = 0.0
         step = self.step
-        guard = self._guard
         try:
-            acting = guard is not None and guard.acting
-            if self._hparams is not None and not acting:
-                self._run_hparams(self._hparams.post, step)
             off = self._disabled
             for p in self._due_probes:
                 if p.name not in off and p.has_post:
                     spent += self._run(p, "post", step)
             spent += self._run_followed("post", step, self._due_probes)
-            if guard is not None:  # the probes read the lr the update used; then it goes back
-                guard.after(step, self.ctx.predictor, self._reactive.instability.rise,
-                            self._event)
-            if self._hparams is not None and acting:
-                self._run_hparams(self._hparams.post, step)
             for p in self._due_probes:
                 if p.follow is not None and p.name not in off and p not in self._follow:
                     self._follow.append(p)
             self.ctx.clear()
         except Exception as e:
             self._fail("agent", e, disable=False)
+        if self._guard is not None:  # the probes read the lr the update used; then it goes back,
+            try:  # whatever happened above
+                self._guard.after(step, self.ctx.predictor, self._reactive.instability.rise,
+                                  self._event)
+            except Exception as e:
+                self._fail("guard", e, disable=False)
+        if self._hparams is not None:  # after the guard: the lr it records is the user's
+            self._run_hparams(self._hparams.post, step)
         self.step = step + 1
         self._stepped_since_log = True
         sched.add(None, sched.now() - t0 - spent)

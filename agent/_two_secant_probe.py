@@ -50,11 +50,11 @@ class TwoSecantProbe(Probe):
             return
         self.last = r
         host = r.host()
-        ratio = (host[0] if host is not None else self.mirror.update(r.values))
-        if ratio is not None:
-            self.reading = (r.step, ratio)
-        if ratio is not None and ratio[1] >= URGENT_RATIO:
-            self.ctx.near_edge = True
+        values = host[0] if host is not None else self.mirror.update(r.values)
+        if values is not None:  # [λ, ratio, ρ, secant ratio] on the host
+            self.reading = (r.step, values)
+            if values[1] >= URGENT_RATIO:
+                self.ctx.near_edge = True
         keep = _ALL if self.est.kind == "adam" else _NO_RHO  # SGD keeps no second moment
         if self.ctx.world.sharded:
             num, den = (r.num, r.den) if host is None else (host[1], host[2])

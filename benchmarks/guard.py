@@ -69,19 +69,13 @@ class SkipStep:
     def __init__(self, window: int = 128, sigmas: float = 6.0) -> None:
         self.window, self.sigmas = window, sigmas
         self.history: list[float] = []
-        self.skipped = 0
 
     def skip(self, loss: float) -> bool:
         h = self.history[-self.window:]
-        out = False
-        if len(h) >= 20 and math.isfinite(loss):
-            mu, sd = statistics.fmean(h), statistics.pstdev(h)
-            out = loss > mu + self.sigmas * sd
-        elif not math.isfinite(loss):
-            out = True
-        if out:
-            self.skipped += 1
-        else:
+        out = not math.isfinite(loss)
+        if not out and len(h) >= 20:
+            out = loss > statistics.fmean(h) + self.sigmas * statistics.pstdev(h)
+        if not out:
             self.history.append(loss)
         return out
 
@@ -148,6 +142,15 @@ def _reach(curve: list[float], target: float) -> int | None:
     return next((i for i, x in enumerate(curve) if x <= target), None)
 
 
+def mark_identical(results: list[Result]) -> None:
+    """Set `identical` on each guarded run: bit for bit the reference's ground truth."""
+    ref = {r.scenario: r.curve for r in results if r.arm == "none"}
+    for r in results:
+        if r.arm == "guard" and r.scenario in ref:
+            r.identical = first_mismatch([torch.tensor(x) for x in ref[r.scenario]],
+                                         [torch.tensor(x) for x in r.curve]) is None
+
+
 def report(results: list[Result]) -> str:
     """Per run, then per family and arm."""
     by = {(r.scenario, r.arm): r for r in results}
@@ -162,10 +165,7 @@ def report(results: list[Result]) -> str:
             at = _reach(r.curve, best)
             reach = "never" if at is None else str(at)
             if r.arm == "guard":
-                same = first_mismatch([torch.tensor(x) for x in ref.curve],
-                                      [torch.tensor(x) for x in r.curve]) is None
-                r.identical = same
-                note = "bit-identical to none" if same else (
+                note = "bit-identical to none" if r.identical else (
                     "" if r.actions else "!! CHANGED WITHOUT AN ACTION")
         lines.append(f"{r.scenario:<30} {r.arm:<7} {'yes' if r.control else 'no':<3} "
                      f"{len(r.onsets):>6} {r.final:>11.4g} {reach:>10} "
@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             futs = {job: pool.submit(run_one, *job, args.pace_ms / 1e3, policy) for job in mine}
             results |= {job: f.result() for job, f in futs.items()}
     ordered = [results[job] for job in jobs]
+    mark_identical(ordered)
     print(report(ordered))
     print(f"\n{len(ordered)} runs in {time.perf_counter() - t0:.0f} s [guard arm: attach defaults "
           f"+ guard={policy}, no closure, steps paced to {args.pace_ms:g} ms]")

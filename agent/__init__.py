@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["Monitor", "attach"]
 
 if TYPE_CHECKING:
-    from spikewatch.agent._monitor import Monitor, attach
+    from spikewatch.agent._attach import attach
+    from spikewatch.agent._monitor import Monitor
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from spikewatch.agent import _monitor
+        from spikewatch.agent import _attach
 
-        return getattr(_monitor, name)
+        return _attach.attach if name == "attach" else _attach.Monitor
     raise AttributeError(f"module 'spikewatch.agent' has no attribute {name!r}")

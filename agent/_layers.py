@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from spikewatch.agent._probes import MAX_SA_LAYERS, layer_name
+from spikewatch.agent._probe_base import MAX_SA_LAYERS, layer_name
 
 __all__ = ["is_compiled", "select_layers", "uncompiled"]
 

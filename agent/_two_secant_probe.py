@@ -18,7 +18,7 @@ from torch import Tensor
 
 from spikewatch.agent._collect import Collector
 from spikewatch.agent._host_mirror import HostMirror
-from spikewatch.agent._probes import Ctx, Probe
+from spikewatch.agent._probe_base import Ctx, Probe
 from spikewatch.agent._profiles import TWO_SECANT
 from spikewatch.protocol import names as nm
 from spikewatch.protocol.names import Combine

@@ -33,15 +33,16 @@ except PackageNotFoundError:  # a source checkout that was never installed
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:
+    from spikewatch.agent._attach import attach
     from spikewatch.agent._guard import Guard
-    from spikewatch.agent._monitor import Monitor, attach
+    from spikewatch.agent._monitor import Monitor
 
 
 def __getattr__(name: str) -> Any:
     if name in ("Monitor", "attach"):
-        from spikewatch.agent import _monitor
+        from spikewatch.agent import _attach
 
-        return getattr(_monitor, name)
+        return _attach.attach if name == "attach" else _attach.Monitor
     if name == "Guard":
         from spikewatch.agent._guard import Guard
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from spikewatch.agent._monitor import Monitor, attach
+from spikewatch.agent._attach import Monitor, attach
 
 __all__ = ["SpikewatchCallback"]
 

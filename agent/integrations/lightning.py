@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from spikewatch.agent._monitor import Monitor, attach
+from spikewatch.agent._attach import Monitor, attach
 
 try:
     from lightning.pytorch import Callback, LightningModule, Trainer

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from spikewatch import agent
 from spikewatch.agent import _profiles as pf
-from spikewatch.agent._probes import sum_of_squares
+from spikewatch.agent._probe_base import sum_of_squares
 from spikewatch.protocol import names as nm
 from spikewatch.protocol import wire
 from spikewatch.protocol.names import EventType

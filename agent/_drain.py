@@ -1,0 +1,146 @@
+"""The drain: from the collector's device buffers to records on the transport.
+
+At a drain the pending steps are copied to the host in one transfer (`Collector.drain`), labelled
+by the reactive detectors, joined by the agent's own record (overhead, cadences, transport and
+guard counters, a `prediction_degraded` event when the predictor's cadence changes) and handed to
+the transport, which never blocks. `urgent` decides when a page may be due before the regular
+drain cadence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+from spikewatch.agent._collect import Collector
+from spikewatch.agent._guard import GuardHooks
+from spikewatch.agent._probe_base import Ctx
+from spikewatch.agent._profiles import TWO_SECANT
+from spikewatch.agent._reactive import Reactive, record_ratio
+from spikewatch.agent._scheduler import Report, Scheduler
+from spikewatch.protocol import names as nm
+from spikewatch.protocol import wire
+from spikewatch.protocol.names import EventType
+
+RECORDS_PER_SUBMIT = 64
+URGENT_RISE = 1.2  # near the edge after an instability at least this large: send at once
+URGENT_EVERY = 4  # steps between such urgent drains
+_COUNTERS = ((nm.AGENT_QUEUED, "queued"), (nm.AGENT_SENT, "sent"), (nm.AGENT_ACKED, "acked"),
+             (nm.AGENT_SPOOLED, "spooled"), (nm.AGENT_DROPPED, "dropped"))
+
+
+class Drain:
+    """Sends what one monitor collected; keeps what the sends need to remember."""
+
+    def __init__(self, out: Collector, scheduler: Scheduler, ctx: Ctx, transport: Any, *,
+                 reactive: Reactive, guard: GuardHooks | None, overhead_budget: float,
+                 failed: set[str]) -> None:
+        self.out = out
+        self.scheduler = scheduler
+        self.ctx = ctx
+        self.transport = transport
+        self.guard = guard
+        self.reactive = reactive
+        self.overhead_budget = overhead_budget
+        self.failed = failed  # the probes that reported a failure (the monitor's set)
+        self.last_report: Report | None = None  # the scheduler's last overhead measurement
+        self._prediction_cadence: int | None = None  # as last reported
+        self._urgent_at = -URGENT_EVERY  # the step of the last urgent drain
+
+    def drain(self, last_step: int, upto: int | None = None, *, window: bool = True) -> None:
+        """Send what was collected up to step `upto` (all if None). A regular drain (`window`)
+        also closes the overhead budget's window and adds the agent's own record; an urgent one
+        only sends, so a burst of urgent sends does not cut the window into a few steps whose
+        noise would stretch the predictor (their cost still counts in the window)."""
+        records = self.out.drain(upto)
+        report = self.scheduler.adjust() if window else None
+        if report is not None:
+            self.last_report = report
+        records = self.reactive.observe(records, self._beta2())
+        for r in records:
+            ratio = record_ratio(r.scalars)
+            if ratio is not None and math.isfinite(ratio):
+                self.ctx.last_ratio = ratio
+        if window:
+            extra = self._agent_record(report, records[-1].step if records else last_step)
+            if records and records[-1].step == extra.step:
+                records[-1] = _merge(records[-1], extra)
+            else:
+                records.append(extra)
+        for i in range(0, len(records), RECORDS_PER_SUBMIT):
+            self.transport.submit(records[i:i + RECORDS_PER_SUBMIT])
+
+    def urgent(self, step: int) -> str | None:
+        """Why to send now, if so: "hparams", a hyper-parameter change past the edge (its event
+        is at this step: all of it goes), or "edge", a ratio near the edge in a run whose last
+        instability moved the loss (what the page waits for; the steps before this one go, this
+        step's loss is still to come), at most every `URGENT_EVERY` steps while it lasts."""
+        ctx = self.ctx
+        urgent, near = ctx.urgent, ctx.near_edge
+        ctx.urgent = ctx.near_edge = False
+        if urgent:
+            self._urgent_at = step
+            return "hparams"
+        if (near and self.reactive.instability.rise >= URGENT_RISE
+                and step - self._urgent_at >= URGENT_EVERY):
+            self._urgent_at = step
+            return "edge"
+        return None
+
+    def _prediction_events(self, cadence: int) -> tuple[wire.Event, ...]:
+        """An event when the predictor's cadence changes (stretched by the budget, switched off
+        by a failure, or back to every step)."""
+        previous = self._prediction_cadence
+        if cadence == previous:
+            return ()
+        self._prediction_cadence = cadence
+        if previous is None and cadence == 1:
+            return ()  # the normal start
+        if cadence == 0:
+            reason = "the predictor is off: " + (
+                "the optimizer is not Adam/AdamW or SGD" if TWO_SECANT not in self.failed
+                else "it failed (see its probe_error event)")
+        elif cadence > 1:
+            reason = (f"the overhead budget ({self.overhead_budget:g} of step time) cannot "
+                      f"hold the predictor every step: it runs every {cadence} steps, and pages "
+                      "come later or not at all")
+        else:
+            reason = "the predictor runs every step again"
+        return (wire.Event(EventType.PREDICTION_DEGRADED.value, {
+            "cadence": cadence, "previous": -1 if previous is None else previous,
+            "reason": reason}),)
+
+    def _beta2(self) -> float:
+        """Adam's β2 of the first group (the phase labeller's time scale); 0.999 elsewhere."""
+        g = self.ctx.optimizer.param_groups[0] if self.ctx.optimizer.param_groups else {}
+        betas = g.get("betas")
+        return float(betas[1]) if isinstance(betas, tuple | list) else 0.999
+
+    def _agent_record(self, report: Report | None, step: int) -> wire.Record:
+        scalars: dict[str, float] = {}
+        layers: dict[str, dict[str, float]] = {}
+        if report is not None:
+            scalars[nm.AGENT_OVERHEAD] = report.overhead
+            scalars[nm.AGENT_STEP_TIME] = report.step_time
+            layers[nm.AGENT_CADENCE] = {k: float(v) for k, v in report.cadences.items()}
+            if report.probe_overhead:
+                layers[nm.AGENT_OVERHEAD] = dict(report.probe_overhead)
+        c = self.transport.counters()
+        if c is not None:
+            for metric, attr in _COUNTERS:
+                if hasattr(c, attr):
+                    scalars[metric] = float(getattr(c, attr))
+        cadence = self.scheduler.cadence(TWO_SECANT)
+        scalars[nm.AGENT_PREDICTION_CADENCE] = float(cadence)
+        if self.guard is not None:
+            scalars[nm.GUARD_ACTIONS] = float(self.guard.machine.actions)
+            scalars[nm.GUARD_ACTIVE] = float(self.guard.machine.act is not None)
+        return wire.Record(step=step, time=time.time(), scalars=scalars, layers=layers,
+                           events=self._prediction_events(cadence))
+
+
+def _merge(a: wire.Record, b: wire.Record) -> wire.Record:
+    return dataclasses.replace(a, scalars={**a.scalars, **b.scalars},
+                               layers={**a.layers, **b.layers}, events=(*a.events, *b.events))

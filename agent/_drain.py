@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from spikewatch.agent._collect import Collector
@@ -31,23 +32,21 @@ _COUNTERS = ((nm.AGENT_QUEUED, "queued"), (nm.AGENT_SENT, "sent"), (nm.AGENT_ACK
              (nm.AGENT_SPOOLED, "spooled"), (nm.AGENT_DROPPED, "dropped"))
 
 
+@dataclass(slots=True)
 class Drain:
     """Sends what one monitor collected; keeps what the sends need to remember."""
 
-    def __init__(self, out: Collector, scheduler: Scheduler, ctx: Ctx, transport: Any, *,
-                 reactive: Reactive, guard: GuardHooks | None, overhead_budget: float,
-                 failed: set[str]) -> None:
-        self.out = out
-        self.scheduler = scheduler
-        self.ctx = ctx
-        self.transport = transport
-        self.guard = guard
-        self.reactive = reactive
-        self.overhead_budget = overhead_budget
-        self.failed = failed  # the probes that reported a failure (the monitor's set)
-        self.last_report: Report | None = None  # the scheduler's last overhead measurement
-        self._prediction_cadence: int | None = None  # as last reported
-        self._urgent_at = -URGENT_EVERY  # the step of the last urgent drain
+    out: Collector
+    scheduler: Scheduler
+    ctx: Ctx
+    transport: Any
+    reactive: Reactive
+    guard: GuardHooks | None
+    overhead_budget: float
+    failed: set[str]  # the probes that reported a failure (the monitor's set)
+    last_report: Report | None = None  # the scheduler's last overhead measurement
+    _prediction_cadence: int | None = None  # as last reported
+    _urgent_at: int = -URGENT_EVERY  # the step of the last urgent drain
 
     def drain(self, last_step: int, upto: int | None = None, *, window: bool = True) -> None:
         """Send what was collected up to step `upto` (all if None). A regular drain (`window`)

@@ -123,9 +123,8 @@ class Monitor:
                                self._gate)
         self.transport = (NullTransport() if quiet else transport if transport is not None
                           else make_transport(config, self.world))
-        self._sender = Drain(self.out, self.scheduler, self.ctx, self.transport,
-                             reactive=self._reactive, guard=self._guard,
-                             overhead_budget=config.overhead_budget, failed=self._reported)
+        self._sender = Drain(self.out, self.scheduler, self.ctx, self.transport, self._reactive,
+                             self._guard, config.overhead_budget, failed=self._reported)
         self.transport.hello(run_meta(model, optimizer, local, config, self.world,
                                       curvature=self.ctx.curvature, closure=closure is not None,
                                       resumed_at=self.resumed_at))

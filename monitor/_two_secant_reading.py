@@ -9,6 +9,16 @@ from torch import Tensor
 SMOOTHING = 0.5  # EMA weight of the past in the quotients' numerators and denominators
 
 
+class _Part:
+    """A row or an entry of a reading's block, as a read-only attribute."""
+
+    def __init__(self, *index: int) -> None:
+        self.index = index
+
+    def __get__(self, reading: TwoSecantReading, owner: object = None) -> Tensor:
+        return reading.block[self.index]
+
+
 class TwoSecantReading:
     """The curvature along gradient ``step`` (the gradient of the step that completed ``step``
     steps before it).
@@ -40,30 +50,10 @@ class TwoSecantReading:
             self._block = torch.tensor(self._host, dtype=torch.float32)
         return self._block
 
-    @property
-    def values(self) -> Tensor:
-        return self.block[0]
-
-    @property
-    def num(self) -> Tensor:
-        return self.block[1]
-
-    @property
-    def den(self) -> Tensor:
-        return self.block[2]
-
-    @property
-    def lambda_two_secant(self) -> Tensor:
-        return self.block[0, 0]
-
-    @property
-    def stability_ratio(self) -> Tensor:
-        return self.block[0, 1]
-
-    @property
-    def rho(self) -> Tensor:
-        return self.block[0, 2]
-
-    @property
-    def stability_ratio_secant(self) -> Tensor:
-        return self.block[0, 3]
+    values = _Part(0)  # [λ_two_secant, stability ratio, ρ, the plain secant's ratio]
+    num = _Part(1)
+    den = _Part(2)
+    lambda_two_secant = _Part(0, 0)
+    stability_ratio = _Part(0, 1)
+    rho = _Part(0, 2)
+    stability_ratio_secant = _Part(0, 3)

@@ -218,6 +218,18 @@ def effective_grad(view: ParamView) -> Tensor:
     return g
 
 
+def _moment(view: ParamView, state: Tensor | None, new: Tensor | None, beta: float, what: str,
+            *, fold: bool) -> Tensor:
+    """float32 Adam moment: the stored `state` as it is, or (`fold`) with `new` folded in,
+    β·state + (1−β)·new (just (1−β)·new before the first step has made the state)."""
+    if fold:
+        assert new is not None
+        return new * (1.0 - beta) if state is None else state.float() * beta + new * (1.0 - beta)
+    if state is None:
+        raise ValueError(f"parameter {view.name!r} has no {what} state")
+    return state.float()
+
+
 def bias_corrected_v(view: ParamView, *, include_current_grad: bool) -> Tensor:
     """float32 v̂ = v/(1−β2^t) that Adam divides by (the AMSGrad max where it applies).
 
@@ -233,15 +245,12 @@ def bias_corrected_v(view: ParamView, *, include_current_grad: bool) -> Tensor:
             "include_current_grad=True, or after the first step"
         )
     if include_current_grad:
-        g2 = effective_grad(view).square()
         ema = view.exp_avg_sq_ema if view.exp_avg_sq_ema is not None else view.exp_avg_sq
-        v = g2 * (1.0 - h.beta2) if ema is None else ema.float() * h.beta2 + g2 * (1.0 - h.beta2)
+        v = _moment(view, ema, effective_grad(view).square(), h.beta2, "exp_avg_sq", fold=True)
         if h.amsgrad and view.exp_avg_sq is not None:
             v = torch.maximum(v, view.exp_avg_sq.float())
     else:
-        if view.exp_avg_sq is None:
-            raise ValueError(f"parameter {view.name!r} has no exp_avg_sq state")
-        v = view.exp_avg_sq.float()
+        v = _moment(view, view.exp_avg_sq, None, h.beta2, "exp_avg_sq", fold=False)
     return v / (1.0 - h.beta2**t)
 
 
@@ -263,17 +272,8 @@ def bias_corrected_m(view: ParamView, *, include_current_grad: bool) -> Tensor:
     t = _update_step(view, include_current_grad)
     if t < 1:
         raise ValueError(f"parameter {view.name!r} has no Adam state yet")
-    if include_current_grad:
-        g = effective_grad(view)
-        m = (
-            g * (1.0 - h.beta1)
-            if view.exp_avg is None
-            else view.exp_avg.float() * h.beta1 + g * (1.0 - h.beta1)
-        )
-    else:
-        if view.exp_avg is None:
-            raise ValueError(f"parameter {view.name!r} has no exp_avg state")
-        m = view.exp_avg.float()
+    m = _moment(view, view.exp_avg, effective_grad(view) if include_current_grad else None,
+                h.beta1, "exp_avg", fold=include_current_grad)
     return m / (1.0 - h.beta1**t)
 
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from spikewatch.protocol.names import EventType
 from spikewatch.protocol.wire import Scalar
-from spikewatch.server.rules._model import (
+from spikewatch.server.rules._condition_model import (
     AllOf,
     AnyOf,
     Condition,
@@ -157,8 +157,9 @@ class Signals:
         assert obs is not None
         if not cond.where:
             return cond.event in self._types or any(e.type == cond.event for e in self._events)
+        want = cond.where.items()
         return any(
-            e.type == cond.event and all(_equal(e.data.get(k, _MISSING), v) for k, v in cond.where)
+            e.type == cond.event and all(_equal(e.data.get(k, _MISSING), v) for k, v in want)
             for e in self._events
         )
 

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from spikewatch.server.rules._conditions import LATE_STEPS, EventLike, Signals, evaluate
-from spikewatch.server.rules._model import Rule, RuleError
+from spikewatch.server.rules._errors import RuleError
+from spikewatch.server.rules._model import Rule
 from spikewatch.server.types import AlertState, Observation, Severity, Transition
 
 _PLACEHOLDER = re.compile(r"\{(run|rule|step|value|severity)\}")

@@ -91,6 +91,19 @@ def test_replace_rules_keeps_kept_alerts_and_ends_removed_ones() -> None:
     assert [r.name for r in engine.rules] == ["sr"]
 
 
+def test_active_alerts_say_where_each_stands_and_follow_a_reloaded_severity() -> None:
+    kept = SR.replace("for_steps: 3", "for_steps: 3\n    keep_firing_steps: 2")
+    engine = RuleEngine(rules(kept))
+    replay(engine, sr(0.5, 1.2, 1.3, 1.4, 1.5))
+    (alert,) = engine.active()
+    assert (alert.run, alert.rule, alert.state, alert.since_step, alert.fired_step,
+            alert.value, alert.severity) == ("r", "sr", F, 2, 4, 1.5, Severity.PAGE)
+    replay(engine, sr(0.9), start=6)
+    assert [(a.state, a.failed) for a in engine.active()] == [(F, 1)]  # kept firing
+    engine.replace_rules(rules(kept.replace("severity: page", "severity: warning")))
+    assert [(a.state, a.severity) for a in engine.active()] == [(F, Severity.WARNING)]
+
+
 def test_pending_that_clears_before_sustain_goes_inactive_and_restarts() -> None:
     ts = replay(RuleEngine(rules(SR)), sr(1.2, 1.3, 0.9, 1.0, 1.0, 1.0))
     assert states(ts) == [("sr", P, 1), ("sr", X, 3), ("sr", P, 4), ("sr", F, 6)]

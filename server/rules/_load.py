@@ -22,6 +22,10 @@ from spikewatch.server.rules._model import Rule, RuleFile
 DEFAULT_PACK: Final = Path(__file__).with_name("default.yaml")
 
 
+class RuleFileReadError(RuleError):
+    """The rule file could not be read (missing, no permission, not UTF-8)."""
+
+
 def load_rules(path: str | Path | None = None) -> list[Rule]:
     """Load and validate a rule file (None: the default pack). All or nothing."""
     p = DEFAULT_PACK if path is None else Path(path)
@@ -29,7 +33,7 @@ def load_rules(path: str | Path | None = None) -> list[Rule]:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else e
-        raise RuleError(f"cannot read rule file: {reason}", source=str(p)) from e
+        raise RuleFileReadError(f"cannot read rule file: {reason}", source=str(p)) from e
     return parse_rules(text, source=str(p))
 
 

@@ -12,7 +12,8 @@ protocol's catalogue without one). A leaf without `stale_steps` gets the rule's 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias
 
@@ -33,7 +34,6 @@ from pydantic_core import PydanticCustomError
 
 from spikewatch.protocol.messages import Scalar
 from spikewatch.protocol.names import BY_NAME, EventType
-from spikewatch.server.rules._errors import did_you_mean
 
 Op: TypeAlias = Literal[">", ">=", "<", "<="]
 
@@ -45,6 +45,12 @@ KEY_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$"  # an event data key
 
 StaleSteps: TypeAlias = Annotated[int, Field(ge=0, le=1_000_000)]
 _STALE_STEPS: Final = TypeAdapter(StaleSteps)
+
+
+def did_you_mean(word: object, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest known word, else ''."""
+    close = difflib.get_close_matches(str(word), sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class Strict(BaseModel):

@@ -7,22 +7,17 @@ spells it (`condition.all[0].value`) and words the message for a person editing 
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-_RULE_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+from spikewatch.server.rules._condition_model import CONDITION_TAGS, NAME_PATTERN
 
-
-def did_you_mean(word: object, known: Iterable[str]) -> str:
-    """' (did you mean 'x'?)' for the closest known word, else ''."""
-    close = difflib.get_close_matches(str(word), sorted(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+_RULE_NAME: Final = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,23 +54,20 @@ class RuleError(ValueError):
         return self.problems[0].field
 
 
-def problems(error: ValidationError, raw_rules: object, tags: Collection[str]) -> list[Problem]:
-    """Each error of validating a rule file, located by rule and field.
-
-    `raw_rules` is the file's `rules` list as read (it names the rules); `tags` are the
-    discriminator tags pydantic adds to a location after a union value (not part of the file).
-    """
-    return [_problem(e, raw_rules, tags) for e in error.errors(include_url=False)]
+def problems(error: ValidationError, raw_rules: object) -> list[Problem]:
+    """Each error of validating a rule file, located by rule and field (`raw_rules`: the file's
+    `rules` list as read, which names the rules)."""
+    return [_problem(e, raw_rules) for e in error.errors(include_url=False)]
 
 
-def _problem(e: ErrorDetails, raw_rules: object, tags: Collection[str]) -> Problem:
+def _problem(e: ErrorDetails, raw_rules: object) -> Problem:
     loc, rule = list(e["loc"]), ""
     if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
         rule, loc = _rule_label(raw_rules, loc[1]), loc[2:]
     ctx: Mapping[str, Any] = e.get("ctx") or {}
     if "field" in ctx:
         loc.append(str(ctx["field"]))
-    return Problem(_message(e), rule, _field_path(loc, tags))
+    return Problem(_message(e), rule, _field_path(loc))
 
 
 def _rule_label(raw_rules: object, index: int) -> str:
@@ -85,12 +77,13 @@ def _rule_label(raw_rules: object, index: int) -> str:
     return name if isinstance(name, str) and _RULE_NAME.match(name) else f"#{index + 1}"
 
 
-def _field_path(loc: Sequence[int | str], tags: Collection[str]) -> str:
+def _field_path(loc: Sequence[int | str]) -> str:
     """`condition.any[1].window_steps` from a pydantic location within one rule."""
     out = ""
     at_condition = False  # the part before was a condition's place: pydantic adds its tag next
     for part in loc:
-        if (at_condition and part in tags) or part == "[key]":  # "[key]": the key was before
+        # "[key]": the error is in a mapping's key, the part before it
+        if (at_condition and part in CONDITION_TAGS) or part == "[key]":
             at_condition = False
             continue
         if isinstance(part, int):

@@ -15,7 +15,6 @@ import yaml
 from pydantic import ValidationError
 
 from spikewatch.protocol.names import BY_NAME
-from spikewatch.server.rules._condition_model import CONDITION_TAGS
 from spikewatch.server.rules._errors import Problem, RuleError, problems
 from spikewatch.server.rules._model import Rule, RuleFile
 
@@ -49,7 +48,7 @@ def parse_rules(text: str, *, source: str = "<rules>") -> list[Rule]:
         rules = RuleFile.model_validate(doc, context={"metrics": metrics}).rules
     except ValidationError as e:
         raise RuleError(source=source,
-                        problems=problems(e, doc.get("rules"), CONDITION_TAGS)) from None
+                        problems=problems(e, doc.get("rules"))) from None
     twice = [name for name, n in Counter(r.name for r in rules).items() if n > 1]
     if twice:
         raise RuleError(source=source,

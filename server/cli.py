@@ -71,6 +71,7 @@ def _register_optional(sub: Any) -> None:
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)
     # --- further subcommands register here the same way ---
+    importlib.import_module("spikewatch.server.rules._cli").register(sub)  # `spikewatch rules`
     importlib.import_module("spikewatch.server.report").register(sub)  # `spikewatch report`
 
 

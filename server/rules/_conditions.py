@@ -19,7 +19,7 @@ from typing import Protocol
 
 from spikewatch.protocol.names import EventType
 from spikewatch.protocol.wire import Scalar
-from spikewatch.server.rules._model import (
+from spikewatch.server.rules._condition_model import (
     AllOf,
     AnyOf,
     Condition,
@@ -157,8 +157,9 @@ class Signals:
         assert obs is not None
         if not cond.where:
             return cond.event in self._types or any(e.type == cond.event for e in self._events)
+        want = cond.where.items()
         return any(
-            e.type == cond.event and all(_equal(e.data.get(k, _MISSING), v) for k, v in cond.where)
+            e.type == cond.event and all(_equal(e.data.get(k, _MISSING), v) for k, v in want)
             for e in self._events
         )
 
@@ -178,29 +179,31 @@ def _equal(got: object, want: Scalar) -> bool:
 
 def evaluate(cond: Condition, sig: Signals) -> tuple[bool, float]:
     """(holds, value): value is the number that decided it (NaN when there is none)."""
-    if isinstance(cond, Threshold):
+    # `type(...) is` rather than isinstance: pydantic models' isinstance goes through ABCMeta,
+    # which this hot path (every rule, every observation) would feel
+    if type(cond) is Threshold:
         v = sig.value(cond.metric, cond.stale_steps)
         if v is None:
             return cond.absent_is, NAN
         return _CMP[cond.op](v, cond.value), v
-    if isinstance(cond, NonFinite):
+    if type(cond) is NonFinite:
         v = sig.value(cond.metric, cond.stale_steps)
         if v is None:
             return cond.absent_is, NAN
         return not math.isfinite(v), v
-    if isinstance(cond, Rate):
+    if type(cond) is Rate:
         r = _rate(cond, sig)
         if r is None:
             return cond.absent_is, NAN
         return _CMP[cond.op](r, cond.value), r
-    if isinstance(cond, EventSeen):
+    if type(cond) is EventSeen:
         seen = sig.event(cond)
         return seen, 1.0 if seen else 0.0
+    assert type(cond) is AllOf or type(cond) is AnyOf
     results = [evaluate(c, sig) for c in cond.conditions]
-    holds = all(h for h, _ in results) if isinstance(cond, AllOf) else any(h for h, _ in results)
+    holds = all(h for h, _ in results) if type(cond) is AllOf else any(h for h, _ in results)
     # the value of the first child that agrees with the outcome (the primary signal when all hold)
     value = next((v for h, v in results if h == holds), results[0][1])
-    assert isinstance(cond, AllOf | AnyOf)
     return holds, value
 
 

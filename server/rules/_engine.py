@@ -24,37 +24,31 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from spikewatch.server.rules._conditions import LATE_STEPS, EventLike, Signals, evaluate
-from spikewatch.server.rules._model import Rule, RuleError
+from spikewatch.server.rules._errors import RuleError
+from spikewatch.server.rules._model import Rule
 from spikewatch.server.types import AlertState, Observation, Severity, Transition
 
 _PLACEHOLDER = re.compile(r"\{(run|rule|step|value|severity)\}")
 
 
-@dataclass(slots=True)
-class _Slot:
-    state: AlertState  # PENDING or FIRING
-    count: int
-    since_step: int
-    since_time: float
-    value: float
-    fired_step: int | None = None
-    false_count: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class ActiveAlert:
-    """An alert currently pending or firing (for the exporter's alert_state gauge)."""
+    """An alert pending or firing on a run, as the engine holds it after the run's last
+    observation; each observation that changes it replaces it, so `active()` hands out these."""
 
     run: str
     rule: str
     severity: Severity
-    state: AlertState
-    since_step: int
-    fired_step: int | None
-    value: float
+    state: AlertState  # PENDING or FIRING
+    since_step: int  # where the condition began to hold
+    since_time: float
+    value: float  # what decided the latest evaluation
+    held: int = 0  # observations that held while pending
+    fired_step: int | None = None
+    failed: int = 0  # consecutive observations that failed since it fired
 
 
 class _Run:
@@ -62,7 +56,7 @@ class _Run:
 
     def __init__(self, signals: Signals, seen: float) -> None:
         self.signals = signals
-        self.slots: dict[str, _Slot] = {}
+        self.slots: dict[str, ActiveAlert] = {}
         self.seen = seen
         self.last_step = 0
         self.last_time = 0.0
@@ -113,15 +107,18 @@ class RuleEngine:
         with self._lock:
             old = {r.name: r for r in self._rules}
             self._set_rules(rules)
-            kept = {r.name for r in self._rules}
+            kept = {r.name: r for r in self._rules}
             out: list[Transition] = []
             for name, run in self._runs.items():
-                for rule_name in [n for n in run.slots if n not in kept]:
-                    s = run.slots.pop(rule_name)
-                    state = (AlertState.RESOLVED if s.state is AlertState.FIRING
+                for rule_name, alert in list(run.slots.items()):
+                    if rule_name in kept:  # open alerts take the reloaded rule's severity
+                        run.slots[rule_name] = replace(alert, severity=kept[rule_name].severity)
+                        continue
+                    del run.slots[rule_name]
+                    state = (AlertState.RESOLVED if alert.state is AlertState.FIRING
                              else AlertState.INACTIVE)
                     t = self._transition(old[rule_name], name, state, run.last_step,
-                                         run.last_time, s.value)
+                                         run.last_time, alert.value)
                     out.append(_annotated(t, "rule removed by a reload"))
                 run.signals = Signals(self._metrics, self._windows, self._late_steps)
             return out
@@ -167,15 +164,8 @@ class RuleEngine:
 
     def active(self) -> list[ActiveAlert]:
         """Snapshot of pending and firing alerts of every run."""
-        by_name = {r.name: r for r in self._rules}
         with self._lock:
-            return [
-                ActiveAlert(
-                    name, rule, by_name[rule].severity, s.state, s.since_step, s.fired_step, s.value
-                )
-                for name, run in self._runs.items()
-                for rule, s in run.slots.items()
-            ]
+            return [alert for run in self._runs.values() for alert in run.slots.values()]
 
     def runs(self) -> int:
         """How many runs the engine holds state for."""
@@ -187,37 +177,38 @@ class RuleEngine:
     def _advance(
         self, rule: Rule, run: _Run, obs: Observation, holds: bool, value: float
     ) -> list[Transition]:
-        slot = run.slots.get(rule.name)
+        alert = run.slots.get(rule.name)
         out: list[Transition] = []
         if holds:
-            if slot is None:
-                slot = _Slot(AlertState.PENDING, 0, obs.step, obs.time, value)
-                run.slots[rule.name] = slot
+            if alert is None:
+                alert = ActiveAlert(obs.run, rule.name, rule.severity, AlertState.PENDING,
+                                    obs.step, obs.time, value)
                 out.append(
                     self._transition(rule, obs.run, AlertState.PENDING, obs.step, obs.time, value)
                 )
-            slot.false_count = 0
-            slot.value = value
-            if slot.state is AlertState.PENDING:
-                slot.count += 1
-                if slot.count >= rule.for_steps and obs.time - slot.since_time >= rule.for_seconds:
-                    slot.state = AlertState.FIRING
-                    slot.fired_step = obs.step
-                    out.append(
-                        self._transition(
-                            rule, obs.run, AlertState.FIRING, obs.step, obs.time, value
-                        )
-                    )
+            pending = alert.state is AlertState.PENDING
+            held = alert.held + 1 if pending else alert.held
+            fires = (pending and held >= rule.for_steps
+                     and obs.time - alert.since_time >= rule.for_seconds)
+            if fires:
+                out.append(
+                    self._transition(rule, obs.run, AlertState.FIRING, obs.step, obs.time, value)
+                )
+            run.slots[rule.name] = replace(
+                alert, value=value, held=held, failed=0,
+                state=AlertState.FIRING if fires else alert.state,
+                fired_step=obs.step if fires else alert.fired_step,
+            )
             return out
-        if slot is None:
+        if alert is None:
             return out
-        if slot.state is AlertState.PENDING:
+        if alert.state is AlertState.PENDING:
             del run.slots[rule.name]
             return [self._transition(rule, obs.run, AlertState.INACTIVE, obs.step, obs.time, value)]
-        slot.false_count += 1
-        if slot.false_count > rule.keep_firing_steps:
+        if alert.failed + 1 > rule.keep_firing_steps:
             del run.slots[rule.name]
             return [self._transition(rule, obs.run, AlertState.RESOLVED, obs.step, obs.time, value)]
+        run.slots[rule.name] = replace(alert, failed=alert.failed + 1)
         return out
 
     def _expire(self, now: float, keep: str | None) -> list[Transition]:
@@ -233,10 +224,10 @@ class RuleEngine:
         run = self._runs.pop(name)
         by_name = {r.name: r for r in self._rules}
         out = []
-        for rule_name, s in run.slots.items():
-            state = AlertState.RESOLVED if s.state is AlertState.FIRING else AlertState.INACTIVE
+        for rule_name, alert in run.slots.items():
+            state = AlertState.RESOLVED if alert.state is AlertState.FIRING else AlertState.INACTIVE
             t = self._transition(
-                by_name[rule_name], name, state, run.last_step, run.last_time, s.value
+                by_name[rule_name], name, state, run.last_step, run.last_time, alert.value
             )
             out.append(_annotated(t, "run idle"))
         return out

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from spikewatch.protocol.wire import Scalar
 from spikewatch.server.rules import Rule, RuleEngine, RuleError, load_rules, parse_rules
+from spikewatch.server.rules._condition_model import AnyOf
 from spikewatch.server.types import AlertState, Observation, Severity, Transition
 
 P, F, R, X = AlertState.PENDING, AlertState.FIRING, AlertState.RESOLVED, AlertState.INACTIVE
@@ -88,6 +89,19 @@ def test_replace_rules_keeps_kept_alerts_and_ends_removed_ones() -> None:
     with pytest.raises(RuleError, match="duplicate"):
         engine.replace_rules(rules(SR + SR))
     assert [r.name for r in engine.rules] == ["sr"]
+
+
+def test_active_alerts_say_where_each_stands_and_follow_a_reloaded_severity() -> None:
+    kept = SR.replace("for_steps: 3", "for_steps: 3\n    keep_firing_steps: 2")
+    engine = RuleEngine(rules(kept))
+    replay(engine, sr(0.5, 1.2, 1.3, 1.4, 1.5))
+    (alert,) = engine.active()
+    assert (alert.run, alert.rule, alert.state, alert.since_step, alert.fired_step,
+            alert.value, alert.severity) == ("r", "sr", F, 2, 4, 1.5, Severity.PAGE)
+    replay(engine, sr(0.9), start=6)
+    assert [(a.state, a.failed) for a in engine.active()] == [(F, 1)]  # kept firing
+    engine.replace_rules(rules(kept.replace("severity: page", "severity: warning")))
+    assert [(a.state, a.severity) for a in engine.active()] == [(F, Severity.WARNING)]
 
 
 def test_pending_that_clears_before_sustain_goes_inactive_and_restarts() -> None:
@@ -449,52 +463,51 @@ def test_to_dict_round_trips() -> None:
 # --- validation --------------------------------------------------------------------------------
 
 BAD = [
-    ("rules: []", "rules: must be a non-empty list"),
+    ("rules: []", "rules: must have at least 1 item"),
     ("- a\n- b", "must be a mapping"),
     ("rules: [{name: x, severity: page, condition: {metric: stabilty_ratio, op: '>', value: 1}}]",
      "rule 'x': condition.metric: unknown metric 'stabilty_ratio' "
      "(did you mean 'stability_ratio'?)"),
     ("rules: [{name: x, severity: critical, condition: {event: nonfinite}}]",
-     "rule 'x': severity: must be one of info, warning, page"),
+     "rule 'x': severity: must be 'info', 'warning' or 'page' (got 'critical')"),
     ("rules: [{name: x, severity: page, condition: {metric: loss, op: '=>', value: 1}}]",
-     "rule 'x': condition.op: must be one of >, >=, <, <="),
+     "rule 'x': condition.op: must be '>', '>=', '<' or '<=' (got '=>')"),
     ("rules: [{name: x, severity: page, condition: {metric: loss, op: '>'}}]",
      "rule 'x': condition.value: required"),
     ("rules: [{name: x, severity: page, condition: {metric: loss, op: '>', value: .nan}}]",
-     "rule 'x': condition.value: must be a finite number"),
+     "rule 'x': condition.value: must be a finite number (got nan)"),
     ("rules: [{name: x, severity: page, condition: {metric: loss, op: '>', value: '1'}}]",
-     "rule 'x': condition.value: must be a finite number"),
+     "rule 'x': condition.value: must be a valid number (got '1')"),
     ("rules: [{name: x, severity: page, for_step: 3, condition: {event: nonfinite}}]",
      "rule 'x': for_step: unknown key 'for_step' (did you mean 'for_steps'?)"),
     ("rules: [{name: x, severity: page, for_steps: 0, condition: {event: nonfinite}}]",
-     "rule 'x': for_steps: must be an integer in [1, 1000000]"),
+     "rule 'x': for_steps: must be greater than or equal to 1 (got 0)"),
     ("rules: [{name: x, severity: page, for_seconds: -1, condition: {event: nonfinite}}]",
-     "rule 'x': for_seconds: must be ≥ 0"),
+     "rule 'x': for_seconds: must be greater than or equal to 0 (got -1)"),
     ("rules: [{name: x, severity: page}]", "rule 'x': condition: required"),
     ("rules: [{name: x, severity: page, condition: {event: nonfinite, metric: loss}}]",
      "rule 'x': condition: needs exactly one of"),
     ("rules: [{name: x, severity: page, condition: {event: explosion}}]",
-     "rule 'x': condition.event: unknown event type 'explosion'"),
+     "rule 'x': condition.event: must be 'hparam_change', 'momentum_jump'"),
     ("rules: [{name: x, severity: page, condition: {event: momentum_jump, where: [1]}}]",
-     "rule 'x': condition.where: must map data keys to scalar values"),
+     "rule 'x': condition.where: must be a valid dictionary (got [1])"),
     ("rules: [{name: x, severity: page, condition: {any: [{metric: loss, op: '>', value: 1},"
      " {rate: loss, op: '>', value: 2}]}}]",
      "rule 'x': condition.any[1].window_steps: required"),
     ("rules: [{name: x, severity: page, condition: {rate: loss, window_steps: 5, mode: median,"
-     " op: '>', value: 2}}]", "rule 'x': condition.mode: must be one of per_step"),
+     " op: '>', value: 2}}]", "rule 'x': condition.mode: must be 'per_step', 'ratio_to_min'"),
     ("rules: [{name: x, severity: page, condition: {all: []}}]",
-     "rule 'x': condition.all: must be a list of 1 to 16 conditions"),
+     "rule 'x': condition.all: must have at least 1 item"),
     ("rules: [{name: x, severity: page, condition: {all: [{any: [{all: [{any: [{all: "
-     "[{event: nonfinite}]}]}]}]}]}}]", "rule 'x': condition.all[0].any[0].all[0].any[0].all: "
-     "all/any nested deeper than 4"),
+     "[{event: nonfinite}]}]}]}]}]}}]", "rule 'x': condition: all/any nested deeper than 4"),
     ("rules: [{name: x, severity: page, condition: {nonfinite: loss, absent_is: maybe}}]",
-     "rule 'x': condition.absent_is: must be true or false"),
+     "rule 'x': condition.absent_is: must be a valid boolean (got 'maybe')"),
     ("rules: [{name: x, severity: page, labels: {run: a}, condition: {event: nonfinite}}]",
      "rule 'x': labels.run: reserved label"),
     ("rules: [{name: x, severity: page, labels: {team: 3}, condition: {event: nonfinite}}]",
-     "rule 'x': labels.team: must be a string"),
+     "rule 'x': labels.team: must be a valid string (got 3)"),
     ("rules: [{name: 'bad name', severity: page, condition: {event: nonfinite}}]",
-     "rule '#1': name: required"),
+     "rule '#1': name: must match pattern"),
     ("rules: [{name: x, severity: page, condition: {event: nonfinite}},"
      " {name: x, severity: info, condition: {event: nonfinite}}]", "rule 'x': name: duplicate"),
     ("rules:\n- name: x\n  severity: page\n  severity: info\n  condition: {event: nonfinite}",
@@ -502,6 +515,23 @@ BAD = [
     ("rules: [{name: x, severity: page, condition: {metric: my_metric, op: '>', value: 1}}]",
      "unknown metric 'my_metric'"),
     ("rules: [oops", "invalid YAML"),
+    ("rulez: []", "rulez: unknown key 'rulez' (did you mean 'rules'?)"),
+    ("extra_metrics: ['bad name']\n"
+     "rules: [{name: x, severity: page, condition: {event: nonfinite}}]",
+     "extra_metrics[0]: must match pattern"),
+    ("rules: [{name: x, severity: page, condition: 5}]",
+     "rule 'x': condition: needs exactly one of"),
+    ("rules: [{name: x, severity: page, condition: {metric: loss, op: '>', value: 1, stale: 3}}]",
+     "rule 'x': condition.stale: unknown key 'stale' (did you mean 'stale_steps'?)"),
+    ("rules: [{name: x, severity: page, condition: {any: [{event: nonfinite},"
+     " {event: momentum_jump, where: {rescaled: [1]}}]}}]",
+     "rule 'x': condition.any[1].where.rescaled: must be null, true/false, a number or a string"),
+    ("rules: [{name: x, severity: page, condition: {event: momentum_jump, where: {'a b': 1}}}]",
+     "rule 'x': condition.where.a b: must match pattern"),
+    ("rules: [{name: x, severity: page, condition: {rate: loss, window_steps: 5, min_points: 6,"
+     " op: '>', value: 2}}]", "rule 'x': condition.min_points: must be at most window_steps (5)"),
+    ("rules: [{name: x, severity: page, annotations: {__x: a}, condition: {event: nonfinite}}]",
+     "rule 'x': annotations.__x: names starting with __ are Prometheus'"),
 ]
 
 
@@ -522,6 +552,36 @@ def test_error_attributes_and_extra_metrics() -> None:
         "rules: [{name: x, severity: page, condition: {metric: my_metric, op: '>', value: 1}}]"
     )
     assert ok[0].metrics() == {"my_metric"}
+
+
+def test_every_problem_is_reported_each_with_its_rule_and_field() -> None:
+    with pytest.raises(RuleError) as err:
+        parse_rules("rules:\n"
+                    "  - {name: a, severity: loud, condition: {event: nonfinite}}\n"
+                    "  - {name: b, severity: page, condition: {metric: loss, op: '>'}}\n",
+                    source="team.yaml")
+    assert [(p.rule, p.field) for p in err.value.problems] == [("a", "severity"),
+                                                                ("b", "condition.value")]
+    assert str(err.value).splitlines()[1] == "team.yaml: rule 'b': condition.value: required"
+
+
+def test_leaves_take_the_rules_stale_steps_unless_they_set_their_own() -> None:
+    (rule,) = rules("""
+  - name: r
+    severity: info
+    stale_steps: 7
+    condition:
+      any:
+        - {metric: loss, op: ">", value: 1}
+        - {nonfinite: rho, stale_steps: 2}
+        - {rate: loss, window_steps: 3, op: ">", value: 1}
+        - {event: nonfinite}
+""")
+    any_of = rule.condition
+    assert isinstance(any_of, AnyOf)
+    assert [getattr(c, "stale_steps", None) for c in any_of.conditions] == [7, 2, 7, None]
+    default = rules("  - {name: r, severity: info, condition: {metric: loss, op: '>', value: 1}}")
+    assert default[0].to_dict()["condition"]["stale_steps"] == 50
 
 
 def test_a_file_with_one_bad_rule_loads_nothing(tmp_path: Path) -> None:

@@ -6,9 +6,13 @@ Threads:
   nacks invalid ones (counted by `WireError.reason`), puts valid messages on a bounded queue and
   forwards replies the writer hands it over an inproc PULL socket. When the queue is full it stops
   reading the ROUTER (back-pressure lands in the agents' own bounded queues).
-* the writer thread gathers messages into one transaction (up to `batch_max_messages`, or what
-  arrives within `batch_max_wait_s`), commits, then acks each message (duplicates too: they are
-  stored) and calls `on_commit` with the results (rules, notifications).
+* the writer thread (`server._ingest_writer`) gathers messages into one transaction (up to
+  `batch_max_messages`, or what arrives within `batch_max_wait_s`), commits, then acks each
+  message (duplicates too: they are stored) and calls `on_commit` with the results (rules,
+  notifications).
+
+With CURVE on (`CurveConfig`, `server._collector_auth`) the socket is encrypted and only allowed
+agent keys are admitted.
 
 Nothing is acknowledged before its transaction committed; a failed transaction acks nothing and
 the agents resend. `stop()` stops reading, drains the queue, commits, acks and closes.
@@ -22,79 +26,30 @@ import queue
 import threading
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.auth
-from sqlalchemy.exc import DataError, IntegrityError
 from zmq.auth.thread import ThreadAuthenticator
 
 from spikewatch.protocol import wire
 from spikewatch.server._cardinality import Cardinality, Limits
+from spikewatch.server._collector_auth import (
+    CurveConfig,
+    count_refused_handshakes,
+    handshake_monitor,
+    make_curve_server,
+    start_authenticator,
+)
+from spikewatch.server._ingest_writer import DONE, STOP, IngestWriter, Item
 from spikewatch.server._stats import Stats
 from spikewatch.server.store import Store, WriteResult
+
+__all__ = ["Collector", "CurveConfig", "wait_until"]
 
 log = logging.getLogger(__name__)
 
 _NO_SESSION = "0" * 32
-_STOP = object()
-
-
-@dataclass(frozen=True, slots=True)
-class CurveConfig:
-    """CURVE encryption and client authentication for the ROUTER socket."""
-
-    secret_key_file: Path  # zmq.auth certificate holding the server's public and secret key
-    allowed_clients_file: Path | None = None  # Z85 public keys, one per line; None = any client
-
-    def allowed(self) -> set[bytes]:
-        if self.allowed_clients_file is None:
-            return set()
-        lines = self.allowed_clients_file.read_text().splitlines()
-        return {ln.strip().encode() for ln in lines if ln.strip() and not ln.startswith("#")}
-
-
-class _Allow:
-    """zmq.auth credentials provider: an allow-list of client keys; refusals are counted."""
-
-    def __init__(self, keys: set[bytes] | None, stats: Stats) -> None:
-        self.keys, self.stats = keys, stats
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        if self.keys is None or key in self.keys:
-            return True
-        self.stats.unauthenticated()
-        log.warning("refused an agent whose CURVE key is not allowed")
-        return False
-
-
-class _NoKeys(logging.Filter):
-    """Strip arguments (client keys, credentials) from what pyzmq's authenticator logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            record.msg, record.args = str(record.msg).split("%", 1)[0].rstrip(" :="), ()
-        return True
-
-
-def _zap_log() -> logging.Logger:
-    """The authenticator's logger: warnings and errors only (its debug lines print client
-    keys), and never with their arguments."""
-    zap = logging.getLogger(f"{__name__}.zap")
-    zap.setLevel(logging.WARNING)
-    if not any(isinstance(f, _NoKeys) for f in zap.filters):
-        zap.addFilter(_NoKeys())
-    return zap
-
-
-@dataclass(slots=True)
-class _Item:
-    envelope: list[bytes]
-    msg: wire.Hello | wire.Batch
 
 
 def _check_storable(msg: wire.Hello | wire.Batch) -> None:
@@ -119,20 +74,19 @@ class Collector:
         self._endpoint = endpoint
         self.bound_endpoint: str | None = None
         self._q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-        self._batch_n, self._batch_wait = batch_max_messages, batch_max_wait_s
         self._max_frame = min(max_frame_bytes, wire.MAX_FRAME_BYTES)
-        self._on_commit = on_commit
         self._curve = curve
         self._ctx = zmq.Context()
         self._inproc = f"inproc://spikewatch-replies-{uuid.uuid4().hex}"
         self._accepting = threading.Event()
         self._ready = threading.Event()
-        self._writer_done = threading.Event()
         self._start_error: BaseException | None = None
         self._auth: ThreadAuthenticator | None = None
         self._io = threading.Thread(target=self._io_loop, name="spikewatch-collector", daemon=True)
-        self._writer = threading.Thread(target=self._write_loop, name="spikewatch-writer",
-                                        daemon=True)
+        writer = IngestWriter(store, stats, self._q, ctx=self._ctx, reply_endpoint=self._inproc,
+                              batch_max_messages=batch_max_messages,
+                              batch_max_wait_s=batch_max_wait_s, on_commit=on_commit)
+        self._writer = threading.Thread(target=writer.run, name="spikewatch-writer", daemon=True)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -141,10 +95,7 @@ class Collector:
         self._cardinality = Cardinality(self._limits, self.stats,
                                         (r.name for r in self.store.list_runs()))
         if self._curve is not None:
-            self._auth = ThreadAuthenticator(self._ctx, log=_zap_log())
-            self._auth.start()
-            keys = self._curve.allowed() if self._curve.allowed_clients_file else None
-            self._auth.configure_curve_callback("*", credentials_provider=_Allow(keys, self.stats))
+            self._auth = start_authenticator(self._ctx, self._curve, self.stats)
         self._accepting.set()
         self._io.start()
         if not self._ready.wait(timeout) or self._start_error is not None:
@@ -186,11 +137,7 @@ class Collector:
         router.setsockopt(zmq.MAXMSGSIZE, 2 * self._max_frame + 4096)
         router.setsockopt(zmq.RCVHWM, 10000)
         if self._curve is not None:
-            public, secret = zmq.auth.load_certificate(self._curve.secret_key_file)
-            if secret is None:
-                raise ValueError(f"{self._curve.secret_key_file} holds no secret key")
-            router.curve_server = True
-            router.curve_publickey, router.curve_secretkey = public, secret
+            make_curve_server(router, self._curve)
         try:
             router.bind(self._endpoint)
         except zmq.ZMQError:
@@ -213,11 +160,12 @@ class Collector:
         self._ready.set()
         poller = zmq.Poller()
         poller.register(replies, zmq.POLLIN)
-        monitor = self._monitor(router)
+        # with CURVE on, failed handshakes of non-CURVE agents are counted from a monitor
+        monitor = handshake_monitor(router) if self._curve is not None else None
         if monitor is not None:
             poller.register(monitor, zmq.POLLIN)
         reading = False
-        pending: Any = None  # an _Item (or _STOP) waiting for room in the queue
+        pending: Any = None  # an Item (or STOP) waiting for room in the queue
         stop_sent = False
         try:
             while True:
@@ -236,7 +184,7 @@ class Collector:
                         poller.unregister(router)
                     reading = want
                 if not accepting and pending is None and not stop_sent:
-                    pending = _STOP  # after the last message; the writer drains up to it
+                    pending = STOP  # after the last message; the writer drains up to it
                     stop_sent = True
                     continue
                 self.stats.set_queue_depth(self._q.qsize())
@@ -246,13 +194,13 @@ class Collector:
                         parts = replies.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    if parts == [b"done"]:
+                    if parts == DONE:
                         return
                     router.send_multipart(parts)
                 if router in events and reading:
                     pending = self._receive(router)
                 if monitor is not None and monitor in events:
-                    self._count_refused_handshakes(monitor)
+                    count_refused_handshakes(monitor, self.stats)
         finally:
             if monitor is not None:
                 router.disable_monitor()
@@ -260,24 +208,7 @@ class Collector:
             router.close()  # LINGER lets the last acks out
             replies.close(0)
 
-    def _monitor(self, router: zmq.Socket[bytes]) -> zmq.Socket[bytes] | None:
-        """With CURVE on: a monitor of failed handshakes. A plaintext (or otherwise non-CURVE)
-        agent never reaches the allow-list callback; its refused handshake is counted here."""
-        if self._curve is None:
-            return None
-        return router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                         | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-
-    def _count_refused_handshakes(self, monitor: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                parts = monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(parts) == 2:  # (event id + value, endpoint)
-                self.stats.unauthenticated()
-
-    def _receive(self, router: zmq.Socket[bytes]) -> _Item | None:
+    def _receive(self, router: zmq.Socket[bytes]) -> Item | None:
         """Read one frame: a queued item, or None after a nack."""
         parts = router.recv_multipart()
         envelope, rest = parts[:1], parts[1:]
@@ -300,93 +231,7 @@ class Collector:
             router.send_multipart([*envelope, wire.encode(wire.Nack(session, seq, e.reason))])
             return None
         self.stats.message_received(msg.type)
-        return _Item(envelope, msg)
-
-    # --- writer thread -------------------------------------------------------------------------
-
-    def _gather(self) -> tuple[list[_Item], bool]:
-        """Block for one message, then collect what arrives within the batch window."""
-        first = self._q.get()
-        if first is _STOP:
-            return [], True
-        items: list[_Item] = [first]
-        deadline = time.monotonic() + self._batch_wait
-        while len(items) < self._batch_n:
-            left = deadline - time.monotonic()
-            try:
-                nxt = self._q.get_nowait() if left <= 0 else self._q.get(timeout=left)
-            except queue.Empty:
-                break
-            if nxt is _STOP:
-                return items, True
-            items.append(nxt)
-        return items, False
-
-    def _write_loop(self) -> None:
-        push: zmq.Socket[bytes] = self._ctx.socket(zmq.PUSH)
-        push.setsockopt(zmq.SNDHWM, 0)
-        push.connect(self._inproc)
-        try:
-            stop = False
-            while not stop:
-                items, stop = self._gather()
-                if items:
-                    self._commit(items, push)
-                self.stats.set_queue_depth(self._q.qsize())
-        finally:
-            push.send_multipart([b"done"])
-            push.close()
-            self._writer_done.set()
-
-    def _write(self, items: list[_Item], push: zmq.Socket[bytes]
-               ) -> list[tuple[_Item, WriteResult]]:
-        msgs = [it.msg for it in items]
-        try:
-            return list(zip(items, self.store.write_many(msgs), strict=True))
-        except Exception as e:
-            if len(items) == 1:
-                h = items[0].msg.header
-                if isinstance(e, DataError | IntegrityError):  # the database refuses this one
-                    log.error("message %s/%d refused by the database (nacked): %s", h.session,
-                              h.seq, str(e.orig)[:200])
-                    self.stats.message_invalid("bad_value")
-                    nack = wire.Nack(h.session, h.seq, "bad_value")
-                    push.send_multipart([*items[0].envelope, wire.encode(nack)])
-                else:
-                    log.exception("write failed; message %s/%d not acknowledged (the agent "
-                                  "resends it)", h.session, h.seq)
-                return []
-            log.warning("transaction of %d messages failed; writing one by one", len(items),
-                        exc_info=True)
-        out: list[tuple[_Item, WriteResult]] = []
-        for it in items:
-            out.extend(self._write([it], push))
-        return out
-
-    def _commit(self, items: list[_Item], push: zmq.Socket[bytes]) -> None:
-        t0 = time.perf_counter()
-        done = self._write(items, push)
-        if not done:
-            return
-        self.stats.write_latency(time.perf_counter() - t0)
-        acks: dict[tuple[tuple[bytes, ...], str], list[int]] = defaultdict(list)
-        dups = points = 0
-        for it, res in done:
-            acks[(tuple(it.envelope), it.msg.header.session)].append(it.msg.header.seq)
-            dups += res.duplicate
-            points += res.points
-        if dups:
-            self.stats.message_deduplicated(dups)
-        self.stats.points_written(points)
-        for (envelope, session), seqs in acks.items():
-            for i in range(0, len(seqs), 4096):  # an Ack carries at most 4096 seqs
-                ack = wire.Ack(session, tuple(seqs[i:i + 4096]))
-                push.send_multipart([*envelope, wire.encode(ack)])
-        if self._on_commit is not None:
-            try:
-                self._on_commit([res for _, res in done])
-            except Exception:
-                log.exception("post-commit hook failed (data is stored and acknowledged)")
+        return Item(envelope, msg)
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:

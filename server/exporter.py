@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 
 from spikewatch.protocol.names import BY_NAME, EXPORTED
 from spikewatch.server._stats import Stats
-from spikewatch.server.store.rows import AlertRow, RunRow
+from spikewatch.server.store.reads import StoreReads
 from spikewatch.server.types import AlertState, Severity
 
 PREFIX: Final = "spikewatch"
@@ -249,20 +249,13 @@ def build_registry(source: ExportSource, *, max_runs: int = DEFAULT_MAX_RUNS,
     return registry
 
 
-
-class _StoreReads(Protocol):
-    def list_runs(self) -> list[RunRow]: ...
-    def latest(self, run: str) -> dict[str, float]: ...
-    def alerts(self, run: str | None = None, *, state: str | None = None) -> list[AlertRow]: ...
-
-
 class StoreExportSource:
     """The real `ExportSource`: runs and alerts from the Store, health from `server._stats.Stats`.
 
     A run is active when it sent data within `active_window_s` (default 15 min) of `clock()`.
     """
 
-    def __init__(self, store: _StoreReads, stats: Stats | None = None, *,
+    def __init__(self, store: StoreReads, stats: Stats | None = None, *,
                  active_window_s: float = DEFAULT_ACTIVE_WINDOW_S,
                  clock: Callable[[], float] = time.time) -> None:
         if active_window_s <= 0:

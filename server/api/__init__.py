@@ -15,19 +15,20 @@ from starlette.routing import Route
 from spikewatch.server.api import _routes_alerts, _routes_health, _routes_runs
 from spikewatch.server.api._auth import Scope, TokenFileError, Tokens
 from spikewatch.server.api._checks import readiness_checks
-from spikewatch.server.api._deps import ApiContext, Check, ReadStore, RuleLike
+from spikewatch.server.api._deps import ApiContext, Check, RuleLike
 from spikewatch.server.api._json import FLOAT_DOC
 from spikewatch.server.api._metrics import MetricsApp
 from spikewatch.server.exporter import package_version
+from spikewatch.server.store.reads import StoreReads
 
-__all__ = ["API_PREFIX", "Check", "ReadStore", "RuleLike", "Scope", "TokenFileError", "Tokens",
+__all__ = ["API_PREFIX", "Check", "RuleLike", "Scope", "TokenFileError", "Tokens",
            "create_app", "readiness_checks"]
 
 API_PREFIX = "/api/v1"
 
 
 def create_app(
-    store: ReadStore,
+    store: StoreReads,
     *,
     registry: CollectorRegistry | None = None,
     rules: Sequence[RuleLike] | Callable[[], Sequence[RuleLike]] = (),

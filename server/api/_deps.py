@@ -10,24 +10,8 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from spikewatch.server.api._auth import Scope, Tokens
-from spikewatch.server.store.rows import AlertRow, EventRow, HistRow, Point, RunRow
-
-
-class ReadStore(Protocol):
-    """The Store's read API (server.store.Store satisfies it)."""
-
-    def list_runs(self) -> list[RunRow]: ...
-    def get_run(self, name: str) -> RunRow | None: ...
-    def metrics(self, run: str) -> list[str]: ...
-    def series(self, run: str, metric: str, *, layer: str | None = None, rank: int | None = None,
-               step_min: int | None = None, step_max: int | None = None,
-               limit: int = 10000) -> list[Point]: ...
-    def histograms(self, run: str, metric: str, *, layer: str | None = None,
-                   step_min: int | None = None, step_max: int | None = None,
-                   limit: int = 1000) -> list[HistRow]: ...
-    def events(self, run: str, *, type: str | None = None, step_min: int | None = None,
-               step_max: int | None = None, limit: int = 1000) -> list[EventRow]: ...
-    def alerts(self, run: str | None = None, *, state: str | None = None) -> list[AlertRow]: ...
+from spikewatch.server.store.reads import StoreReads
+from spikewatch.server.store.rows import RunRow
 
 
 class RuleLike(Protocol):
@@ -50,7 +34,7 @@ Check = Callable[[], object]
 class ApiContext:
     """Everything the routes read; kept on ``app.state.spikewatch``."""
 
-    store: ReadStore
+    store: StoreReads
     rules: Callable[[], Sequence[RuleLike]] = lambda: ()
     reload_rules: Callable[[], Sequence[RuleLike]] | None = None
     checks: Mapping[str, Check] = field(default_factory=dict)

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
 
+from spikewatch.protocol.nonfinite import to_json
 from spikewatch.server.types import AlertState, Transition
 
 PAYLOAD_VERSION = 1
-
-
-def _number(x: float) -> float | str:
-    if math.isfinite(x):
-        return x
-    return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
 
 
 def payload(t: Transition) -> dict[str, Any]:
@@ -28,8 +22,8 @@ def payload(t: Transition) -> dict[str, Any]:
         "severity": t.severity.value,
         "state": t.state.value,
         "step": t.step,
-        "time": _number(t.time),
-        "value": _number(t.value),
+        "time": to_json(t.time),
+        "value": to_json(t.value),
         "labels": dict(t.labels),
         "annotations": dict(t.annotations),
     }

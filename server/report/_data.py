@@ -7,17 +7,19 @@ onset uses `server.backtest.lead`, so the report and the backtest agree.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from spikewatch.protocol import names as nm
+from spikewatch.protocol.nonfinite import from_json
 from spikewatch.server.backtest import Episode, lead, spike_onsets
+from spikewatch.server.store.reads import StoreReads
+from spikewatch.server.store.rows import AlertRow, RunRow
 from spikewatch.server.types import Severity
 
 Points = list[tuple[int, float]]
@@ -37,18 +39,8 @@ class ReportError(Exception):
     """The run cannot be read (unknown run, unreachable server, bad database); a clear message."""
 
 
-@dataclass(frozen=True, slots=True)
-class Alert:
-    """One alert episode (`fired_step` None: it never fired; `resolved_step` None: not resolved)."""
-
-    rule: str
-    severity: str
-    state: str
-    first_step: int
-    fired_step: int | None
-    resolved_step: int | None
-    value: float
-    summary: str = ""
+Alert = AlertRow
+"""One alert episode (`fired_step` None: it never fired; `resolved_step` None: not resolved)."""
 
 
 @dataclass(frozen=True)
@@ -127,63 +119,12 @@ def _dedup(points: Iterable[tuple[int, float]]) -> Points:
 # --- from a Store ------------------------------------------------------------------------------
 
 
-class _PointLike(Protocol):
-    @property
-    def step(self) -> int: ...
-    @property
-    def value(self) -> float: ...
-
-
-class _RunLike(Protocol):
-    @property
-    def created_at(self) -> float: ...
-    @property
-    def last_seen(self) -> float: ...
-    @property
-    def last_step(self) -> int | None: ...
-    @property
-    def world_size(self) -> int: ...
-    @property
-    def active(self) -> bool: ...
-    @property
-    def meta(self) -> dict[str, Any]: ...
-
-
-class _AlertLike(Protocol):
-    @property
-    def rule(self) -> str: ...
-    @property
-    def severity(self) -> str: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def first_step(self) -> int: ...
-    @property
-    def fired_step(self) -> int | None: ...
-    @property
-    def resolved_step(self) -> int | None: ...
-    @property
-    def value(self) -> float: ...
-    @property
-    def annotations(self) -> dict[str, str]: ...
-
-
-class ReadStore(Protocol):
-    """The part of `server.store.Store` the report reads."""
-
-    def get_run(self, name: str) -> _RunLike | None: ...
-    def metrics(self, run: str) -> list[str]: ...
-    def series(self, run: str, metric: str, *, step_min: int | None = ...,
-               limit: int = ...) -> Sequence[_PointLike]: ...  # fmt: skip
-    def alerts(self, run: str | None = ...) -> Sequence[_AlertLike]: ...
-
-
-def _info(r: _RunLike) -> dict[str, Any]:
+def _info(r: RunRow) -> dict[str, Any]:
     return {"created_at": r.created_at, "last_seen": r.last_seen, "last_step": r.last_step,
             "world_size": r.world_size, "active": r.active}  # fmt: skip
 
 
-def from_store(store: ReadStore, run: str, *, source: str = "store") -> RunData:
+def from_store(store: StoreReads, run: str, *, source: str = "store") -> RunData:
     """Read `run` from a store; `ReportError` when it does not exist."""
     row = store.get_run(run)
     if row is None:
@@ -203,24 +144,35 @@ def from_store(store: ReadStore, run: str, *, source: str = "store") -> RunData:
             step_min = chunk[-1].step + 1
         if pts:
             series[metric] = _dedup(pts)
-    alerts = [Alert(a.rule, a.severity, a.state, a.first_step, a.fired_step, a.resolved_step,
-                    a.value, a.annotations.get("summary", "")) for a in store.alerts(run)]
+    alerts = store.alerts(run)
     return RunData(run, _info(row), dict(row.meta), series, alerts, source,
                    [m for m in SERIES if m not in series])
 
 
 # --- from the HTTP API -------------------------------------------------------------------------
 
-_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf,
-              "nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
 def _float(x: Any) -> float:
-    if isinstance(x, str) and x in _NONFINITE:
-        return _NONFINITE[x]
+    if isinstance(x, str) and (value := from_json(x)) is not None:
+        return value
     if isinstance(x, bool) or not isinstance(x, int | float):
         raise ReportError(f"the server sent a non-number value: {str(x)[:40]!r}")
     return float(x)
+
+
+def _alert(a: Any) -> Alert:
+    """An alert episode as the API sends it (`AlertOut`)."""
+    def when(x: Any) -> float | None:
+        return None if x is None else _float(x)
+
+    try:
+        return AlertRow(run=str(a["run"]), rule=str(a["rule"]), severity=str(a["severity"]),
+                        state=str(a["state"]), first_step=int(a["first_step"]),
+                        fired_step=a["fired_step"], resolved_step=a["resolved_step"],
+                        value=_float(a["value"]), started_at=_float(a["started_at"]),
+                        fired_at=when(a["fired_at"]), resolved_at=when(a["resolved_at"]),
+                        labels=dict(a["labels"]), annotations=dict(a["annotations"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ReportError(f"the server sent a malformed alert: {type(e).__name__}: {e}") from None
 
 
 def _get(client: httpx.Client, path: str, params: Mapping[str, Any] | None = None, *,
@@ -266,10 +218,7 @@ def from_api(client: httpx.Client, run: str) -> RunData:
             step_min = chunk[-1][0] + 1
         if pts:
             series[metric] = _dedup(pts)
-    alerts = [Alert(a["rule"], a["severity"], a["state"], int(a["first_step"]), a["fired_step"],
-                    a["resolved_step"], _float(a["value"]),
-                    str((a.get("annotations") or {}).get("summary", "")))
-              for a in _get(client, f"{base}/alerts")]  # fmt: skip
+    alerts = [_alert(a) for a in _get(client, f"{base}/alerts")]
     info = {k: body.get(k) for k in ("created_at", "last_seen", "last_step", "world_size",
                                      "active")}  # fmt: skip
     return RunData(run, info, dict(body.get("meta") or {}), series, alerts,

@@ -6,6 +6,7 @@
 
 from spikewatch.server.store._retention import KindPolicy, RetentionPolicy
 from spikewatch.server.store._store import Store, alembic_config
+from spikewatch.server.store.reads import StoreReads
 from spikewatch.server.store.rows import (
     GLOBAL_RANK,
     AlertRow,
@@ -26,6 +27,7 @@ __all__ = [
     "RetentionPolicy",
     "RunRow",
     "Store",
+    "StoreReads",
     "WriteResult",
     "alembic_config",
 ]

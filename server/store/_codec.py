@@ -1,35 +1,37 @@
 """Encoding of non-finite floats and JSON documents for SQL columns.
 
 SQLite stores NaN as NULL, so a float column is paired with a small marker column:
-0 finite (value in the float column), 1 NaN, 2 +Inf, 3 -Inf (float column NULL).
+0 finite (value in the float column), else the `spikewatch.protocol.nonfinite` kind's stored code
+(1 NaN, 2 +Inf, 3 -Inf; float column NULL). The codes are the schema's: never renumber them.
 JSON columns are text written with Python's json, which keeps NaN/Infinity tokens.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
-FINITE, NAN, POS_INF, NEG_INF = 0, 1, 2, 3
-_DECODE = {NAN: math.nan, POS_INF: math.inf, NEG_INF: -math.inf}
+from spikewatch.protocol.nonfinite import NonFinite
+
+FINITE: Final = 0
+MARKER: Final[dict[NonFinite, int]] = {NonFinite.NAN: 1, NonFinite.POS_INF: 2,
+                                       NonFinite.NEG_INF: 3}
+"""The stored code of each non-finite kind."""
+_KIND: Final = {code: kind for kind, code in MARKER.items()}
 
 
 def enc(x: float) -> tuple[float | None, int]:
     """Split a float into (finite value or None, marker)."""
-    if math.isfinite(x):
-        return x, FINITE
-    if math.isnan(x):
-        return None, NAN
-    return None, POS_INF if x > 0 else NEG_INF
+    kind = NonFinite.of(x)
+    return (x, FINITE) if kind is None else (None, MARKER[kind])
 
 
 def dec(value: float | None, nf: int) -> float:
-    """Join a (value, marker) pair back into a float."""
+    """Join a (value, marker) pair back into a float (an unknown marker reads as NaN)."""
     if nf == FINITE and value is not None:
         return float(value)
-    return _DECODE.get(nf, math.nan)
+    return _KIND.get(nf, NonFinite.NAN).number
 
 
 def dumps(doc: Mapping[str, Any] | list[Any]) -> str:

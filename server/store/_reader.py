@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from spikewatch.server.store import _models as m
 from spikewatch.server.store._codec import dec, loads
+from spikewatch.server.store.reads import StoreReads
 from spikewatch.server.store.rows import GLOBAL_RANK, AlertRow, EventRow, HistRow, Point, RunRow
 
 MAX_LIMIT = 1_000_000
@@ -30,8 +31,11 @@ def _limit(limit: int) -> int:
     return min(limit, MAX_LIMIT)
 
 
-class Reader:
-    """Queries over a read engine. `active_window_s`: a run heard from within it is active."""
+class Reader(StoreReads):
+    """The `StoreReads` queries over a read engine.
+
+    `active_window_s`: a run heard from within it is active.
+    """
 
     def __init__(self, engine: Engine, active_window_s: float = 900.0) -> None:
         self._read = engine

@@ -1,4 +1,5 @@
-"""Row types the store returns to readers (API, exporter, CLI, backtest) and to the ingest path.
+"""Row types the store returns to readers (API, exporter, CLI, report, backtest) and to the ingest
+path.
 
 Times are Unix epoch seconds (float). Values are floats and may be NaN or ±Inf: the store keeps
 non-finite values explicitly, so a blow-up reads back as what it was.
@@ -80,6 +81,11 @@ class AlertRow:
     resolved_at: float | None
     labels: dict[str, str]
     annotations: dict[str, str]
+
+    @property
+    def summary(self) -> str:
+        """The rule's summary annotation ("" when it has none)."""
+        return self.annotations.get("summary", "")
 
 
 @dataclass(frozen=True, slots=True)

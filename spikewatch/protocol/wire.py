@@ -6,7 +6,8 @@ A frame is a 4-byte header followed by a JSON document:
 
 JSON was chosen over a binary codec so the format is inspectable and needs no extra dependency;
 there is no pickle anywhere. JSON has no NaN/Inf, so non-finite floats travel explicitly as the
-strings "nan", "inf" and "-inf" and come back as floats: a blow-up is data, never silently lost.
+strings "nan", "inf" and "-inf" (`spikewatch.protocol.nonfinite`'s wire spelling) and come back as
+floats: a blow-up is data, never silently lost.
 
 Messages (agent → server): ``hello`` (run metadata) and ``batch`` (records), both carrying the agent
 session id and a per-session sequence number starting at 1, so the server can deduplicate resent
@@ -40,6 +41,7 @@ from spikewatch.protocol.messages import (
     Scalar,
 )
 from spikewatch.protocol.names import Combine
+from spikewatch.protocol.nonfinite import WIRE_NAMES, from_wire, to_wire
 
 __all__ = ["Ack", "Batch", "Event", "Header", "Hello", "Histogram", "Message", "Nack", "Partial",
            "Record", "Reply", "Scalar", "WireError", "decode", "decode_reply", "encode",
@@ -90,10 +92,7 @@ class WireError(ValueError):
 
 
 def _num(x: float) -> float | str:
-    x = float(x)
-    if math.isfinite(x):
-        return x
-    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return to_wire(float(x))
 
 
 def _scalar_out(x: Scalar) -> Any:
@@ -235,13 +234,9 @@ def _float(x: Any, what: str) -> float:
         raise WireError("bad_value", f"{what} must be a number")
     if isinstance(x, int | float):
         return float(x)
-    if x == "nan":
-        return math.nan
-    if x == "inf":
-        return math.inf
-    if x == "-inf":
-        return -math.inf
-    raise WireError("bad_value", f"{what} must be a number or 'nan'/'inf'/'-inf'")
+    if isinstance(x, str) and (value := from_wire(x)) is not None:
+        return value
+    raise WireError("bad_value", f"{what} must be a number or {'/'.join(map(repr, WIRE_NAMES))}")
 
 
 def _name(x: Any, pattern: re.Pattern[str], what: str) -> str:
@@ -264,8 +259,8 @@ def _scalar_in(x: Any, what: str) -> Scalar:
     if isinstance(x, float):
         return x
     if isinstance(x, str):
-        if x in ("nan", "inf", "-inf"):
-            return _float(x, what)
+        if (value := from_wire(x)) is not None:
+            return value
         if len(x) > MAX_STR_LEN:
             raise WireError("bad_value", f"{what} longer than {MAX_STR_LEN}")
         return x

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spikewatch.protocol import wire
+from spikewatch.protocol import nonfinite, wire
 from spikewatch.protocol.names import Combine
 
 SESSION = "0123456789abcdef0123456789abcdef"
@@ -60,6 +60,29 @@ def test_batch_round_trip_keeps_non_finite_values() -> None:
     assert rec.events[0].type == "nonfinite"
     assert math.isnan(rec.events[0].data["value"])  # type: ignore[arg-type]
     assert rec.events[0].data["ok"] is False
+
+
+@pytest.mark.parametrize(("x", "json_name", "wire_name"), [
+    (math.nan, "NaN", "nan"), (math.inf, "Infinity", "inf"), (-math.inf, "-Infinity", "-inf")])
+def test_one_definition_of_the_nonfinite_names(x: float, json_name: str, wire_name: str) -> None:
+    assert nonfinite.to_json(x) == json_name
+    assert nonfinite.to_wire(x) == wire_name
+    assert _same(nonfinite.from_json(json_name), x)  # type: ignore[arg-type]
+    assert _same(nonfinite.from_json(wire_name), x)  # type: ignore[arg-type]
+    assert _same(nonfinite.from_wire(wire_name), x)  # type: ignore[arg-type]
+    assert nonfinite.from_wire(json_name) is None  # on the wire a JSON name is text
+    assert nonfinite.to_json(1.5) == nonfinite.to_wire(1.5) == 1.5
+    assert nonfinite.from_json("1.5") is None
+
+
+def test_the_wire_keeps_its_v1_spelling_and_json_names_stay_text() -> None:
+    frame = wire.encode(wire.Batch(_header(), (_record(),)))
+    assert frame[3] == 0  # not compressed: the JSON is readable as is
+    scalars = json.loads(frame[4:])["records"][0]["scalars"]
+    assert scalars == {"loss": "nan", "grad_norm": "inf", "lr": "-inf", "rho": 0.25}
+    out = wire.decode(wire.encode(wire.Hello(_header(), {"note": "NaN", "top": math.inf})))
+    assert isinstance(out, wire.Hello)
+    assert out.meta == {"note": "NaN", "top": math.inf}
 
 
 def test_hello_round_trip() -> None:

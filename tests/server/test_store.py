@@ -10,11 +10,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from spikewatch.protocol import wire
 from spikewatch.protocol.names import Combine
-from spikewatch.server.store import GLOBAL_RANK, KindPolicy, RetentionPolicy, Store
+from spikewatch.server.store import GLOBAL_RANK, KindPolicy, RetentionPolicy, Store, StoreReads
 from spikewatch.server.types import AlertState, Severity, Transition
 
 
@@ -65,6 +66,21 @@ def test_nonfinite_values_round_trip(store: Store) -> None:
     assert latest["lr"] == -math.inf
     assert latest["grad_norm"] == 2.5
     assert store.metrics("r1") == ["grad_norm", "loss", "lr", "rho", "sa_hist"]
+
+
+def test_nonfinite_markers_keep_their_stored_codes(store: Store) -> None:
+    """The marker column's codes are the schema's (rows written by older releases read back)."""
+    rec = wire.Record(1, 1.0, {"a": 0.5, "b": math.nan, "c": math.inf, "d": -math.inf})
+    store.write(batch(sid(), 1, rec))
+    with store.connection() as conn:
+        rows = conn.execute(text("SELECT metric, value_nf FROM scalars"))
+        codes = {r.metric: r.value_nf for r in rows}
+    assert codes == {"a": 0, "b": 1, "c": 2, "d": 3}
+
+
+def test_store_is_the_one_read_interface(store: Store) -> None:
+    reads: StoreReads = store  # what the API, exporter, report and backtest are given
+    assert isinstance(reads, StoreReads)
 
 
 def test_hello_creates_run_with_meta(store: Store) -> None:

@@ -1,14 +1,14 @@
-"""`spikewatch runs` and `spikewatch alerts`: readable tables from a running server or a database.
+"""`spikewatch runs` and `spikewatch alerts`: tables (rich) or JSON from a server or a database.
 
-Both read through the HTTP API (``--url``, default http://127.0.0.1:8000; a bearer token from
-``$SPIKEWATCH_API_TOKEN`` when the server requires one) or open the database directly (``--db``).
+Both read through the HTTP API (``--url``, a bearer token from ``--token`` when the server requires
+one) or open the database directly (``--db``); `server._cli_options` names and resolves these.
+``--json`` prints what the API answers (non-finite floats as "NaN", "Infinity", "-Infinity").
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from collections import Counter
@@ -21,15 +21,20 @@ from urllib.parse import quote
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
+from spikewatch.server._cli_options import TOKEN_ENV, add_source_options
 from spikewatch.server.api._convert import alert_out, run_out
 from spikewatch.server.api._schemas import AlertOut, RunOut
 from spikewatch.server.types import AlertState
 
-DEFAULT_URL: Final = "http://127.0.0.1:8000"
-TOKEN_ENV: Final = "SPIKEWATCH_API_TOKEN"
 _RUNS: Final = TypeAdapter(list[RunOut])
 _ALERTS: Final = TypeAdapter(list[AlertOut])
+STATE_STYLE: Final = {AlertState.FIRING.value: "bold red", AlertState.PENDING.value: "yellow",
+                      AlertState.RESOLVED.value: "green"}
 T = TypeVar("T")
 
 
@@ -67,20 +72,19 @@ def fmt_time(t: float | None, now: float) -> str:
     return f"{stamp} ({int(age)}s ago)"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]],
-          right: frozenset[int] = frozenset()) -> str:
-    """Aligned columns separated by two spaces; columns in `right` are right-aligned."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
+def table(header: Sequence[str], rows: Sequence[Sequence[str | Text]],
+          right: frozenset[int] = frozenset()) -> Table:
+    """A header, a rule and the rows; columns in `right` are right-aligned. Cells are plain text
+    (a run or rule name is never read as rich markup)."""
+    out = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for i, name in enumerate(header):
+        out.add_column(name, justify="right" if i in right else "left")
+    for row in rows:
+        out.add_row(*(c if isinstance(c, Text) else Text(c) for c in row))
+    return out
 
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def runs_table(runs: Sequence[RunOut], now: float) -> str:
+def runs_table(runs: Sequence[RunOut], now: float) -> Table:
     """The `spikewatch runs` table."""
     rows = [[r.name, fmt_int(r.last_step), fmt_time(r.last_seen, now), str(r.world_size),
              "yes" if r.active else "no", str(r.firing_alerts)] for r in runs]
@@ -88,27 +92,38 @@ def runs_table(runs: Sequence[RunOut], now: float) -> str:
                  right=frozenset({1, 3, 5}))
 
 
-def alerts_table(alerts: Sequence[AlertOut]) -> str:
-    """The `spikewatch alerts` table."""
-    rows = [[a.run, a.rule, a.severity, a.state, str(a.first_step), fmt_int(a.fired_step),
-             fmt_int(a.resolved_step), fmt_value(a.value)] for a in alerts]
+def alerts_table(alerts: Sequence[AlertOut]) -> Table:
+    """The `spikewatch alerts` table (the state coloured on a terminal)."""
+    rows: list[list[str | Text]] = [
+        [a.run, a.rule, a.severity, Text(a.state, STATE_STYLE.get(a.state, "")),
+         str(a.first_step), fmt_int(a.fired_step), fmt_int(a.resolved_step),
+         fmt_value(a.value)] for a in alerts]
     return table(["RUN", "RULE", "SEVERITY", "STATE", "FIRST", "FIRED", "RESOLVED", "VALUE"],
                  rows, right=frozenset({4, 5, 6, 7}))
+
+
+def show(renderable: Table | str, console: Console | None = None) -> None:
+    """Print to stdout; into a pipe or file a table is never wrapped or cut to fit 80 columns."""
+    console = console or Console(highlight=False)
+    if isinstance(renderable, Table) and not console.is_terminal:
+        console.width = 100_000  # a table is as wide as its cells, not padded to the console
+    console.print(renderable)
 
 
 # --- sources --------------------------------------------------------------------------------------
 
 
-def _http_get(url: str, path: str, params: dict[str, str], timeout: float) -> Any:
-    headers = {}
-    if token := os.environ.get(TOKEN_ENV, "").strip():
-        headers["Authorization"] = f"Bearer {token}"
+def _http_get(args: argparse.Namespace, path: str, params: dict[str, str]) -> Any:
+    url, headers = args.url, {}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
     try:
-        resp = httpx.get(url.rstrip("/") + path, params=params, headers=headers, timeout=timeout)
+        resp = httpx.get(url.rstrip("/") + path, params=params, headers=headers,
+                         timeout=args.timeout)
     except httpx.HTTPError as e:
         raise SourceError(f"cannot reach {url}: {type(e).__name__}: {e}") from None
     if resp.status_code == 401:
-        raise SourceError(f"{url} requires a bearer token: set ${TOKEN_ENV}")
+        raise SourceError(f"{url} requires a bearer token: set ${TOKEN_ENV} or give --token")
     if resp.status_code != 200:
         try:
             detail = resp.json().get("detail", resp.text)
@@ -125,7 +140,7 @@ def fetch_runs(args: argparse.Namespace) -> list[RunOut]:
             firing = Counter(a.run for a in store.alerts(state=AlertState.FIRING.value))
             rows = sorted(store.list_runs(), key=lambda r: (-r.last_seen, r.name))
             return [run_out(r, firing[r.name]) for r in rows]
-    return _validated(_RUNS, _http_get(args.url, "/api/v1/runs", {}, args.timeout))
+    return _validated(_RUNS, _http_get(args, "/api/v1/runs", {}))
 
 
 def fetch_alerts(args: argparse.Namespace) -> list[AlertOut]:
@@ -138,7 +153,7 @@ def fetch_alerts(args: argparse.Namespace) -> list[AlertOut]:
             return [alert_out(a) for a in store.alerts(args.run, state=state)]
     params = {"state": state} if state else {}
     path = f"/api/v1/runs/{quote(args.run, safe='')}/alerts" if args.run else "/api/v1/alerts"
-    return _validated(_ALERTS, _http_get(args.url, path, params, args.timeout))
+    return _validated(_ALERTS, _http_get(args, path, params))
 
 
 def _validated(adapter: TypeAdapter[T], data: Any) -> T:
@@ -156,8 +171,6 @@ def _store(url: str) -> Iterator[Any]:
 
     from spikewatch.server.store import Store  # imported here: only --db needs SQLAlchemy
 
-    if "://" not in url:
-        url = f"sqlite:///{url}"
     try:
         parsed = make_url(url)
     except ArgumentError as e:
@@ -182,47 +195,41 @@ def _store(url: str) -> Iterator[Any]:
 # --- commands -------------------------------------------------------------------------------------
 
 
-def _run(render: Callable[[argparse.Namespace], str]) -> Callable[[argparse.Namespace], int]:
+def _listing(fetch: Callable[[argparse.Namespace], list[T]], adapter: TypeAdapter[list[T]],
+             to_table: Callable[[list[T]], Table], empty: str,
+             ) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         try:
-            text = render(args)
+            items = fetch(args)
         except SourceError as e:
             print(f"spikewatch: {e}", file=sys.stderr)
             return 1
-        print(text)
+        if args.json:
+            print(adapter.dump_json(items, indent=2).decode())
+        else:
+            show(to_table(items) if items else empty)
         return 0
 
     return command
 
 
-def _render_runs(args: argparse.Namespace) -> str:
-    runs = fetch_runs(args)
-    return runs_table(runs, time.time()) if runs else "no runs"
-
-
-def _render_alerts(args: argparse.Namespace) -> str:
-    alerts = fetch_alerts(args)
-    return alerts_table(alerts) if alerts else "no alerts"
-
-
-def _source_options(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--url", default=DEFAULT_URL,
-                     help=f"HTTP API of a running server (default {DEFAULT_URL}); "
-                          f"token from ${TOKEN_ENV}")
-    src.add_argument("--db", help="read this database directly (SQLAlchemy URL or SQLite path)")
+def _common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print JSON as the HTTP API answers it instead of a table")
     p.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds")
 
 
 def register(subparsers: Any) -> None:
     """Add the `runs` and `alerts` subcommands (each sets `func(args) -> exit code`)."""
-    p = subparsers.add_parser("runs", help="list runs as a table",
+    p = subparsers.add_parser("runs", help="list runs as a table or JSON",
                               description="Runs: last step, last seen, world size, firing alerts.")
-    _source_options(p)
-    p.set_defaults(func=_run(_render_runs))
-    p = subparsers.add_parser("alerts", help="list alerts as a table",
+    _common_options(p)
+    add_source_options(p, _listing(fetch_runs, _RUNS, lambda runs: runs_table(runs, time.time()),
+                                   "no runs"), default="url")
+    p = subparsers.add_parser("alerts", help="list alerts as a table or JSON",
                               description="Alert episodes: rule, severity, state, steps, value.")
-    _source_options(p)
+    _common_options(p)
     p.add_argument("--run", help="only this run")
     p.add_argument("--state", choices=[s.value for s in AlertState], help="only this state")
-    p.set_defaults(func=_run(_render_alerts))
+    add_source_options(p, _listing(fetch_alerts, _ALERTS, alerts_table, "no alerts"),
+                       default="url")

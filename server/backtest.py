@@ -8,13 +8,15 @@ run, replays it through a fresh rule engine and prints the score (`spikewatch ba
 from __future__ import annotations
 
 import argparse
+import json
 import math
-import os
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from spikewatch.server._cli_options import add_source_options
 from spikewatch.server.rules import Rule, RuleEngine, RuleError, load_rules
 from spikewatch.server.rules._conditions import EventLike
 from spikewatch.server.scoring import (
@@ -152,8 +154,16 @@ def format_report(rep: Report) -> str:
     return "\n".join(lines)
 
 
+def report_json(rep: Report) -> str:
+    """The report as JSON: its fields and `median_lead`; non-finite floats as the API writes
+    them ("NaN", "Infinity", "-Infinity")."""
+    from spikewatch.server.api._json import jsonable
+
+    return json.dumps(jsonable({**asdict(rep), "median_lead": rep.median_lead}), indent=2)
+
+
 def register(subparsers: Any) -> None:
-    """Add `spikewatch backtest --rules FILE --run NAME [--db URL]`."""
+    """Add `spikewatch backtest --rules FILE --run NAME [--db URL] [--json]`."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "backtest", help="replay a stored run through rules and score the alerts",
         description="Replay a stored run through a rule file and print, per rule, the alerts "
@@ -162,10 +172,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rules", default=None, metavar="FILE",
                    help="rule file (YAML); default: the built-in rule pack")  # fmt: skip
     p.add_argument("--run", required=True, metavar="NAME", help="the stored run to replay")
-    p.add_argument("--db", default=os.environ.get("SPIKEWATCH_DB", "sqlite:///spikewatch.db"),
-                   metavar="URL", help="database URL (default: $SPIKEWATCH_DB or "
-                   "sqlite:///spikewatch.db)")  # fmt: skip
-    p.set_defaults(func=main)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_source_options(p, main, default="db", http=False)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -182,7 +190,8 @@ def main(args: argparse.Namespace) -> int:
         if store.get_run(args.run) is None:
             print(f"spikewatch backtest: no run named {args.run!r} in {args.db}", file=sys.stderr)
             return 2
-        print(format_report(backtest(store, args.run, rules)))
+        rep = backtest(store, args.run, rules)
+        print(report_json(rep) if args.json else format_report(rep))
     finally:
         store.close()
     return 0

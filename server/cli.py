@@ -3,8 +3,10 @@
     spikewatch serve [--db URL] [--zmq ENDPOINT] [--http-host H] [--http-port P]
                      [--config FILE] [--rules FILE]
     spikewatch db upgrade [REV] | downgrade REV | current    [--db URL] [--config FILE]
+    spikewatch --version
 
-Other subcommands register themselves from their own modules (see `_register_optional`).
+Other subcommands register themselves from their own modules (see `_register_optional`); those
+that read runs name their source alike (`server._cli_options`: --url, --db, --token).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from spikewatch import __version__
+from spikewatch.server._cli_options import DB_ENV, DEFAULT_DB
 from spikewatch.server._settings import ConfigError, Settings, load_settings
 
 
@@ -58,8 +62,8 @@ def _db(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="YAML or TOML config file (flags and SPIKEWATCH_* env override it)")
-    p.add_argument("--db", default=None, metavar="URL",
-                   help="database URL (default sqlite:///spikewatch.db; "
+    p.add_argument("--db", default=None, metavar="URL",  # None: `Settings` resolves it
+                   help=f"database URL (default ${DB_ENV}, the config file, or {DEFAULT_DB}; "
                         "postgresql+psycopg://user@host/db for PostgreSQL)")
 
 
@@ -79,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
     """The argument parser of `spikewatch`."""
     ap = argparse.ArgumentParser(prog="spikewatch",
                                  description="Loss-spike early warning for PyTorch training.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the server (collector, store, rules, API)",

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spikewatch.server._cli_options import add_source_options
 from spikewatch.server.report._data import ReportError, RunData, from_api, from_store
 
 __all__ = ["ReportError", "RunData", "from_api", "from_store", "load", "register", "write_report"]
@@ -94,23 +95,16 @@ def load(run: str, *, db: str | None = None, url: str | None = None,
 
 
 def register(subparsers: Any) -> None:
-    """Add `spikewatch report --run NAME [--db URL | --url URL] [--out DIR]`."""
+    """Add `spikewatch report --run NAME [--db URL | --url URL [--token T]] [--out DIR]`."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "report", help="postmortem PNG and HTML page of a run",
         description="Draw a run's loss, stability ratio, ρ, sign diversity, alerts and phases "
         "into NAME.png and a self-contained NAME.html (charts as inline SVG, no network).",
     )  # fmt: skip
     p.add_argument("--run", required=True, metavar="NAME", help="the run to draw")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--db", default=None, metavar="URL",
-                     help="database URL (default: $SPIKEWATCH_DB or sqlite:///spikewatch.db)")
-    src.add_argument("--url", default=None, metavar="URL",
-                     help="read through a running server's HTTP API, e.g. http://127.0.0.1:8000")
-    p.add_argument("--token", default=os.environ.get("SPIKEWATCH_TOKEN"), metavar="TOKEN",
-                   help="bearer token for --url (default: $SPIKEWATCH_TOKEN)")
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                    help="output directory (default: the current directory)")
-    p.set_defaults(func=main)
+    add_source_options(p, main, default="db")
 
 
 def main(args: argparse.Namespace) -> int:

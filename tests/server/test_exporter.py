@@ -232,6 +232,25 @@ def test_store_source_exports_active_runs_only(store: Store) -> None:
     assert _one(fams["spikewatch_write_latency_seconds"], le="0.0025") == 0
 
 
+def test_each_stats_counts_alone_under_the_exported_names(store: Store) -> None:
+    one, two = Stats(), Stats()  # two daemons in one process: no shared registry
+    one.message_received("hello")
+    one.refused_series(3)
+    one.unauthenticated()
+    one.set_queue_depth(7)
+    two.message_received("batch")
+    assert one.snapshot().received == {"hello": 1}
+    assert two.snapshot().received == {"batch": 1}
+    assert (one.snapshot().refused_series, two.snapshot().refused_series) == (3, 0)
+    own = {name: samples for name, samples in _scrape(generate_latest(one.registry)).items()
+           if not name.endswith("_created")}  # prometheus_client's creation timestamps
+    published = _scrape(generate_latest(build_registry(StoreExportSource(store, one))))
+    assert set(own) <= set(published)  # Stats names its metrics as the exporter publishes them
+    for name in ("spikewatch_refused_series", "spikewatch_messages_unauthenticated",
+                 "spikewatch_ingest_queue_depth"):
+        assert _one(own[name]) == _one(published[name]), name
+
+
 def test_store_source_drops_runs_past_the_window(store: Store) -> None:
     seen = max(r.last_seen for r in store.list_runs())
     src = StoreExportSource(store, None, active_window_s=900.0, clock=lambda: seen + 901.0)

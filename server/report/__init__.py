@@ -5,12 +5,14 @@
 writes DIR/NAME.png and DIR/NAME.html: loss (spike onsets marked), stability ratio vs 1, ρ and
 √v̂ decay, sign diversity and spike share, alert spans, with the five phases shaded. The run is read
 from a database (`--db`) or from a running server's HTTP API (`--url`). matplotlib (extra
-``report``) draws the PNG; the HTML's charts are inline SVG.
+``report``) draws both: the PNG, and the HTML's charts as inline SVG. This package imports without
+it; drawing without it is a `ReportError` with the install hint.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -24,12 +26,15 @@ __all__ = ["ReportError", "RunData", "from_api", "from_store", "load", "register
 
 
 def write_report(run: RunData, out_dir: Path | str) -> tuple[Path, Path]:
-    """Draw `run` and write OUT/NAME.png and OUT/NAME.html; their paths."""
+    """Draw `run` and write OUT/NAME.png and OUT/NAME.html; their paths (`ReportError` without
+    matplotlib)."""
     from spikewatch.server.report._html import render_html
+    from spikewatch.server.report._layout import layout
     from spikewatch.server.report._png import render_png
 
-    png = render_png(run)
-    html = render_html(run, png, time.time())
+    lay = layout(run)  # worked out once for both formats
+    png = render_png(lay)
+    html = render_html(lay, png, time.time())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png_path, html_path = out / f"{run.name}.png", out / f"{run.name}.html"
@@ -94,13 +99,14 @@ def load(run: str, *, db: str | None = None, url: str | None = None,
         store.close()
 
 
+_DESCRIPTION = ("Draw a run's loss, stability ratio, ρ, sign diversity, alerts and phases into "
+                "NAME.png and a self-contained NAME.html (charts as inline SVG, no network).")
+
+
 def register(subparsers: Any) -> None:
     """Add `spikewatch report --run NAME [--db URL | --url URL [--token T]] [--out DIR]`."""
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "report", help="postmortem PNG and HTML page of a run",
-        description="Draw a run's loss, stability ratio, ρ, sign diversity, alerts and phases "
-        "into NAME.png and a self-contained NAME.html (charts as inline SVG, no network).",
-    )  # fmt: skip
+        "report", help="postmortem PNG and HTML page of a run", description=_DESCRIPTION)
     p.add_argument("--run", required=True, metavar="NAME", help="the run to draw")
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                    help="output directory (default: the current directory)")
@@ -109,10 +115,8 @@ def register(subparsers: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the report subcommand; 0 on success, 2 when the run cannot be read or drawn."""
-    from spikewatch.server.report._png import require_matplotlib
-
     try:
-        require_matplotlib()
+        importlib.import_module("spikewatch.server.report._draw")  # no matplotlib: ReportError
         run = load(args.run, db=args.db or os.environ.get("SPIKEWATCH_DB"), url=args.url,
                    token=args.token)  # fmt: skip
         png, html = write_report(run, args.out)

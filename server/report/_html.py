@@ -1,7 +1,7 @@
 """The self-contained HTML page: summary, run metadata, alert table, SVG charts and the PNG.
 
-Nothing is loaded from elsewhere: styles and the small cursor script are inline, the charts are SVG
-drawn from the data (`_svg`), and the PNG is embedded as a base64 data URL.
+Nothing is loaded from elsewhere: styles and the small cursor script are inline, the charts are
+matplotlib's SVG inline (`_charts`), and the PNG is embedded as a base64 data URL.
 """
 
 from __future__ import annotations
@@ -12,12 +12,17 @@ import math
 from html import escape
 from typing import Any, Final
 
+from spikewatch.server.report._charts import chart_svgs
 from spikewatch.server.report._data import Alert, RunData
-from spikewatch.server.report._layout import PHASES, panels, phase_bands, severity_color
-from spikewatch.server.report._svg import alerts_svg, panel_svg
+from spikewatch.server.report._layout import (
+    ALERTS_ID,
+    PHASES,
+    Layout,
+    severity_color,
+    value_text,
+)
 
-CHART_IDS: Final = ("chart-loss", "chart-stability", "chart-rho", "chart-alignment",
-                    "chart-alerts")  # fmt: skip
+CHART_IDS: Final = ("chart-loss", "chart-stability", "chart-rho", "chart-alignment", ALERTS_ID)
 """Element ids of the charts, top to bottom."""
 
 _STYLE: Final = """
@@ -38,8 +43,8 @@ table.meta{width:auto;min-width:50%}table.meta th{width:180px}
 .sev{display:inline-block;padding:0 8px;border-radius:10px;color:#fff;font-size:12px;
  font-weight:600}
 figure{margin:0 0 10px;background:#fff;border:1px solid #dcdfe4;border-radius:8px;
- padding:6px 8px 2px;overflow-x:auto}
-figcaption{font-weight:600;margin:0 0 0 4px}
+ padding:4px 6px;overflow-x:auto}
+svg.chart{display:block;width:100%;height:auto}
 .phases span{display:inline-block;margin-right:12px}
 .phases i{display:inline-block;width:14px;height:12px;border:1px solid #aaa;margin-right:4px;
  vertical-align:-1px}
@@ -50,30 +55,26 @@ details{margin:8px 0}summary{cursor:pointer;color:#333}
 img#report-png{max-width:100%;border:1px solid #dcdfe4;background:#fff}
 """
 
-# A vertical cursor across every chart at the hovered step (no data needed: the step axis is
-# described by each svg's data-step-lo/-hi/-left/-plot-width attributes).
+# A vertical cursor across every chart at the hovered step (no data needed: each svg's data-step-lo/
+# -hi and data-plot-left/-right/-top/-bottom, fractions of its size, describe its step axis).
 _SCRIPT: Final = """
 (function(){var charts=document.querySelectorAll('svg.chart'),lab=document.getElementById(
 'cursor-label'),NS='http://www.w3.org/2000/svg';charts.forEach(function(s){var l=
-document.createElementNS(NS,'line');l.setAttribute('class','cursor');l.setAttribute('y1','0');
-l.setAttribute('y2',s.viewBox.baseVal.height);l.setAttribute('stroke','#333');
-l.setAttribute('visibility','hidden');s.appendChild(l);s.addEventListener('mousemove',
-function(e){var r=s.getBoundingClientRect(),k=s.viewBox.baseVal.width/r.width,x=(e.clientX-
-r.left)*k,L=+s.dataset.left,W=+s.dataset.plotWidth,lo=+s.dataset.stepLo,hi=+s.dataset.stepHi;
-if(x<L||x>L+W){return;}var step=Math.round(lo+(x-L)/W*(hi-lo));charts.forEach(function(t){
-var c=t.querySelector('line.cursor');c.setAttribute('x1',x);c.setAttribute('x2',x);
-c.setAttribute('visibility','visible');});lab.textContent='step '+step;lab.style.display=
-'block';lab.style.left=(e.clientX+12)+'px';lab.style.top=(e.clientY-28)+'px';});
-s.addEventListener('mouseleave',function(){lab.style.display='none';});});})();
+document.createElementNS(NS,'line'),b=s.viewBox.baseVal;l.setAttribute('class','cursor');
+l.setAttribute('y1',b.height*s.dataset.plotTop);l.setAttribute('y2',b.height*s.dataset.plotBottom);
+l.setAttribute('stroke','#333');l.setAttribute('visibility','hidden');s.appendChild(l);
+s.addEventListener('mousemove',function(e){var r=s.getBoundingClientRect(),f=(e.clientX-r.left)/
+r.width,L=+s.dataset.plotLeft,R=+s.dataset.plotRight,lo=+s.dataset.stepLo,hi=+s.dataset.stepHi;
+if(f<L||f>R){return;}var step=Math.round(lo+(f-L)/(R-L)*(hi-lo));charts.forEach(function(t){
+var c=t.querySelector('line.cursor'),x=f*t.viewBox.baseVal.width;c.setAttribute('x1',x);
+c.setAttribute('x2',x);c.setAttribute('visibility','visible');});lab.textContent='step '+step;
+lab.style.display='block';lab.style.left=(e.clientX+12)+'px';lab.style.top=(e.clientY-28)+'px';
+});s.addEventListener('mouseleave',function(){lab.style.display='none';});});})();
 """
 
 
 def _cell(x: Any) -> str:
-    if isinstance(x, float):
-        if not math.isfinite(x):
-            return "NaN" if math.isnan(x) else ("+Inf" if x > 0 else "−Inf")
-        return f"{x:.6g}"
-    return escape(str(x))
+    return value_text(x, 6) if isinstance(x, float) else escape(str(x))
 
 
 def _time(t: Any) -> str:
@@ -169,21 +170,18 @@ def _cards(run: RunData) -> str:
         for k, v, bad in cards) + "</div>"
 
 
-def _phase_legend(run: RunData) -> str:
-    if not phase_bands(run):
+def _phase_legend(lay: Layout) -> str:
+    if not lay.bands:
         return '<p class="note">No phase series in this run: phases are not shaded.</p>'
     return '<p class="phases">Background: five-phase label — ' + "".join(
         f'<span><i style="background:{c}"></i>{escape(label)}</span>'
         for label, c in PHASES.values()) + "</p>"
 
 
-def render_html(run: RunData, png: bytes, generated: float) -> str:
+def render_html(lay: Layout, png: bytes, generated: float) -> str:
     """The whole page as a string (UTF-8)."""
-    figures = "".join(
-        f'<figure><figcaption>{escape(p.title)}</figcaption>{panel_svg(p, run)}</figure>'
-        for p in panels(run))
-    figures += ('<figure><figcaption>Alerts (light: pending, solid: firing, ▶: still firing)'
-                f"</figcaption>{alerts_svg(run)}</figure>")
+    run = lay.run
+    figures = "".join(f"<figure>{svg}</figure>" for svg in chart_svgs(lay))
     onsets = run.onsets
     onset_txt = (f"Loss spike onsets (loss &gt; 2× its minimum over the previous 50 steps): "
                  f"{', '.join(map(str, onsets))}." if onsets else "No loss spike onset.")
@@ -198,7 +196,7 @@ def render_html(run: RunData, png: bytes, generated: float) -> str:
 <h1>{escape(title)}</h1>
 <p class="sub">Generated {_time(generated)} from {escape(run.source)}. {onset_txt}</p>
 {_cards(run)}
-<h2>Signals</h2>{_phase_legend(run)}
+<h2>Signals</h2>{_phase_legend(lay)}
 <div id="charts">{figures}</div>
 <h2>Alerts</h2>{_alert_table(run)}
 <h2>Run</h2>{_meta_table(run)}

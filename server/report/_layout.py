@@ -1,14 +1,15 @@
 """What the report draws, independent of how: panels, their lines, scales, phase bands, colours.
 
-Both renderers (`_png` with matplotlib, `_html` with hand-made SVG) draw the same panels from here,
-so the image and the page cannot disagree.
+`_draw` turns these into matplotlib axes for both the PNG and the page's SVG charts, so the image
+and the page cannot disagree.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from spikewatch.protocol import names as nm
 from spikewatch.server.report._data import Points, RunData
@@ -27,28 +28,50 @@ SEVERITY_COLORS: Final[dict[str, str]] = {"page": "#c62828", "warning": "#ef8a00
 OTHER_SEVERITY: Final = "#777777"
 ONSET_COLOR: Final = "#8b0000"
 THRESHOLD_COLOR: Final = "#222222"
+ALERTS_ID: Final = "chart-alerts"
+"""Id of the alert chart (the signal panels' ids are in `panels`)."""
 LOG_SPAN: Final = 20.0
 """A series whose positive values span at least this factor is drawn on a log scale."""
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One series of a panel. `right`: drawn against the panel's right-hand axis."""
+class Style(NamedTuple):
+    """How a metric is drawn: legend label, colour, dashed or not, against the right-hand axis."""
 
-    metric: str
     label: str
     color: str
-    points: Points
-    right: bool = False
     dashed: bool = False
+    right: bool = False
+
+
+STYLES: Final[dict[str, Style]] = {
+    nm.LOSS: Style("loss", "#1a1a1a"),
+    nm.STABILITY_RATIO_TWO_SECANT: Style("r two-secant (every step)", "#ef6c00"),
+    nm.STABILITY_RATIO: Style("r = η·λ_grad/2", "#c62828"),
+    nm.STABILITY_RATIO_SECANT: Style("r secant", "#6a1b9a", dashed=True),
+    nm.STABILITY_RATIO_MAX: Style("r = η·λ_max/2", "#00838f"),
+    nm.RHO: Style("ρ = ‖g‖/‖√v̂‖", "#1565c0"),
+    nm.RHO_SAMPLED: Style("ρ sampled (every step)", "#0097a7", dashed=True),
+    nm.SQRT_V_DECAY: Style("√v̂ decay (right; 1 = pure β2 decay)", "#2e7d32", right=True),
+    nm.SA_SIGN_DIVERSITY: Style("sign diversity 1 − |p₊ − p₋|", "#ad1457"),
+    nm.GRAD_SPIKE_SHARE: Style("gradient spike share", "#ef6c00", dashed=True),
+}
+"""Metric → how its line looks, in every panel and both formats."""
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One series of a panel, drawn in its metric's `STYLES` entry."""
+
+    metric: str
+    points: Points
+
+    @property
+    def style(self) -> Style:
+        return STYLES[self.metric]
 
     @property
     def finite(self) -> Points:
         return [(s, v) for s, v in self.points if math.isfinite(v)]
-
-    @property
-    def nonfinite(self) -> Points:
-        return [(s, v) for s, v in self.points if not math.isfinite(v)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +92,7 @@ class Panel:
     notes: list[str] = field(default_factory=list)
 
     def axis_lines(self, right: bool) -> list[Line]:
-        return [ln for ln in self.lines if ln.right is right]
+        return [ln for ln in self.lines if ln.style.right is right]
 
     def limits(self, right: bool) -> tuple[float, float]:
         """(low, high) of the left or right axis in data units."""
@@ -113,22 +136,52 @@ def edge(v: float, lo: float, hi: float, log: bool) -> str | None:
     return None
 
 
+def value_text(v: float, digits: int = 4) -> str:
+    """A value for tooltips and tables: NaN, +Inf and −Inf spelled out, else `digits` figures."""
+    if not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("+Inf" if v > 0 else "−Inf")
+    return f"{v:.{digits}g}"
+
+
 def spans_decades(points: Points) -> bool:
     """True when the positive finite values span at least `LOG_SPAN`."""
     pos = [v for _, v in points if math.isfinite(v) and v > 0]
     return bool(pos) and max(pos) / min(pos) >= LOG_SPAN
 
 
-def _lines(run: RunData, specs: list[tuple[str, str, str, bool, bool]]
-           ) -> tuple[list[Line], list[str]]:  # fmt: skip
-    lines, missing = [], []
-    for metric, label, color, right, dashed in specs:
-        pts = run.series.get(metric)
-        if pts:
-            lines.append(Line(metric, label, color, pts, right, dashed))
-        else:
-            missing.append(metric)
-    return lines, missing
+def thin(points: Points, column: Callable[[int], float]) -> Points:
+    """First, min, max and last point of each pixel column (`column(step)`), in step order: a
+    long series costs at most four points a column, and a one-step spike survives."""
+    cols: dict[int, Points] = {}
+    for p in points:
+        cols.setdefault(int(column(p[0])), []).append(p)
+    out: Points = []
+    for col in cols.values():
+        keep = {col[0], col[-1], min(col, key=lambda p: p[1]), max(col, key=lambda p: p[1])}
+        out += sorted(keep)
+    return out
+
+
+def split(line: Line, lo: float, hi: float, log: bool) -> tuple[list[Points], dict[str, Points]]:
+    """`line` on an axis over [lo, hi]: the stretches drawn as connected lines, broken at each
+    value that `edge` sends to the panel's edge instead, and those values by edge."""
+    runs: list[Points] = [[]]
+    off: dict[str, Points] = {"top": [], "bottom": []}
+    for s, v in line.points:
+        where = edge(v, lo, hi, log)
+        if where is None:
+            runs[-1].append((s, v))
+            continue
+        off[where].append((s, v))
+        if runs[-1]:
+            runs.append([])
+    return [r for r in runs if r], off
+
+
+def _lines(run: RunData, metrics: list[str]) -> tuple[list[Line], list[str]]:
+    """The lines of the `metrics` the run has, and those it lacks."""
+    lines = [Line(m, run.series[m]) for m in metrics if run.series.get(m)]
+    return lines, [m for m in metrics if not run.series.get(m)]
 
 
 def _note(missing: list[str]) -> list[str]:
@@ -138,33 +191,21 @@ def _note(missing: list[str]) -> list[str]:
 def panels(run: RunData) -> list[Panel]:
     """The signal panels, top to bottom (the alert panel is drawn from `run.alerts`)."""
     out = []
-    lines, miss = _lines(run, [(nm.LOSS, "loss", "#1a1a1a", False, False)])
+    lines, miss = _lines(run, [nm.LOSS])
     out.append(Panel("chart-loss", "Loss", "loss", lines,
                      log=any(spans_decades(ln.points) for ln in lines), notes=_note(miss)))
-    lines, miss = _lines(run, [
-        (nm.STABILITY_RATIO_TWO_SECANT, "r two-secant (every step)", "#ef6c00", False, False),
-        (nm.STABILITY_RATIO, "r = η·λ_grad/2", "#c62828", False, False),
-        (nm.STABILITY_RATIO_SECANT, "r secant", "#6a1b9a", False, True),
-        (nm.STABILITY_RATIO_MAX, "r = η·λ_max/2", "#00838f", False, False),
-    ])  # fmt: skip
+    lines, miss = _lines(run, [nm.STABILITY_RATIO_TWO_SECANT, nm.STABILITY_RATIO,
+                               nm.STABILITY_RATIO_SECANT, nm.STABILITY_RATIO_MAX])  # fmt: skip
     all_pts = [p for ln in lines for p in ln.points]
     out.append(Panel("chart-stability", "Stability ratio (≥ 1: beyond the edge)",
                      "stability ratio", lines, log=spans_decades(all_pts), threshold=1.0,
                      notes=_note(miss)))  # fmt: skip
-    lines, miss = _lines(run, [
-        (nm.RHO, "ρ = ‖g‖/‖√v̂‖", "#1565c0", False, False),
-        (nm.RHO_SAMPLED, "ρ sampled (every step)", "#0097a7", False, True),
-        (nm.SQRT_V_DECAY, "√v̂ decay (right; 1 = pure β2 decay)", "#2e7d32", True, False),
-    ])  # fmt: skip
+    lines, miss = _lines(run, [nm.RHO, nm.RHO_SAMPLED, nm.SQRT_V_DECAY])
     out.append(Panel("chart-rho", "Preconditioner decay", "ρ", lines,
-                     log=any(ln.metric in (nm.RHO, nm.RHO_SAMPLED)
-                             and any(v > 0 for _, v in ln.finite)
+                     log=any(not ln.style.right and any(v > 0 for _, v in ln.finite)
                              for ln in lines),
                      right_label="√v̂ decay", right_robust=True, notes=_note(miss)))  # fmt: skip
-    lines, miss = _lines(run, [
-        (nm.SA_SIGN_DIVERSITY, "sign diversity 1 − |p₊ − p₋|", "#ad1457", False, False),
-        (nm.GRAD_SPIKE_SHARE, "gradient spike share", "#ef6c00", False, True),
-    ])  # fmt: skip
+    lines, miss = _lines(run, [nm.SA_SIGN_DIVERSITY, nm.GRAD_SPIKE_SHARE])
     out.append(Panel("chart-alignment", "Alignment and gradient spectrum", "share",
                      lines, ylim=(0.0, 1.05), notes=_note(miss)))
     return out
@@ -229,3 +270,18 @@ def alert_rules(run: RunData) -> list[str]:
     for a in sorted(run.alerts, key=lambda a: a.first_step):
         seen.setdefault(a.rule, None)
     return list(seen)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What both formats draw of one run, worked out once: its panels (top to bottom), phase
+    bands and the rules of the alert rows."""
+
+    run: RunData
+    panels: list[Panel]
+    bands: list[tuple[int, int, int]]
+    rules: list[str]
+
+
+def layout(run: RunData) -> Layout:
+    return Layout(run, panels(run), phase_bands(run), alert_rules(run))

@@ -93,7 +93,7 @@ class _Dom(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.svgs: dict[str, dict[str, str]] = {}
-        self.paths: dict[str, int] = {}
+        self.series: dict[str, int] = {}
         self.cursors = 0
         self._svg = ""
 
@@ -102,8 +102,8 @@ class _Dom(HTMLParser):
         if tag == "svg":
             self._svg = a.get("id", "")
             self.svgs[self._svg] = a
-        elif tag == "path" and a.get("class") == "series":
-            self.paths[self._svg] = self.paths.get(self._svg, 0) + 1
+        elif tag == "g" and a.get("class") == "series":  # one group per line matplotlib drew
+            self.series[self._svg] = self.series.get(self._svg, 0) + 1
         elif tag == "line" and a.get("class") == "cursor":
             self.cursors += 1
 
@@ -116,7 +116,8 @@ def test_rendered_dom_has_every_chart_with_its_points(report_html: Path, tmp_pat
     for cid in CHART_IDS:
         assert int(dom.svgs[cid]["data-points"]) > 0, cid
     for cid in CHART_IDS[:-1]:
-        assert dom.paths.get(cid, 0) >= 1, f"{cid} drew no series"
+        assert dom.series.get(cid, 0) >= 1, f"{cid} drew no series"
     assert dom.cursors == len(CHART_IDS)  # the inline script ran in the page
     assert len(re.findall(r'<tr class="alert-row"', dom_text)) == 5
-    assert re.search(r'<text class="lead"[^>]*>lead 12</text>', dom_text)
+    assert re.search(r'<g [^>]*class="lead"[^>]*data-lead="12"[^>]*>\s*<title>[^<]*</title>'
+                     r'\s*<text[^>]*>lead 12</text>', dom_text)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,11 +21,11 @@ from spikewatch.protocol import wire
 from spikewatch.server.api import Tokens, create_app
 from spikewatch.server.backtest import spike_onsets
 from spikewatch.server.report import ReportError, RunData, from_store, load, write_report
+from spikewatch.server.report._charts import panel_svg
 from spikewatch.server.report._data import SERIES
 from spikewatch.server.report._html import CHART_IDS
-from spikewatch.server.report._layout import coarse_bands, panels, spans_decades
+from spikewatch.server.report._layout import coarse_bands, layout, spans_decades, thin
 from spikewatch.server.report._png import SIZE_PX
-from spikewatch.server.report._svg import panel_svg, thin
 from spikewatch.server.store import Store
 from spikewatch.server.types import AlertState, Severity, Transition
 from tests._net import live_app
@@ -114,34 +115,64 @@ def written(run_data: RunData, tmp_path_factory: pytest.TempPathFactory) -> tupl
     return write_report(run_data, tmp_path_factory.mktemp("out"))
 
 
+@dataclass
+class _Group:
+    """A classed <g> of a chart: its data-* attributes and the text inside it (tooltips, labels)."""
+
+    chart: str
+    cls: str
+    attrs: dict[str, str]
+    texts: list[str] = field(default_factory=list)
+    svg_paths: list[str] = field(default_factory=list)
+
+
 class _Page(HTMLParser):
-    """Collects the svg charts (id → attributes), alert rows and elements by id."""
+    """Collects the svg charts (id → attributes), their classed groups, alert rows, ids."""
 
     def __init__(self) -> None:
         super().__init__()
         self.svgs: dict[str, dict[str, str]] = {}
+        self.groups: list[_Group] = []
         self.alert_rows: list[dict[str, str]] = []
         self.ids: dict[str, dict[str, str]] = {}
-        self.nonfinite_titles: list[str] = []
-        self._in_nonfinite = False
         self._chart = ""
+        self._open: list[_Group | None] = []  # per open element inside an svg
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         if "id" in a:
+            assert a["id"] not in self.ids, f"duplicate id {a['id']}"
             self.ids[a["id"]] = a
         if tag == "svg":
             self.svgs[a["id"]] = a
             self._chart = a["id"]
         elif tag == "tr" and a.get("class") == "alert-row":
             self.alert_rows.append(a)
-        elif tag == "path" and a.get("class") == "nonfinite":
-            self._in_nonfinite = True
+        if not self._chart:
+            return
+        group = None
+        if tag == "g" and "class" in a:
+            group = _Group(self._chart, a["class"], a)
+            self.groups.append(group)
+        elif tag == "path" and (open_group := self.open_group()) is not None:
+            open_group.svg_paths.append(a.get("d", ""))
+        self._open.append(group)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._chart:
+            self._open.pop()
+            if tag == "svg":
+                self._chart = ""
+
+    def open_group(self) -> _Group | None:
+        return next((g for g in reversed(self._open) if g is not None), None)
 
     def handle_data(self, data: str) -> None:
-        if self._in_nonfinite:
-            self.nonfinite_titles.append(f"{self._chart}: {data}")
-            self._in_nonfinite = False
+        if (g := self.open_group()) is not None and data.strip():
+            g.texts.append(data)
+
+    def find(self, chart: str, cls: str) -> list[_Group]:
+        return [g for g in self.groups if g.chart == chart and g.cls == cls]
 
 
 def _parse(html_path: Path) -> _Page:
@@ -215,7 +246,12 @@ def test_html_has_every_chart_with_points_and_the_alert_rows(
     assert "12 steps (onset 400)" in text  # predicted_loss_spike's lead
     assert "<b>1/1</b><span>onsets paged ahead</span>" in text
     assert "<b>12</b><span>page lead (steps, per onset)</span>" in text
-    assert re.search(r'<text class="lead"[^>]*>lead 12</text>', text)
+    leads = page.find("chart-alerts", "lead")
+    assert sorted((g.attrs["data-rule"], g.attrs["data-lead"], g.texts[-1]) for g in leads) == [
+        ("preconditioner_decay", "160", "lead 160"), ("predicted_loss_spike", "12", "lead 12"),
+        ("stability_edge_crossing", "22", "lead 22")]  # drawn as text, readable in the DOM
+    spans = page.find("chart-alerts", "alert-span")
+    assert sorted((g.attrs["data-rule"], g.attrs["data-severity"]) for g in spans) == sorted(rows)
     assert "1 pending episode(s) that cleared without firing" in text
     for k, v in META.items():
         assert re.search(rf"<th>{k}</th><td>{re.escape(str(v))}</td>", text), k
@@ -229,9 +265,28 @@ def test_html_has_every_chart_with_points_and_the_alert_rows(
 
 def test_nonfinite_loss_is_marked_not_dropped(written: tuple[Path, Path]) -> None:
     page = _parse(written[1])
-    loss_marks = [t for t in page.nonfinite_titles if t.startswith("chart-loss")]
-    assert any("step 405: NaN" in t for t in loss_marks), loss_marks
-    assert any("step 406: +Inf" in t for t in loss_marks), loss_marks
+    (marks,) = page.find("chart-loss", "nonfinite")
+    assert marks.attrs["data-metric"] == "loss"
+    assert marks.attrs["data-edge"] == "top"
+    assert any("step 405: NaN" in t for t in marks.texts), marks.texts
+    assert any("step 406: +Inf" in t for t in marks.texts), marks.texts
+    assert marks.texts[0] == "loss: 2 NaN/+Inf/above"  # the row's tooltip, as in the legend
+
+
+def test_points_counted_are_the_points_in_the_dom(written: tuple[Path, Path]) -> None:
+    """data-points is what the chart drew: the vertices of its series paths plus its edge
+    markers (one per pixel column), nothing else."""
+    page = _parse(written[1])
+    for cid in CHART_IDS[:-1]:
+        series = page.find(cid, "series")
+        assert series, cid
+        vertices = 0
+        for g in series:
+            drawn = sum(len(re.findall(r"[ML]", d)) for d in g.svg_paths[:1])
+            assert drawn == int(g.attrs["data-points"]), (cid, g.attrs["data-metric"])
+            vertices += drawn
+        markers = sum(len(g.texts) - 1 for g in page.find(cid, "nonfinite"))  # minus the title
+        assert vertices + markers == int(page.svgs[cid]["data-points"]), cid
 
 
 def test_missing_series_are_skipped_with_a_note(db: str, tmp_path: Path) -> None:
@@ -281,12 +336,16 @@ def test_off_scale_outlier_is_an_edge_marker_not_dropped() -> None:
     decay[5] = (5, 6.0)  # e.g. the first update, far from the β2-decay regime
     run = RunData("r", {}, {}, {"rho": [(s, 0.5) for s in range(100)], "sqrt_v_decay": decay},
                   [], "test")
-    rho_panel = next(p for p in panels(run) if p.id == "chart-rho")
+    lay = layout(run)
+    rho_panel = next(p for p in lay.panels if p.id == "chart-rho")
     _lo, hi = rho_panel.limits(True)
     assert hi < 1.01  # the right axis follows the bulk, not the outlier
-    svg = panel_svg(rho_panel, run)
-    assert re.search(r'class="nonfinite"[^>]*><title>[^<]*step 5: 6</title>', svg), svg[-3000:]
-    assert "sqrt_v_decay: 1 NaN/+Inf/above (top), 0" in svg
+    page = _Page()
+    page.feed(panel_svg(rho_panel, lay))
+    (marks,) = page.find("chart-rho", "nonfinite")
+    assert marks.attrs["data-metric"] == "sqrt_v_decay"
+    assert any(t.endswith("step 5: 6") for t in marks.texts), marks.texts
+    assert "sqrt_v_decay: 1 NaN/+Inf/above" in marks.texts
 
 
 @pytest.mark.postgres

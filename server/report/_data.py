@@ -186,7 +186,7 @@ def _get(client: httpx.Client, path: str, params: Mapping[str, Any] | None = Non
         raise ReportError(not_found)
     if r.status_code in (401, 403):
         raise ReportError(f"{client.base_url} refused the request ({r.status_code}): "
-                          "give a read token with --token or $SPIKEWATCH_TOKEN")  # fmt: skip
+                          "give a read token with --token or $SPIKEWATCH_API_TOKEN")  # fmt: skip
     if r.status_code != 200:
         raise ReportError(f"GET {path} answered {r.status_code}: {r.text[:200]}")
     try:

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("protocol", "monitor", "agent", "server", "migrations")
+PACKAGES = ("protocol", "monitor", "agent", "integrations", "server", "migrations")
 # what each package may import of spikewatch (besides itself); see docs/architecture.md
 ALLOWED = {
     "protocol": set(),
     "monitor": {"protocol"},
     "agent": {"protocol", "monitor"},
+    "integrations": {"agent"},  # the public names of agent.integrations
     "server": {"protocol"},
     "migrations": {"server"},
 }
@@ -34,7 +35,7 @@ GENERIC = {"agent", "server", "monitor", "migrations", "benchmarks", "tests", "s
 
 
 def package_dir(pkg: str) -> Path:
-    return ROOT / "spikewatch" / pkg if pkg == "protocol" else ROOT / pkg
+    return ROOT / "spikewatch" / pkg if pkg in ("protocol", "integrations") else ROOT / pkg
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
@@ -98,6 +99,7 @@ def test_the_wheel_installs_one_name_and_a_light_agent(tmp_path: Path) -> None:
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"spikewatch"}
     for sub in ("protocol/wire.py", "agent/_monitor.py", "monitor/two_secant.py", "server/cli.py",
+                "integrations/lightning.py", "agent/integrations/huggingface.py",
                 "server/rules/default.yaml", "migrations/env.py"):  # fmt: skip
         assert f"spikewatch/{sub}" in names, sub
     assert not any(n.startswith("spikewatch/benchmarks") for n in names)

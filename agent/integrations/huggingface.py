@@ -1,38 +1,71 @@
 """Hugging Face integration: `SpikewatchCallback` for ``transformers.Trainer``.
 
-    trainer = Trainer(model, args, train_dataset=ds, callbacks=[SpikewatchCallback(run="r")])
+    trainer = Trainer(model, args, train_dataset=ds, callbacks=[SpikewatchCallback()])
 
-The loss of each training forward pass is taken from the model output (``outputs.loss``, a device
-tensor) by a forward hook, and logged at the end of every optimizer step; over-confidence comes
-from ``outputs.logits`` on the steps it is due. The optimizer Accelerate wraps is unwrapped, so the
-agent's step hooks sit on the real ``torch.optim`` optimizer.
+No other code is needed. When training starts the callback attaches to the model and the real
+``torch.optim`` optimizer under Accelerate's wrapper, with no closure (the zero-extra-pass
+predictor), and logs one loss per optimizer step:
+
+- the loss is the Trainer's own: what ``Trainer.training_step`` returns for each micro-batch
+  (already normalised for gradient accumulation, so the step's micro-batch losses sum to the
+  step's loss). It is there whether the model computed it or a label smoother, a
+  ``compute_loss_func`` or an overridden ``compute_loss`` did (``outputs.loss`` is then None),
+  and no callback hook is handed it (``on_log`` only sees an average over logging steps). So
+  the callback finds the Trainer that calls it (the ``self`` of the frame running
+  ``on_train_begin``) and wraps that instance's ``training_step`` for the run, keeping each
+  returned loss on the device; the wrapper is removed when training ends;
+- the run name is ``args.run_name`` (the same on every rank); without one, rank 0's
+  ``<model class>-<UTC time>``, broadcast over torch.distributed, so all ranks share one run;
+- over-confidence is read from the output module: ``lm_head``, else the last ``nn.Linear`` with
+  more than one output (`logits_module_name`).
+
+`attach` options (``run``, ``endpoint``, ``profile``, ...) or the SPIKEWATCH_* variables win over
+these choices; bad ones raise when the callback is built. Once training runs the callback never
+raises: a failure is logged once and training goes on.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from spikewatch.agent._attach import Monitor, attach
+from spikewatch.agent._attach import Monitor
+from spikewatch.agent.integrations._common import (
+    FailSoft,
+    StepLoss,
+    attach_optimizer,
+    broadcast_name,
+    check_options,
+    launch_name,
+    log,
+    run_name,
+    torch_optimizer,
+)
 
 __all__ = ["SpikewatchCallback"]
 
+_FRAMES = 12  # how far up the stack the calling Trainer is looked for
 
-def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
-    opt = optimizer
-    for _ in range(4):
-        if isinstance(opt, torch.optim.Optimizer) and not hasattr(opt, "optimizer"):
-            break
-        inner = getattr(opt, "optimizer", None)
-        if inner is None:
-            break
-        opt = inner
-    if not isinstance(opt, torch.optim.Optimizer):
-        raise TypeError(f"SpikewatchCallback: cannot find a torch optimizer in {type(optimizer)}")
-    return opt
+
+def calling_trainer(callback: TrainerCallback) -> Trainer | None:
+    """The `Trainer` whose callback handler is calling `callback` now, if any."""
+    frame = inspect.currentframe()
+    try:
+        for _ in range(_FRAMES):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return None
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, Trainer) and callback in owner.callback_handler.callbacks:
+                return owner
+        return None
+    finally:
+        del frame
 
 
 class SpikewatchCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
@@ -40,41 +73,65 @@ class SpikewatchCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
 
     def __init__(self, **attach_kwargs: Any) -> None:
         """Keyword arguments are those of `agent.attach` (run, endpoint, profile, ...)."""
+        check_options(attach_kwargs)
         self.attach_kwargs = attach_kwargs
         self.monitor: Monitor | None = None
-        self._loss: torch.Tensor | None = None
-        self._hook: Any = None
+        self.run: str | None = None
+        self.logits_module_name: str | None = None
+        self._loss = StepLoss()
+        self._wrapped: tuple[Trainer, Any] | None = None  # the trainer and its own attribute
+        self._soft = FailSoft("Trainer callback")
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState,
                        control: TrainerControl, model: nn.Module | None = None,
                        optimizer: Any = None, **kwargs: Any) -> None:
-        """Attach to the model and the (unwrapped) optimizer; hook the loss."""
+        """Attach to the model and the real optimizer; start keeping the Trainer's losses."""
         if self.monitor is not None or model is None or optimizer is None:
             return
-        kw = {"logits_module": model, **self.attach_kwargs}
-        self.monitor = attach(model, _unwrap(optimizer), **kw)
-        self._hook = model.register_forward_hook(self._capture)
+        with self._soft.guard("attach"):
+            trainer = calling_trainer(self)
+            if trainer is None:
+                log.warning("spikewatch Trainer callback: not called by a transformers.Trainer; "
+                            "no loss is logged")
+            else:
+                self._keep_losses(trainer)
+            self.run = run_name(args.run_name) or broadcast_name(launch_name(model))
+            self.monitor, self.logits_module_name = attach_optimizer(
+                model, torch_optimizer(optimizer), self.attach_kwargs, self.run, 0)
 
-    def _capture(self, module: nn.Module, inputs: Any, output: Any) -> None:
-        loss = getattr(output, "loss", None)
-        if loss is None and isinstance(output, dict):
-            loss = output.get("loss")
-        if module.training and isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            self._loss = loss.detach()
+    def _keep_losses(self, trainer: Trainer) -> None:
+        own = trainer.__dict__.get("training_step")
+        training_step = trainer.training_step
+
+        @functools.wraps(training_step)
+        def keeping_training_step(*args: Any, **kwargs: Any) -> Any:
+            loss = training_step(*args, **kwargs)
+            with self._soft.guard("training_step"):
+                self._loss.add(loss)
+            return loss
+
+        trainer.training_step = keeping_training_step  # type: ignore[method-assign]
+        self._wrapped = trainer, own
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState,
                     control: TrainerControl, **kwargs: Any) -> None:
-        """Log the last training loss of the optimizer step that just ended."""
-        if self.monitor is not None and self._loss is not None:
-            self.monitor.log(loss=self._loss)
-            self._loss = None
+        """Log the loss of the optimizer step that just ended: its micro-batch losses' sum."""
+        with self._soft.guard("on_step_end"):
+            loss = self._loss.take(torch.sum)
+            if self.monitor is not None and loss is not None:
+                self.monitor.log(loss=loss)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState,
                      control: TrainerControl, **kwargs: Any) -> None:
-        """Flush and close the monitor; remove the loss hook."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        if self.monitor is not None:
-            self.monitor.close()
-            self.monitor = None
+        """Put the Trainer's ``training_step`` back; flush and close the monitor."""
+        with self._soft.guard("on_train_end"):
+            if self._wrapped is not None:
+                trainer, own = self._wrapped
+                self._wrapped = None
+                if own is None:
+                    del trainer.training_step
+                else:
+                    trainer.training_step = own  # type: ignore[method-assign]
+            monitor, self.monitor = self.monitor, None
+            if monitor is not None:
+                monitor.close()

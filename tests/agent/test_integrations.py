@@ -1,9 +1,10 @@
-"""Lightning and Hugging Face integrations on tiny models built from config (no downloads), with
-the real transport and the ZeroMQ test peer."""
+"""The Hugging Face `TrainerCallback` on a tiny GPT-2 built from config (no downloads), trained a
+few optimizer steps on the CPU by a real `transformers.Trainer`, streaming through the real
+transport to the ZeroMQ test peer, which decodes every frame. The Lightning callback and the
+Fabric helper are tested in test_integrations_lightning.py."""
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -11,122 +12,101 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional
 
 from spikewatch.protocol import names as nm
-from spikewatch.protocol import wire
+from tests.agent._delivered import by_step, hello, records
 from tests.agent._peer import Peer
 
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore::FutureWarning")]
+
 STEPS = 6
+VOCAB = 64
 
 
-def _records(peer: Peer) -> list[wire.Record]:
-    return [r for m in peer.first_seen() if isinstance(m, wire.Batch) for r in m.records]
-
-
-def _hello(peer: Peer) -> wire.Hello:
-    hellos = [m for m in peer.first_seen() if isinstance(m, wire.Hello)]
-    assert len(hellos) == 1
-    return hellos[0]
-
-
-def _series(peer: Peer, metric: str) -> dict[int, float]:
-    return {r.step: r.scalars[metric] for r in _records(peer) if metric in r.scalars}
-
-
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_lightning_callback(peer: Peer, tmp_path: Path) -> None:
-    pl = pytest.importorskip("lightning.pytorch")
-    from spikewatch.agent.integrations.lightning import SpikewatchCallback
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    seen: list[float] = []
-
-    class Tiny(pl.LightningModule):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            x, y = batch
-            loss = nn.functional.mse_loss(self.net(x), y)
-            seen.append(float(loss.detach()))
-            return loss
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.Adam(self.parameters(), lr=0.01)
-
-    torch.manual_seed(0)
-    ds = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
-    loader = torch.utils.data.DataLoader(ds, batch_size=8)
-    cb = SpikewatchCallback(run="lightning-run", endpoint=peer.endpoint, profile="full",
-                            overhead_budget=math.inf)
-    trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=str(tmp_path),
-                         callbacks=[cb])
-    trainer.fit(Tiny(), loader)
-    assert cb.monitor is None  # closed
-    assert peer.wait_for(lambda: len(_series(peer, nm.LOSS)) == STEPS)
-    hello = _hello(peer)
-    assert hello.header.run == "lightning-run"
-    assert hello.meta["optimizer"] == "Adam"
-    assert hello.meta["model_class"] == "Tiny"
-    losses = _series(peer, nm.LOSS)
-    assert [losses[s] for s in range(STEPS)] == pytest.approx(seen, rel=1e-6)
-    # Lightning steps with a closure: the pre-step probes saw this step's gradients
-    assert sorted(_series(peer, nm.GRAD_NORM)) == list(range(STEPS))
-    assert all(v > 0 for v in _series(peer, nm.GRAD_NORM).values())
-    assert 0 in _series(peer, nm.RHO)
-    assert sorted(_series(peer, nm.STABILITY_RATIO_TWO_SECANT)) == list(range(2, STEPS - 1))
-
-
-@pytest.fixture
-def trainer_cb(peer: Peer) -> Any:
-    pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")
-    from spikewatch.agent.integrations.huggingface import SpikewatchCallback
-
-    return SpikewatchCallback(run="hf-run", endpoint=peer.endpoint, profile="full",
-                              overhead_budget=math.inf)
-
-
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_huggingface_trainer_callback(peer: Peer, trainer_cb: Any, tmp_path: Path) -> None:
+def _train(peer: Peer, tmp_path: Path, **args: Any) -> tuple[Any, Any, list[float]]:
+    """Train a fresh tiny GPT-2 for STEPS optimizer steps with the callback; returns the
+    callback, the trainer and each training micro-batch's loss computed here from the logits:
+    the next-token cross-entropy (with the run's label smoothing) summed and divided, as the
+    Trainer's `num_items_in_batch` does, by the number of labels."""
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
+    from spikewatch.integrations.huggingface import SpikewatchCallback
+
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB,
+                                       n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0,
+                                       attn_pdrop=0.0))
     g = torch.Generator().manual_seed(1)
     data = [{"input_ids": ids, "labels": ids}
-            for ids in torch.randint(0, 64, (32, 16), generator=g)]
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=STEPS,
-                             per_device_train_batch_size=4, learning_rate=1e-3,
-                             logging_steps=1000, save_strategy="no", report_to=[],
-                             use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[trainer_cb])
+            for ids in torch.randint(0, VOCAB, (64, 16), generator=g)]
+    smoothing = float(args.get("label_smoothing_factor", 0.0))
+    seen: list[float] = []
+
+    def independent_loss(module: nn.Module, inputs: Any, kwargs: Any, output: Any) -> None:
+        if module.training:  # labels equal the inputs; the Trainer may have popped them
+            logits, ids = output.logits.detach(), kwargs["input_ids"]
+            total = functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB),
+                                             ids[:, 1:].reshape(-1), label_smoothing=smoothing,
+                                             reduction="sum")
+            seen.append(float(total / ids.numel()))
+
+    model.register_forward_hook(independent_loss, with_kwargs=True)
+    cb = SpikewatchCallback(endpoint=peer.endpoint, profile="full", overhead_budget=math.inf)
+    targs = TrainingArguments(output_dir=str(tmp_path), max_steps=STEPS,
+                              per_device_train_batch_size=4, learning_rate=1e-3,
+                              save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+                              dataloader_num_workers=0, **args)
+    trainer = Trainer(model=model, args=targs, train_dataset=data, callbacks=[cb])
     trainer.train()
-    assert trainer_cb.monitor is None
-    assert peer.wait_for(lambda: len(_series(peer, nm.LOSS)) == STEPS)
-    hello = _hello(peer)
-    assert hello.header.run == "hf-run"
-    assert hello.meta["model_class"] == "GPT2LMHeadModel"
-    assert hello.meta["optimizer"] == "AdamW"
-    assert hello.meta["model_parameters"] == sum(p.numel() for p in model.parameters())
-    losses = _series(peer, nm.LOSS)
-    assert sorted(losses) == list(range(STEPS))
+    assert cb.monitor is None  # closed
+    assert "training_step" not in vars(trainer)  # the Trainer is left as it was
+    assert peer.wait_for(lambda: len(by_step(peer, nm.LOSS)) == STEPS)
+    return cb, trainer, seen
+
+
+def _assert_streamed(peer: Peer, cb: Any, model_parameters: int) -> None:
+    meta = hello(peer).meta
+    assert meta["model_class"] == "GPT2LMHeadModel"
+    assert meta["optimizer"] == "AdamW"
+    assert meta["model_parameters"] == model_parameters
+    assert meta["closure"] is False
+    assert 0 in by_step(peer, nm.RHO)
+    assert sorted(by_step(peer, nm.STABILITY_RATIO_TWO_SECANT)) == list(range(2, STEPS - 1))
+    assert cb.logits_module_name == "lm_head"  # GPT-2's output module
+    assert 0 < by_step(peer, nm.MAX_PROB)[0] < 1  # over-confidence of the lm_head's logits
+    first = next(r for r in records(peer) if r.step == 0)
+    assert "lm_head" in first.layers[nm.SA_MEAN]
+
+
+def test_huggingface_logs_the_trainers_loss_per_optimizer_step(peer: Peer,
+                                                               tmp_path: Path) -> None:
+    cb, trainer, seen = _train(peer, tmp_path, run_name="hf-exp/1", logging_steps=1)
+    assert cb.run == hello(peer).header.run == "hf-exp-1"  # args.run_name, made a valid name
+    losses = by_step(peer, nm.LOSS)
+    assert [losses[s] for s in range(STEPS)] == pytest.approx(seen, rel=1e-5)
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert [losses[s] for s in range(STEPS)] == pytest.approx(logged, rel=1e-5)  # the Trainer's
     assert 3.0 < losses[0] < 5.5  # ≈ ln(64) for a fresh model
-    assert sorted(_series(peer, nm.GRAD_NORM)) == list(range(STEPS))
-    assert 0 in _series(peer, nm.RHO)
-    assert 0 < _series(peer, nm.MAX_PROB)[0] < 1  # over-confidence from outputs.logits
-    first = next(r for r in _records(peer) if r.step == 0)
-    assert "lm_head" in first.layers[nm.SA_MEAN]  # GPT-2's nn.Linear head
+    _assert_streamed(peer, cb, sum(p.numel() for p in trainer.model.parameters()))
+
+
+def test_huggingface_label_smoothing_and_gradient_accumulation(peer: Peer,
+                                                               tmp_path: Path) -> None:
+    # with a label smoother the model returns no loss (outputs.loss is None): the Trainer does
+    cb, trainer, seen = _train(peer, tmp_path, gradient_accumulation_steps=2,
+                               label_smoothing_factor=0.1, logging_steps=1000)
+    assert cb.run == hello(peer).header.run
+    assert cb.run.startswith("GPT2LMHeadModel-")
+    assert len(seen) == 2 * STEPS
+    losses = by_step(peer, nm.LOSS)  # one loss per optimizer step: the mean of its micro-batches
+    assert [losses[s] for s in range(STEPS)] == pytest.approx(
+        [(seen[i] + seen[i + 1]) / 2 for i in range(0, len(seen), 2)], rel=1e-5)
+    _assert_streamed(peer, cb, sum(p.numel() for p in trainer.model.parameters()))

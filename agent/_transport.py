@@ -18,11 +18,10 @@ answers, the spool is replayed in order (oldest session first, then by seq) befo
 More than `max_queue` unacknowledged messages also overflow to the spool. A full queue or spool
 drops the lowest priority first (0 diagnostics < 1 signals < 2 events/hello), counted `dropped`.
 
-ZeroMQ options: finite LINGER, SNDHWM/RCVHWM, non-blocking sends with IMMEDIATE (no queueing
-toward an absent server), RECONNECT_IVL(_MAX), heartbeats (a hung server is dropped in ~3 s),
-MAXMSGSIZE on replies, and CURVE when `server_public_key` is given (the server authenticates the
-client key with ZAP; without client keys an ephemeral pair is used, encrypted but not allowed by
-an allow-list).
+The pieces: `TransportOptions` and `SharedState` (`agent._transport_state`: what this object and
+the sender thread share, by name), the `Link` that owns the socket and its ZeroMQ options
+(`agent._transport_link`), the `Sender` loop (`agent._transport_sender`) and the frames it
+encodes (`agent._transport_frames`).
 
 Fork safety: a forked child (e.g. a DataLoader worker) must never touch the parent's ZeroMQ
 context or socket, so `os.register_at_fork` disables every transport in the child: `submit` and
@@ -47,13 +46,14 @@ import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
-
-import zmq
+from typing import Final
 
 from spikewatch.agent._counters import TransportCounters
+from spikewatch.agent._transport_frames import HelloItem, Item
+from spikewatch.agent._transport_link import Link
 from spikewatch.agent._transport_queue import PriorityDropQueue
-from spikewatch.agent._transport_sender import HelloItem, Item, Sender
+from spikewatch.agent._transport_sender import Sender
+from spikewatch.agent._transport_state import SharedState, TransportOptions
 from spikewatch.protocol import wire
 
 __all__ = ["PRIORITY_DIAGNOSTICS", "PRIORITY_EVENTS", "PRIORITY_SIGNALS", "Transport",
@@ -66,7 +66,6 @@ PRIORITY_SIGNALS: Final = 1
 PRIORITY_EVENTS: Final = 2  # hello uses this too
 
 _LIVE: weakref.WeakSet[Transport] = weakref.WeakSet()
-_ORPHANED: list[Any] = []  # a forked child keeps the parent's zmq objects alive, untouched
 
 
 class Transport:
@@ -83,77 +82,33 @@ class Transport:
         Raises ValueError for a bad run name, rank or option and zmq.ZMQError for a malformed
         endpoint; nothing after construction raises. CURVE keys are Z85 (``zmq.curve_keypair``).
         """
-        if not wire.RUN_RE.match(run):
-            raise ValueError(f"run {run!r} does not match {wire.RUN_RE.pattern}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world={world_size}")
-        if max_queue < 1 or max_spool_bytes < 1 or resend_after <= 0 or linger_ms < 0:
-            raise ValueError("max_queue, max_spool_bytes, resend_after must be positive")
-        if (client_secret_key is None) != (client_public_key is None):
-            raise ValueError("give both client_secret_key and client_public_key, or neither")
-        if client_secret_key is not None and server_public_key is None:
-            raise ValueError("client CURVE keys need server_public_key")
-        self.endpoint = endpoint
-        self.run, self.rank, self.world_size = run, rank, world_size
-        self.session = uuid.uuid4().hex
-        self.spool_dir = Path(spool_dir) if spool_dir is not None else None
-        self.max_queue = max_queue
-        self.max_spool_bytes = max_spool_bytes
-        self.resend_after = resend_after
-        self.spool_after = 2.0 * resend_after
-        self.linger_ms = linger_ms
-
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._queue: PriorityDropQueue[Item] = PriorityDropQueue(max_queue)
-        self._front: dict[str, int] = {"submitted": 0, "dropped": 0}  # training-thread side
-        self._published = TransportCounters()
-        self._settled = True
-        self._wake_armed = True
-        self._disabled = False
-        self._closing_deadline: float | None = None
-        self._give_up_at = 0.0
+        self.options = TransportOptions(
+            endpoint, run, uuid.uuid4().hex, rank=rank, world_size=world_size,
+            spool_dir=Path(spool_dir) if spool_dir is not None else None, max_queue=max_queue,
+            max_spool_bytes=max_spool_bytes, resend_after=resend_after, linger_ms=linger_ms)
+        link = Link(endpoint, linger_ms=linger_ms, max_queue=max_queue,
+                    server_public_key=server_public_key, client_secret_key=client_secret_key,
+                    client_public_key=client_public_key)
+        self._shared = SharedState(PriorityDropQueue[Item](max_queue))
         self._closed = False
-        self._finished = threading.Event()
-
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
-        try:
-            self._sock = self._ctx.socket(zmq.DEALER)
-            self._configure(_key(server_public_key), _key(client_secret_key),
-                            _key(client_public_key))
-            self._sock.connect(endpoint)
-        except Exception:
-            self._ctx.destroy(linger=0)
-            raise
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._sender = Sender(self)
+        self._sender = Sender(self.options, self._shared, link)
         self._thread = threading.Thread(target=self._sender.run, name="spikewatch-transport",
                                         daemon=True)
         _LIVE.add(self)
         self._thread.start()
 
-    def _configure(self, server_key: bytes | None, secret: bytes | None,
-                   public: bytes | None) -> None:
-        s = self._sock
-        s.setsockopt(zmq.LINGER, self.linger_ms)
-        hwm = max(1000, 2 * self.max_queue)
-        s.setsockopt(zmq.SNDHWM, hwm)
-        s.setsockopt(zmq.RCVHWM, hwm)
-        s.setsockopt(zmq.SNDTIMEO, 0)
-        s.setsockopt(zmq.IMMEDIATE, 1)  # no queueing toward an absent peer: we spool instead
-        s.setsockopt(zmq.RECONNECT_IVL, 100)
-        s.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
-        s.setsockopt(zmq.CONNECT_TIMEOUT, 5000)
-        s.setsockopt(zmq.HEARTBEAT_IVL, 1000)  # a hung server drops the connection in ~3 s
-        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-        s.setsockopt(zmq.HEARTBEAT_TTL, 3000)
-        s.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)  # replies are small; refuse floods
-        if server_key is not None:
-            if secret is None or public is None:
-                public, secret = zmq.curve_keypair()  # encrypted, but not on any allow-list
-            s.setsockopt(zmq.CURVE_SERVERKEY, server_key)
-            s.setsockopt(zmq.CURVE_PUBLICKEY, public)
-            s.setsockopt(zmq.CURVE_SECRETKEY, secret)
+    @property
+    def session(self) -> str:
+        """This transport's session id: the server deduplicates by (session, seq)."""
+        return self.options.session
+
+    @property
+    def run(self) -> str:
+        return self.options.run
+
+    @property
+    def max_queue(self) -> int:
+        return self.options.max_queue
 
     # --- training-thread API -------------------------------------------------------------------
 
@@ -175,53 +130,40 @@ class Transport:
             return self._refuse()
 
     def _refuse(self) -> bool:
-        with self._lock:
-            self._front["dropped"] += 1
+        with self._shared.lock:
+            self._shared.dropped += 1
         return False
 
     def _put(self, item: Item, priority: int) -> bool:
-        with self._lock:
-            if (self._disabled or self._closing_deadline is not None
-                    or self._finished.is_set()):
-                self._front["dropped"] += 1
+        shared = self._shared
+        with shared.lock:
+            if shared.disabled or shared.closing_deadline is not None or shared.finished.is_set():
+                shared.dropped += 1
                 return False
-            accepted, evicted = self._queue.put(item, priority)
-            self._front["dropped"] += evicted + (not accepted)
+            accepted, evicted = shared.queue.put(item, priority)
+            shared.dropped += evicted + (not accepted)
             if accepted:
-                self._front["submitted"] += 1
-                self._settled = False
+                shared.submitted += 1
+                shared.settled = False
             # Wake the sender only if it sleeps; while busy it drains every DRAIN_INTERVAL, so
             # frequent submits cost no syscall and no thread switch.
-            wake = self._wake_armed or len(self._queue) == self.max_queue // 2 + 1
-            self._wake_armed = False
+            wake = shared.wake_armed or len(shared.queue) == self.options.max_queue // 2 + 1
+            shared.wake_armed = False
         if wake:
-            self._wake()
+            shared.wake()
         return accepted and not evicted
-
-    def _wake(self) -> None:
-        if self._wake_w < 0:
-            return
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\0")
 
     def counters(self) -> TransportCounters:
         """A consistent snapshot of the counters (cheap; any thread)."""
-        with self._lock:
-            p = self._published
-            return TransportCounters(
-                submitted=self._front["submitted"], queued=len(self._queue), sent=p.sent,
-                acked=p.acked, resent=p.resent, spooled=p.spooled, replayed=p.replayed,
-                dropped=p.dropped + self._front["dropped"], rejected=p.rejected,
-                oversize=p.oversize, in_flight=p.in_flight, spool_pending=p.spool_pending,
-                spool_bytes=p.spool_bytes, spool_corrupt=p.spool_corrupt, online=p.online,
-                sender_cpu_seconds=p.sender_cpu_seconds)
+        return self._shared.snapshot()
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything submitted so far is acknowledged or spooled (or dropped)."""
-        self._wake()
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: (self._settled and len(self._queue) == 0) or self._finished.is_set(),
+        shared = self._shared
+        shared.wake()
+        with shared.cond:
+            return shared.cond.wait_for(
+                lambda: (shared.settled and len(shared.queue) == 0) or shared.finished.is_set(),
                 timeout=max(0.0, timeout))
 
     def close(self, timeout: float = 2.0) -> None:
@@ -230,26 +172,24 @@ class Transport:
         Returns as soon as everything is acknowledged; otherwise it keeps sending, replaying and
         probing an offline server until shortly before the timeout, then spools and logs the rest.
         """
-        with self._lock:
+        shared = self._shared
+        with shared.lock:
             if self._closed:
                 return
             self._closed = True
-            if self._disabled:
+            if shared.disabled:
                 return
             timeout = max(0.0, timeout)
             now = time.monotonic()
-            # wait for acks until _give_up_at, keep the rest of the time to spool and close
-            self._give_up_at = now + timeout - min(0.5, 0.25 * timeout)
-            self._closing_deadline = now + timeout
-        self._wake()
+            # wait for acks until give_up_at, keep the rest of the time to spool and close
+            shared.give_up_at = now + timeout - min(0.5, 0.25 * timeout)
+            shared.closing_deadline = now + timeout
+        shared.wake()
         self._thread.join(timeout=max(0.0, timeout) + 0.5)
         if self._thread.is_alive():
             log.warning("spikewatch transport did not stop within %.1f s; abandoning it", timeout)
         else:
-            for fd in (self._wake_r, self._wake_w):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._wake_r = self._wake_w = -1
+            shared.close_wake_pipe()
         _LIVE.discard(self)
 
     def __enter__(self) -> Transport:
@@ -260,27 +200,9 @@ class Transport:
 
     def _after_fork_in_child(self) -> None:
         """Disable this transport in a forked child without touching ZeroMQ."""
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._disabled = True
         self._closed = True
-        self._front["dropped"] += self._queue.clear()
-        _ORPHANED.extend((self._ctx, self._sock))
-        self._finished = threading.Event()
-        self._finished.set()
-        spool = self._sender.spool
-        if spool is not None:
-            spool.forget_after_fork()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def _header(self, seq: int) -> wire.Header:
-        return wire.Header(self.session, seq, self.run, self.rank, self.world_size, time.time())
-
-
-def _key(k: bytes | str | None) -> bytes | None:
-    return k.encode("ascii") if isinstance(k, str) else k
+        self._shared.disable_after_fork()
+        self._sender.forget_after_fork()
 
 
 def _after_fork_in_child() -> None:

@@ -129,3 +129,20 @@ def test_curve_key_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no secret-key"):
         resolve(env={"SPIKEWATCH_SERVER_KEY": server_pub.decode(),
                      "SPIKEWATCH_CLIENT_KEY_FILE": public_only})
+
+
+def test_every_bad_value_is_named_and_no_key_is_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(curvature="hessian", env={"SPIKEWATCH_SAMPLE_FRACTION": "2",
+                                          "SPIKEWATCH_CLIENT_KEY": "secret-but-short"})
+    message = str(info.value)
+    assert "curvature= 'hessian': choose one of" in message
+    assert "SPIKEWATCH_SAMPLE_FRACTION '2': a fraction" in message
+    assert "SPIKEWATCH_CLIENT_KEY: expected a 40-character Z85 CURVE key" in message
+    assert "secret-but-short" not in message
+
+
+def test_blank_variables_are_unset_and_values_are_stripped() -> None:
+    cfg = resolve(env={"SPIKEWATCH_PROFILE": "  ", "SPIKEWATCH_RUN": " exp-1 ",
+                       "SPIKEWATCH_DISABLED": ""})
+    assert (cfg.profile, cfg.run, cfg.enabled) == ("default", "exp-1", True)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from spikewatch.agent._spool import SEG_MAGIC, Spool
+from spikewatch.agent._spool import Spool
+from spikewatch.agent._spool_format import SEG_MAGIC
 
 S1 = "11111111111111111111111111111111"
 S2 = "22222222222222222222222222222222"

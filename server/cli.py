@@ -72,6 +72,7 @@ def _register_optional(sub: Any) -> None:
             importlib.import_module(name).register(sub)
     # --- further subcommands register here the same way ---
     importlib.import_module("spikewatch.server.report").register(sub)  # `spikewatch report`
+    importlib.import_module("spikewatch.server._cli_keygen").register(sub)  # `spikewatch keygen`
 
 
 def parser() -> argparse.ArgumentParser:

@@ -106,7 +106,8 @@ def plan(out: Path, *, server: bool, agent: str | None, tokens: bool) -> list[_F
         files += _key_pair(SERVER)[1]
     if agent is not None:
         key, pair = _key_pair(agent)
-        files += [*pair, _allowed(out, key, public_key(out / f"{agent}.key"))]
+        old = public_key(out / f"{agent}.key") or public_key(out / f"{agent}.key_secret")
+        files += [*pair, _allowed(out, key, old)]
     if tokens:
         files += _tokens()
     return files

@@ -77,6 +77,7 @@ def _register_optional(sub: Any) -> None:
     # --- further subcommands register here the same way ---
     importlib.import_module("spikewatch.server.rules._cli").register(sub)  # `spikewatch rules`
     importlib.import_module("spikewatch.server.report").register(sub)  # `spikewatch report`
+    importlib.import_module("spikewatch.server._cli_keygen").register(sub)  # `spikewatch keygen`
 
 
 def parser() -> argparse.ArgumentParser:

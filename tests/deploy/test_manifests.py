@@ -8,9 +8,11 @@ consistency with the rest of the repository.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tomllib
 from pathlib import Path
@@ -18,6 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
+import zmq
+import zmq.auth
 
 from tests._net import program
 from tests.deploy.conftest import DEPLOY, ROOT
@@ -95,8 +99,11 @@ def compose() -> dict[str, Any]:
 
 def test_compose_services_and_healthchecks(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"spikewatch", "postgres", "prometheus", "alertmanager", "grafana"}
+    assert set(services) == {"keygen", "spikewatch", "postgres", "prometheus", "alertmanager",
+                             "grafana"}
     for name, svc in services.items():
+        if svc.get("profiles") == ["setup"]:  # one-shot set-up (keygen), never started by `up`
+            continue
         assert svc["healthcheck"]["test"], f"{name} has no healthcheck"
         for dep in svc.get("depends_on", {}):
             assert dep in services, f"{name} depends on unknown {dep}"
@@ -106,8 +113,9 @@ def test_compose_services_and_healthchecks(compose: dict[str, Any]) -> None:
     assert sw["environment"]["SPIKEWATCH_DB"].startswith("postgresql+psycopg://")
     assert "@postgres:5432/" in sw["environment"]["SPIKEWATCH_DB"]
     assert sw["depends_on"]["postgres"]["condition"] == "service_healthy"
-    build = sw["build"]
-    assert (DEPLOY / "compose" / build["context"] / build["dockerfile"]).is_file()
+    for name in ("spikewatch", "keygen"):
+        build = services[name]["build"]
+        assert (DEPLOY / "compose" / build["context"] / build["dockerfile"]).is_file()
 
 
 def test_compose_mounts_exist_and_volumes_are_declared(compose: dict[str, Any]) -> None:
@@ -119,6 +127,124 @@ def test_compose_mounts_exist_and_volumes_are_declared(compose: dict[str, Any]) 
                 assert (base / source).exists(), f"{name}: {source} does not exist"
             else:
                 assert source in compose["volumes"], f"{name}: volume {source} not declared"
+        for secret in svc.get("secrets", []):
+            assert secret in compose["secrets"], f"{name}: secret {secret} not declared"
+
+
+def _keygen_output(tmp_path: Path) -> Path:
+    """What the compose keygen service writes (its own command line, run here)."""
+    keygen = pytest.importorskip("spikewatch.server._cli_keygen", reason="keygen not importable")
+    compose = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
+    command = compose["services"]["keygen"]["command"]
+    assert command[:2] == ["keygen", "/secrets"]
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers()
+    keygen.register(sub)
+    args = ap.parse_args([*command[:1], str(tmp_path / "secrets"), *command[2:]])
+    assert args.func(args) == 0
+    return tmp_path / "secrets"
+
+
+def test_compose_ships_with_curve_and_api_tokens_on(compose: dict[str, Any], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The server's auth settings point at compose secrets that are files the keygen service
+    writes, and what it writes is what the server, agents and Prometheus load."""
+    api = pytest.importorskip("spikewatch.server.api", reason="server.api not importable")
+    services, secrets = compose["services"], compose["secrets"]
+    keygen = services["keygen"]
+    [keys_mount] = keygen["volumes"]
+    assert keys_mount.split(":")[1] == "/secrets"
+    keys_dir = keys_mount.split(":")[0]
+    assert "--group-readable" in keygen["command"]
+    # it writes as SECRETS_UID:SECRETS_GID, and the readers get that group
+    user = re.fullmatch(r"\$\{SECRETS_UID:\?[^}]*\}:(\$\{SECRETS_GID:\?[^}]*\})", keygen["user"])
+    assert user, keygen["user"]
+    out = _keygen_output(tmp_path)
+    capsys.readouterr()
+    generated = {}
+    for name, secret in secrets.items():
+        source = Path(secret["file"])
+        assert source.parent == Path(keys_dir), f"{name} is not a keygen file"
+        assert (out / source.name).is_file(), f"keygen does not write {source.name}"
+        generated[f"/run/secrets/{name}"] = out / source.name
+    sw = services["spikewatch"]
+    env = sw["environment"]
+    auth = {k: env[k] for k in ("SPIKEWATCH_AUTH__CURVE_SECRET_KEY_FILE",
+                                "SPIKEWATCH_AUTH__CURVE_ALLOWED_CLIENTS_FILE",
+                                "SPIKEWATCH_AUTH__API_TOKENS_FILE")}
+    for path in auth.values():
+        assert path.removeprefix("/run/secrets/") in sw["secrets"], path
+    public, secret = zmq.auth.load_certificate(
+        generated[auth["SPIKEWATCH_AUTH__CURVE_SECRET_KEY_FILE"]])
+    assert secret is not None
+    assert zmq.curve_public(secret) == public
+    allowed = generated[auth["SPIKEWATCH_AUTH__CURVE_ALLOWED_CLIENTS_FILE"]].read_text()
+    agent_public, _ = zmq.auth.load_certificate(out / "agent.key_secret")
+    assert agent_public.decode() in allowed.splitlines()
+    tokens = api.Tokens.from_file(generated[auth["SPIKEWATCH_AUTH__API_TOKENS_FILE"]])
+    # Prometheus scrapes /metrics with a read token it is given as a secret
+    prom = services["prometheus"]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "spikewatch"]
+    credentials = job["authorization"]["credentials_file"]
+    assert credentials.removeprefix("/run/secrets/") in prom["secrets"]
+    assert tokens.scope_of(generated[credentials].read_text().strip()) == "read"
+    # the files are 0640 for the containers, which read them through the group SECRETS_GID
+    for path in generated.values():
+        if path.name != "allowed_agents":
+            assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+    for name in ("spikewatch", "prometheus"):
+        assert services[name]["group_add"] == [user.group(1)]
+    example = (DEPLOY / "compose" / "env.example").read_text()
+    assert "SECRETS_UID=" in example
+    assert "SECRETS_GID=" in example
+
+
+def _published(svc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(host address, host port) of each published port ('' = every interface)."""
+    out = []
+    for port in svc.get("ports", []):
+        parts = str(port).split(":")
+        assert len(parts) in (2, 3), f"{port}: give HOST:CONTAINER or ADDRESS:HOST:CONTAINER"
+        out.append(("" if len(parts) == 2 else parts[0], parts[-2]))
+    return out
+
+
+def test_compose_publishes_nothing_unauthenticated(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    prom = services["prometheus"]
+    # the lifecycle API (POST /-/quit, /-/reload) is off, and the port is local anyway
+    assert not [f for f in prom["command"] if f.startswith("--web.enable-lifecycle")]
+    for name, svc in services.items():
+        for addr, port in _published(svc):
+            if name == "spikewatch":
+                continue  # checked below: CURVE and tokens guard it
+            assert addr == "127.0.0.1", f"{name} publishes {port} on every interface"
+    sw = services["spikewatch"]
+    assert {port for _, port in _published(sw)} == {"5557", "8000"}
+    assert "SPIKEWATCH_AUTH__CURVE_SECRET_KEY_FILE" in sw["environment"]  # no plaintext ZeroMQ
+    assert "SPIKEWATCH_AUTH__CURVE_ALLOWED_CLIENTS_FILE" in sw["environment"]  # listed agents
+    assert "SPIKEWATCH_AUTH__API_TOKENS_FILE" in sw["environment"]  # no anonymous API
+
+
+def test_compose_secrets_stay_out_of_git_and_the_image() -> None:
+    ignore = [ln for ln in (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text()
+              .splitlines() if ln and not ln.startswith("#")]
+    assert ignore[0] == "**"  # the build context is only what is re-included ...
+    assert not [ln for ln in ignore if ln.startswith("!deploy")]  # ... never deploy/secrets
+    for folder in (DEPLOY / "compose" / "secrets").iterdir():
+        assert (folder / ".gitignore").read_text().split() == ["*", "!.gitignore", "!README.md"]
+
+
+def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
+    docker = program("docker")
+    if subprocess.run([docker, "compose", "version"], capture_output=True, timeout=60,
+                      check=False).returncode != 0:
+        pytest.skip("docker compose (the Compose v2 plugin) is not installed")
+    r = subprocess.run([docker, "compose", "--env-file", str(DEPLOY / "compose" / "env.example"),
+                        "-f", str(DEPLOY / "compose" / "docker-compose.yml"), "config",
+                        "--quiet"], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
 
 
 def test_prometheus_targets_match_compose(compose: dict[str, Any]) -> None:
@@ -128,7 +254,7 @@ def test_prometheus_targets_match_compose(compose: dict[str, Any]) -> None:
     assert "8000:8000" in compose["services"]["spikewatch"]["ports"]
     [am] = prom["alerting"]["alertmanagers"][0]["static_configs"]
     assert am["targets"] == ["alertmanager:9093"]
-    assert "9093:9093" in compose["services"]["alertmanager"]["ports"]
+    assert "127.0.0.1:9093:9093" in compose["services"]["alertmanager"]["ports"]
     ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
     assert ds["datasources"][0]["url"] == "http://prometheus:9090"
 
@@ -138,11 +264,17 @@ def test_prometheus_targets_match_compose(compose: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def objects() -> dict[str, dict[str, Any]]:
-    """The objects `kubectl kustomize deploy/kubernetes` builds, by kind."""
+    """The objects `kubectl kustomize deploy/kubernetes` builds, by kind ("Service/NAME" for the
+    two Services)."""
     r = subprocess.run([program("kubectl"), "kustomize", str(K8S)], capture_output=True,
                        text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
-    return {d["kind"]: d for d in yaml.safe_load_all(r.stdout)}
+    out: dict[str, dict[str, Any]] = {}
+    for d in yaml.safe_load_all(r.stdout):
+        key = d["kind"] if d["kind"] != "Service" else f"Service/{d['metadata']['name']}"
+        assert key not in out, f"two {key}"
+        out[key] = d
+    return out
 
 
 def _validate(obj: dict[str, Any]) -> None:
@@ -151,9 +283,15 @@ def _validate(obj: dict[str, Any]) -> None:
     kv.validate(obj, K8S_VERSION, strict=True)
 
 
+def _container(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    [c] = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    return dict(c)
+
+
 def test_kustomize_builds_and_objects_match_the_api_schemas(
         objects: dict[str, dict[str, Any]]) -> None:
-    assert set(objects) == {"Namespace", "ConfigMap", "Service", "Deployment"}
+    assert set(objects) == {"Namespace", "ConfigMap", "Service/spikewatch",
+                            "Service/spikewatch-zmq", "PersistentVolumeClaim", "Deployment"}
     for obj in objects.values():
         _validate(obj)
         if obj["kind"] != "Namespace":
@@ -161,6 +299,7 @@ def test_kustomize_builds_and_objects_match_the_api_schemas(
     secret = yaml.safe_load((K8S / "secret.example.yaml").read_text(encoding="utf-8"))
     _validate(secret)
     assert secret["stringData"]["SPIKEWATCH_DB"].startswith("postgresql+psycopg://")
+    _validate(yaml.safe_load((K8S / "secret-auth.example.yaml").read_text(encoding="utf-8")))
 
 
 def test_schema_validation_can_fail(objects: dict[str, dict[str, Any]]) -> None:
@@ -173,9 +312,9 @@ def test_schema_validation_can_fail(objects: dict[str, dict[str, Any]]) -> None:
 
 
 def test_deployment_service_and_probes(objects: dict[str, dict[str, Any]]) -> None:
-    dep, svc, cm = objects["Deployment"], objects["Service"], objects["ConfigMap"]
+    dep, svc, cm = objects["Deployment"], objects["Service/spikewatch"], objects["ConfigMap"]
     pod = dep["spec"]["template"]
-    [c] = pod["spec"]["containers"]
+    c = _container(objects)
     assert ["spikewatch", *c["args"]] == SERVE
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"zmq": 5557, "http": 8000}
@@ -184,6 +323,7 @@ def test_deployment_service_and_probes(objects: dict[str, dict[str, Any]]) -> No
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8000"
+    assert svc["spec"]["type"] == "ClusterIP"
     assert {p["targetPort"]: p["port"] for p in svc["spec"]["ports"]} == ports
     labels = pod["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items()
@@ -198,6 +338,55 @@ def test_deployment_service_and_probes(objects: dict[str, dict[str, Any]]) -> No
     [mount] = [m for m in c["volumeMounts"] if m["name"] == "rules"]
     assert env["SPIKEWATCH_RULES"] == f"{mount['mountPath']}/rules.yaml"
     assert "rules.yaml" in cm["data"]
+
+
+def test_sqlite_lives_on_a_persistent_volume_unless_a_secret_names_postgresql(
+        objects: dict[str, dict[str, Any]]) -> None:
+    pvc, dep = objects["PersistentVolumeClaim"], objects["Deployment"]
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"]["type"] == "Recreate"  # the old pod lets go of the volume
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["spec"]["resources"]["requests"]["storage"]
+    c = _container(objects)
+    [data] = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "data"]
+    assert data["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    [mount] = [m for m in c["volumeMounts"] if m["name"] == "data"]
+    # The server's default database is sqlite:///spikewatch.db in its working directory.
+    settings = pytest.importorskip("spikewatch.server._settings", reason="settings not importable")
+    assert settings.Settings.model_fields["db"].default == "sqlite:///spikewatch.db"
+    assert c["workingDir"] == mount["mountPath"] == "/var/lib/spikewatch"
+    assert "SPIKEWATCH_DB" not in {e["name"] for e in c["env"]}  # it would hide the Secret's
+    [secret_ref] = c["envFrom"]
+    assert secret_ref["secretRef"] == {"name": "spikewatch-db", "optional": True}
+
+
+def test_curve_and_tokens_are_required_and_zmq_is_reachable_from_outside(
+        objects: dict[str, dict[str, Any]]) -> None:
+    dep, ext = objects["Deployment"], objects["Service/spikewatch-zmq"]
+    pod = dep["spec"]["template"]
+    c = _container(objects)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    [auth] = [v for v in pod["spec"]["volumes"] if v["name"] == "auth"]
+    assert auth["secret"]["secretName"] == "spikewatch-auth"
+    assert not auth["secret"].get("optional", False)  # no keys, no pod: never plaintext ZeroMQ
+    [mount] = [m for m in c["volumeMounts"] if m["name"] == "auth"]
+    files = {}
+    for var in ("SPIKEWATCH_AUTH__CURVE_SECRET_KEY_FILE",
+                "SPIKEWATCH_AUTH__CURVE_ALLOWED_CLIENTS_FILE", "SPIKEWATCH_AUTH__API_TOKENS_FILE"):
+        path = Path(env[var])
+        assert str(path.parent) == mount["mountPath"], var
+        files[var] = path.name
+    # the Secret's keys are the files keygen writes and the server reads
+    example = yaml.safe_load((K8S / "secret-auth.example.yaml").read_text(encoding="utf-8"))
+    assert example["metadata"]["name"] == "spikewatch-auth"
+    assert set(files.values()) | {"read.token"} == set(example["stringData"])
+    for name in set(example["stringData"]):
+        assert f"--from-file=keys/{name}" in (K8S / "secret-auth.example.yaml").read_text()
+    # the external Service carries only the ZeroMQ port, to the server's pods
+    assert ext["spec"]["type"] in ("LoadBalancer", "NodePort")
+    [port] = ext["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (5557, "zmq")
+    assert ext["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
 
 
 def test_rules_configmap_is_a_valid_complete_rule_pack(
@@ -216,7 +405,10 @@ def test_servicemonitor_selects_the_service(objects: dict[str, dict[str, Any]]) 
     sm = yaml.safe_load((K8S / "servicemonitor.yaml").read_text(encoding="utf-8"))
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
     assert sm["kind"] == "ServiceMonitor"
-    svc = objects["Service"]
+    svc = objects["Service/spikewatch"]
+    for endpoint in sm["spec"]["endpoints"]:  # /metrics needs the read token
+        assert endpoint["authorization"]["credentials"] == {"name": "spikewatch-auth",
+                                                             "key": "read.token"}
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     port_names = {p["name"] for p in svc["spec"]["ports"]}
     assert {e["port"] for e in sm["spec"]["endpoints"]} <= port_names
@@ -265,6 +457,25 @@ def test_systemd_unit_is_hardened(tmp_path: Path) -> None:
                  "TimeoutStopSec=", "NoNewPrivileges=yes"):
         assert line in text
     assert "DynamicUser=yes" in text or "User=spikewatch" in text
+
+
+def test_systemd_auth_drop_in_verifies_and_points_at_its_credentials(tmp_path: Path) -> None:
+    drop_in = (DEPLOY / "systemd" / "auth.conf").read_text(encoding="utf-8")
+    # a drop-in's [Service] lines apply as if appended to the unit
+    unit = _runnable_copy(tmp_path, UNIT.read_text(encoding="utf-8") + "\n" + drop_in)
+    r = _analyze("verify", unit)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (r.stdout + r.stderr).strip()
+    credentials = dict(line.split("=", 1)[1].split(":", 1) for line in drop_in.splitlines()
+                       if line.startswith("LoadCredential="))
+    env = dict(line.split("=", 1)[1].split("=", 1) for line in drop_in.splitlines()
+               if line.startswith("Environment="))
+    assert {Path(v).name for v in env.values()} == set(credentials)
+    assert {str(Path(v).parent) for v in env.values()} == {
+        "/run/credentials/spikewatch.service"}
+    assert set(env) == {"SPIKEWATCH_AUTH__CURVE_SECRET_KEY_FILE",
+                        "SPIKEWATCH_AUTH__CURVE_ALLOWED_CLIENTS_FILE",
+                        "SPIKEWATCH_AUTH__API_TOKENS_FILE"}
 
 
 def _systemd_env() -> dict[str, str]:
@@ -322,3 +533,11 @@ def test_server_settings_take_the_deployment_environment(
     assert all(u.startswith("http://") for u in s.alertmanager_urls)
     if "SPIKEWATCH_RULES" in env:
         assert str(s.rules) == env["SPIKEWATCH_RULES"]
+    auth = {"curve_secret_key_file": "SPIKEWATCH_AUTH__CURVE_SECRET_KEY_FILE",
+            "curve_allowed_clients_file": "SPIKEWATCH_AUTH__CURVE_ALLOWED_CLIENTS_FILE",
+            "api_tokens_file": "SPIKEWATCH_AUTH__API_TOKENS_FILE"}
+    for field, var in auth.items():
+        if var in env:
+            assert str(getattr(s.auth, field)) == env[var], var
+    if environment is not _systemd_env:  # compose and Kubernetes ship with authentication on
+        assert set(auth.values()) <= set(env)

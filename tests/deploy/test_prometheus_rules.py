@@ -34,10 +34,26 @@ def _alerts() -> dict[str, dict[str, Any]]:
     return {r["alert"]: r for g in doc["groups"] for r in g["rules"] if "alert" in r}
 
 
-def test_config_is_valid_and_rule_files_resolve() -> None:
-    r = _promtool("check", "config", PROM / "prometheus.yml")
+def test_config_is_valid_and_rule_files_resolve(tmp_path: Path) -> None:
+    """promtool checks that the scrape token file exists: it is mounted at run time (compose
+    secret), so a copy of the config points at a token file made here."""
+    config = PROM / "prometheus.yml"
+    [job] = [j for j in yaml.safe_load(config.read_text(encoding="utf-8"))["scrape_configs"]
+             if j["job_name"] == "spikewatch"]
+    mounted = job["authorization"]["credentials_file"]
+    token = tmp_path / "read.token"
+    token.write_text("a-read-token-of-enough-length\n", encoding="utf-8")
+    (tmp_path / "rules").symlink_to(PROM / "rules")
+    copy = tmp_path / "prometheus.yml"
+    copy.write_text(config.read_text(encoding="utf-8").replace(mounted, str(token)),
+                    encoding="utf-8")
+    r = _promtool("check", "config", copy)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS: 1 rule files found" in r.stdout
+    token.unlink()  # and the check is real: without the token file the config is refused
+    r = _promtool("check", "config", copy)
+    assert r.returncode != 0
+    assert "read.token" in r.stdout + r.stderr
 
 
 def test_rules_are_valid() -> None:

@@ -112,8 +112,10 @@ class ServerProcess:
 
     Ports not given are picked free when it is made, so its endpoints are known before it starts
     and stay the same across `kill` and `start`: agents can be pointed at it beforehand. `db` None
-    is the server's default (SQLite `spikewatch.db` in `workdir`). Every start appends to `log`
-    (default `workdir/server.log`). As a context manager it starts, waits until ready and stops.
+    is the server's default (SQLite `spikewatch.db` in `workdir`). `log` (default
+    `workdir/server.log`) holds the output of its starts, one after another. The server's settings
+    come only from the arguments: SPIKEWATCH_* variables are not inherited, `env` is added. As a
+    context manager it starts, waits until ready and stops.
     """
 
     def __init__(self, db: str | None, workdir: Path, *, zmq_port: int | None = None,
@@ -124,6 +126,10 @@ class ServerProcess:
         self.db, self.workdir = db, workdir
         self.zmq_port = zmq_port if zmq_port is not None else free_port()
         self.http_port = http_port if http_port is not None else free_port()
+        self.zmq = f"tcp://{HOST}:{self.zmq_port}"  # where agents connect
+        self.metrics_target = f"{HOST}:{self.http_port}"  # as Prometheus scrapes it
+        self.http = f"http://{self.metrics_target}"  # /readyz, /metrics, /docs
+        self.api_url, self.metrics_url = f"{self.http}/api/v1", f"{self.http}/metrics"
         self.log = log if log is not None else workdir / "server.log"
         self.command = [sys.executable, "-m", "spikewatch.server.cli", "serve", "--zmq", self.zmq,
                         "--http-host", HOST, "--http-port", str(self.http_port)]
@@ -140,29 +146,6 @@ class ServerProcess:
         self.starts = 0
 
     @property
-    def zmq(self) -> str:
-        """The ZeroMQ endpoint agents connect to."""
-        return f"tcp://{HOST}:{self.zmq_port}"
-
-    @property
-    def http(self) -> str:
-        """The HTTP base URL (/readyz, /metrics, /docs)."""
-        return f"http://{HOST}:{self.http_port}"
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.http}/api/v1"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"{self.http}/metrics"
-
-    @property
-    def metrics_target(self) -> str:
-        """host:port, as a Prometheus scrape target."""
-        return f"{HOST}:{self.http_port}"
-
-    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -171,8 +154,8 @@ class ServerProcess:
         if self.running:
             raise RuntimeError(f"spikewatch serve is already running (pid {self.pid})")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = spawn(self.command, self.log, cwd=self.workdir, env=self.env, append=True,
-                          own_session=self.own_session)
+        self.proc = spawn(self.command, self.log, cwd=self.workdir, env=self.env,
+                          append=self.starts > 0, own_session=self.own_session)
         self.starts += 1
 
     @property

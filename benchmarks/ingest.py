@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._services import DurablePostgres, free_port  # noqa: E402
+from benchmarks._services import DurablePostgres, ServerProcess  # noqa: E402
 
 
 def agent(endpoint: str, run: str, seconds: float, window: int, records: int, scalars: int,
@@ -83,17 +81,10 @@ def agent(endpoint: str, run: str, seconds: float, window: int, records: int, sc
 
 
 def bench(db_url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    zmq_ep = f"tcp://127.0.0.1:{free_port()}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPIKEWATCH_LOG_LEVEL": "WARNING"}
-    log = (workdir / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "spikewatch.server.cli", "serve", "--db", db_url,
-                             "--zmq", zmq_ep, "--http-port", str(free_port())],
-                            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_ack(zmq_ep, proc)
+    with ServerProcess(db_url, workdir) as server:  # ready: migrated and collecting
         q: Any = mp.get_context("spawn").Queue()
         procs = [mp.get_context("spawn").Process(
-            target=agent, args=(zmq_ep, f"bench{i}", args.seconds, args.window, args.records,
+            target=agent, args=(server.zmq, f"bench{i}", args.seconds, args.window, args.records,
                                 args.scalars, args.layers, q)) for i in range(args.agents)]
         t0 = time.perf_counter()
         for p in procs:
@@ -102,10 +93,6 @@ def bench(db_url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any
         wall = time.perf_counter() - t0
         for p in procs:
             p.join(30)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        log.close()
     lat = sorted(x for r in results for x in r["lat"])
     elapsed = max(r["elapsed"] for r in results)
 
@@ -118,31 +105,6 @@ def bench(db_url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any
             "max": lat[-1] * 1000 if lat else float("nan"),
             "mean": statistics.fmean(lat) * 1000 if lat else float("nan"),
             "unacked": sum(r["unacked"] for r in results), "wall": wall}
-
-
-def _wait_ack(endpoint: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    """Wait until the server acknowledges a hello (it migrated and is collecting)."""
-    import zmq
-
-    from spikewatch.protocol import wire
-
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    hello = wire.encode(wire.Hello(wire.Header(uuid.uuid4().hex, 1, "bench-probe"), {}))
-    deadline = time.monotonic() + timeout
-    try:
-        sock.send(hello)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit("server exited during start-up")
-            if sock.poll(200):
-                return
-        raise SystemExit("server did not answer within the timeout")
-    finally:
-        sock.close(0)
-        ctx.term()
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks._services import ServerProcess, free_port  # noqa: E402
+from benchmarks._services import ServerProcess  # noqa: E402
 from spikewatch import agent  # noqa: E402
 from spikewatch.agent._transport import (  # noqa: E402
     PRIORITY_DIAGNOSTICS,
@@ -48,6 +48,7 @@ from spikewatch.agent._transport import (  # noqa: E402
     TransportCounters,
 )
 from spikewatch.protocol import wire  # noqa: E402
+from spikewatch.server.collector import wait_until  # noqa: E402
 
 # One metric per priority, so what survived can be counted per priority in the database.
 PRIORITY_METRIC = {PRIORITY_DIAGNOSTICS: "agent_queued", PRIORITY_SIGNALS: "loss",
@@ -105,15 +106,6 @@ def _db_count(url: str, run: str, metric: str) -> tuple[int, int, int, int]:
             int(row[3] if row[3] is not None else -1))
 
 
-def _wait(pred: Callable[[], bool], timeout: float, every: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(every)
-    return pred()
-
-
 def step_time_and_replay(args: argparse.Namespace, work: Path) -> bool:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -123,7 +115,9 @@ def step_time_and_replay(args: argparse.Namespace, work: Path) -> bool:
     opt_w = torch.optim.AdamW(watched.parameters(), lr=3e-4)
     g = torch.Generator().manual_seed(1)
     data = [torch.randint(0, 256, (16, 65), generator=g) for _ in range(64)]
-    dead = f"tcp://127.0.0.1:{free_port()}"  # nobody listens here for the whole timed run
+    url = f"sqlite:///{work / 'outage.db'}"
+    server = ServerProcess(url, work)  # its ports are chosen now; it starts after the timed run
+    dead = server.zmq  # nobody listens here for the whole timed run
     spool = work / "spool"
     run = "outage-bench"
     mon = None if args.control else agent.attach(watched, opt_w, run=run, endpoint=dead,
@@ -172,8 +166,6 @@ def step_time_and_replay(args: argparse.Namespace, work: Path) -> bool:
           f"{sum(1 for _ in spool.rglob('*.seg'))} segment file(s)")
 
     # --- the server appears -------------------------------------------------------------------
-    url = f"sqlite:///{work / 'outage.db'}"
-    server = ServerProcess(url, work, zmq=dead)  # where the agent has been knocking
     t_start = time.perf_counter()
     server.start()
     ok = True
@@ -187,7 +179,7 @@ def step_time_and_replay(args: argparse.Namespace, work: Path) -> bool:
             return bool(k.spool_pending == 0 and k.in_flight == 0 and k.queued == 0
                     and k.acked == k.submitted)
 
-        done = _wait(replayed, args.replay_timeout)
+        done = wait_until(replayed, args.replay_timeout)
         t_done = time.perf_counter()
         rows = _db_count(url, run, "loss")[0]
         print(f"replay: daemon ready {t_ready - t_start:.2f} s after start; {pending} spooled "
@@ -208,7 +200,9 @@ def step_time_and_replay(args: argparse.Namespace, work: Path) -> bool:
 
 
 def full_spool(args: argparse.Namespace, work: Path) -> bool:
-    dead = f"tcp://127.0.0.1:{free_port()}"
+    url = f"sqlite:///{work / 'full.db'}"
+    server = ServerProcess(url, work)  # not started yet: nobody listens on its ZeroMQ port
+    dead = server.zmq
     run = "outage-full"
     spool = work / "spool-full"
     t = Transport(dead, run=run, spool_dir=spool,
@@ -243,12 +237,10 @@ def full_spool(args: argparse.Namespace, work: Path) -> bool:
               f"{refused_by_queue}, spool {c.dropped - refused_by_queue}) spool_pending="
               f"{c.spool_pending} spool_bytes={c.spool_bytes}; bytes on disk by priority "
               f"0/1/2: {lanes[0]}/{lanes[1]}/{lanes[2]}")
-        url = f"sqlite:///{work / 'full.db'}"
-        server = ServerProcess(url, work, zmq=dead)
         server.start()
         try:
             server.wait_ready()
-            drained = _wait(lambda: t.counters().spool_pending == 0
+            drained = wait_until(lambda: t.counters().spool_pending == 0
                             and t.counters().in_flight == 0, args.replay_timeout)
             stored = {p: _db_count(url, run, m)[0] for p, m in PRIORITY_METRIC.items()}
         finally:

@@ -18,14 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,89 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a file: make the project importable without installing
     sys.path.insert(0, str(ROOT))
 
+from spikewatch.server.process import ServerProcess, free_port  # noqa: E402
+
 RUN = "demo"
 PHASES = {1: "stable", 2: "v-decay", 3: "onset", 4: "v-growth", 5: "recovery"}
 EVERY = 25  # progress line cadence in steps
 LEAD_WINDOW = 150  # a page counts as a warning of an onset at most this many steps before it
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _port(preferred: int) -> int:
-    """`preferred` if it is free on 127.0.0.1, else any free port."""
-    if _port_free(preferred):
-        return preferred
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class DemoServer:
-    """`spikewatch serve` as a child process with its embedded defaults, run in `workdir`."""
-
-    workdir: Path
-    zmq_port: int
-    http_port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"tcp://127.0.0.1:{self.zmq_port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / "server.log"
-
-    def start(self, timeout: float = 60.0) -> None:
-        cmd = [sys.executable, "-m", "spikewatch.server.cli", "serve"]
-        if self.zmq_port != 5557:
-            cmd += ["--zmq", self.endpoint]
-        if self.http_port != 8000:
-            cmd += ["--http-port", str(self.http_port)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-        with self.log.open("wb") as out:
-            # Own process group: the terminal's Ctrl-C goes to the demo, which stops the server.
-            self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}; "
-                                   f"last lines of {self.log}:\n{self._tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"the server was not ready after {timeout:.0f} s:\n{self._tail()}")
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM (graceful: what was acknowledged is stored), then SIGKILL after `timeout`."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def _tail(self, n: int = 20) -> str:
-        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
-        return "\n".join(lines[-n:])
 
 
 class Api:
@@ -190,7 +108,7 @@ def new_pages(api: Api, seen: set[tuple[str, int]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda a: int(a["fired_step"]))
 
 
-def train(server: DemoServer, api: Api, steps: int, pace_s: float,
+def train(server: ServerProcess, api: Api, steps: int, pace_s: float,
           on_line: Callable[[str], None]) -> list[float]:
     """Train the seed problem with the agent attached, each step taking at least `pace_s`;
     return the loss per step."""
@@ -204,7 +122,7 @@ def train(server: DemoServer, api: Api, steps: int, pace_s: float,
     model, x, y = make_seed_problem(seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     loss_fn = torch.nn.MSELoss()
-    monitor = spikewatch.attach(model, opt, run=RUN, endpoint=server.endpoint)  # the defaults
+    monitor = spikewatch.attach(model, opt, run=RUN, endpoint=server.zmq)  # the defaults
     losses: list[float] = []
     paged: set[tuple[str, int]] = set()
     try:
@@ -261,7 +179,7 @@ def leads(onsets: list[int], alerts: list[Alert]) -> list[tuple[int, list[Alert]
     return out
 
 
-def summary(api: Api, server: DemoServer, losses: list[float], db: Path,
+def summary(api: Api, server: ServerProcess, losses: list[float], db: Path,
             keep: bool) -> list[str]:
     """The closing report: onsets, the pages before them with their lead, where to look."""
     from spikewatch.server.backtest import spike_onsets
@@ -290,15 +208,15 @@ def summary(api: Api, server: DemoServer, losses: list[float], db: Path,
                  f"({', '.join(f'{n} {s}' for s, n in sorted(by_sev.items()))})")
     cli = f"{sys.executable} -m spikewatch.server.cli"
     # The CLI reads the running server's API (--keep) or, once it is stopped, the database file.
-    src = (("" if server.http_port == 8000 else f" --url {server.url}") if keep
+    src = (("" if server.http_port == 8000 else f" --url {server.http}") if keep
            else f" --db sqlite:///{db}")
     lines += ["", "Where to look:",
-              f"  API        {server.url}/api/v1/runs/{RUN}",
-              f"             {server.url}/api/v1/runs/{RUN}/alerts",
-              f"             {server.url}/api/v1/runs/{RUN}/series"
+              f"  API        {server.http}/api/v1/runs/{RUN}",
+              f"             {server.http}/api/v1/runs/{RUN}/alerts",
+              f"             {server.http}/api/v1/runs/{RUN}/series"
               "?metric=stability_ratio_two_secant",
-              f"  OpenAPI    {server.url}/docs",
-              f"  Prometheus {server.url}/metrics",
+              f"  OpenAPI    {server.http}/docs",
+              f"  Prometheus {server.http}/metrics",
               f"  CLI        {cli} runs{src}",
               f"             {cli} alerts --run {RUN}{src}",
               f"             {cli} report --run {RUN}{src} --out {db.parent}",
@@ -324,16 +242,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def _server(args: argparse.Namespace) -> Iterator[DemoServer]:
+def _server(args: argparse.Namespace) -> Iterator[ServerProcess]:
     workdir: Path = args.dir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     for old in workdir.glob("spikewatch.db*"):  # every demo starts from an empty database
         old.unlink()
-    server = DemoServer(workdir, _port(5557), _port(8000))
+    # Its embedded defaults (SQLite spikewatch.db in workdir), in its own process group: the
+    # terminal's Ctrl-C goes to the demo, which stops the server.
+    server = ServerProcess(None, workdir, zmq_port=free_port(preferred=5557),
+                           http_port=free_port(preferred=8000), own_session=True)
     try:
         yield server
     finally:
-        server.stop()
+        server.stop(timeout=20.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,15 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     with _server(args) as server:
         print(f"spikewatch demo: starting the server (SQLite {server.workdir / 'spikewatch.db'}, "
-              f"ZeroMQ {server.endpoint}, HTTP {server.url}) ...", flush=True)
+              f"ZeroMQ {server.zmq}, HTTP {server.http}) ...", flush=True)
         server.start()
+        server.wait_ready(timeout=60.0)
         print(f"server ready after {time.monotonic() - t0:.1f} s. Training the seed's spiking "
               f"network ({args.steps} steps of ≥ {args.pace_ms:g} ms, Adam lr=0.01, agent "
               "attached with its defaults) ...\n"
               "  r = stability ratio η·λ/2 (two-secant, every step; ≥ 1: beyond Adam's edge of "
               "stability), ρ = ‖g‖/‖√v̂‖; the right half is read back from the server's API\n",
               flush=True)
-        api = Api(server.url)
+        api = Api(server.http)
         try:
             t1 = time.monotonic()
             losses = train(server, api, args.steps, args.pace_ms / 1e3,
@@ -362,9 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
             print(f"\nTraining took {train_s:.1f} s, the whole demo {time.monotonic() - t0:.1f} s.")
             if args.keep:
-                print(f"\nThe server keeps running (--keep): {server.url}. Ctrl-C stops it.",
+                print(f"\nThe server keeps running (--keep): {server.http}. Ctrl-C stops it.",
                       flush=True)
-                while server.proc is not None and server.proc.poll() is None:
+                while server.running:
                     time.sleep(0.5)
         finally:
             api.close()

@@ -1,10 +1,10 @@
-"""Helpers every test folder needs to run real programs: a free local port, an installed binary."""
+"""Helpers every test folder needs to run real programs: a free local port (shipped with the
+server-process helper, `spikewatch.server.process`), an installed binary, an app served live."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -12,12 +12,9 @@ from typing import Any
 
 import pytest
 
+from spikewatch.server.process import free_port
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port", "live_app", "program"]
 
 
 def program(*names: str) -> str:

@@ -35,9 +35,7 @@ import json
 import math
 import multiprocessing
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +52,7 @@ from benchmarks.early_warning._configs import PRESETS, Config, from_options, par
 from benchmarks.early_warning._train import Trained, train_pair
 from spikewatch.protocol.names import AGENT_OVERHEAD, AGENT_PREDICTION_CADENCE
 from spikewatch.server.backtest import Episode, Report, score_episodes
+from spikewatch.server.process import ServerProcess
 from spikewatch.server.rules import load_rules
 from spikewatch.server.types import Severity
 
@@ -62,63 +61,13 @@ if TYPE_CHECKING:  # the scenarios import torch; the runner imports it only to t
 
 __all__ = ["Config", "Row", "main", "parse", "run_suite", "summary", "table"]
 
-ROOT = Path(__file__).resolve().parents[2]
-READY_TIMEOUT = 60.0
 INGEST_TIMEOUT = 120.0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Server:
-    """A running `spikewatch serve` subprocess."""
-
-    endpoint: str
-    api: str
-    db: str
-    proc: subprocess.Popen[bytes]
-
-
-@contextmanager
-def server(workdir: Path, rules: Path | None = None) -> Iterator[Server]:
-    """Start `spikewatch serve` on free ports with SQLite in `workdir`; stop it after."""
-    zmq_port, http_port = _free_port(), _free_port()
-    db = f"sqlite:///{workdir / 'bench.db'}"
-    cmd = [sys.executable, "-m", "spikewatch.server.cli", "serve", "--db", db,
-           "--zmq", f"tcp://127.0.0.1:{zmq_port}", "--http-port", str(http_port)]
-    if rules is not None:
-        cmd += ["--rules", str(rules)]
-    log = (workdir / "server.log").open("wb")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    api = f"http://127.0.0.1:{http_port}/api/v1"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}; see {log.name}")
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=2.0)
-                if ready.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server not ready after {READY_TIMEOUT:.0f} s; see {log.name}")
-            time.sleep(0.2)
-        yield Server(f"tcp://127.0.0.1:{zmq_port}", api, db, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+def server(workdir: Path, rules: Path | None = None) -> ServerProcess:
+    """`spikewatch serve` on free ports with SQLite in `workdir` (use it in a `with`: started,
+    ready, stopped after)."""
+    return ServerProcess(f"sqlite:///{workdir / 'bench.db'}", workdir, rules=rules)
 
 
 def _float(x: float | str) -> float:
@@ -316,9 +265,9 @@ def run_suite(scenarios: Sequence[Scenario], configs_: Sequence[str | Config] = 
     pack = load_rules(rules)
     rows: list[Row] = []
     work = [(sc, cfg) for cfg in configs(configs_) for sc in scenarios]
-    with server(workdir, rules) as srv, httpx.Client(base_url=srv.api, timeout=30.0) as client, \
-            _pool(jobs) as pool:  # fmt: skip
-        args = [(sc.name, cfg, srv.endpoint, f"{sc.name}.{cfg.name}", chunk, pace, threads)
+    with server(workdir, rules) as srv, _pool(jobs) as pool, \
+            httpx.Client(base_url=srv.api_url, timeout=30.0) as client:  # fmt: skip
+        args = [(sc.name, cfg, srv.zmq, f"{sc.name}.{cfg.name}", chunk, pace, threads)
                 for sc, cfg in work]
         results = (pool.map(train_pair, *zip(*args, strict=True)) if pool is not None
                    else (train_pair(*a) for a in args))

@@ -6,55 +6,21 @@ Tests needing a program are skipped, with the program named, when it is not inst
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from spikewatch.server.process import spawn as start
+from spikewatch.server.process import stop_process as stop
+from spikewatch.server.process import wait_http as wait_ready
 from tests._net import free_port, program
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
-
-
-
-
-
-def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """Start a program with its output going to `log` (a file: a full pipe would block it)."""
-    with log.open("wb") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
-    """Poll `url` until it answers 200; fail with the program's log if it dies or times out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = log.read_text(errors="replace")[-4000:]
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{out}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout} s:\n{log.read_text(errors='replace')}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate a started program, killing it if it does not exit within 10 s."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
+# start(cmd, log), wait_ready(url, proc, log) and stop(proc) run the deploy tests' programs
+__all__ = ["DEPLOY", "ROOT", "prometheus_url", "start", "stop", "wait_ready"]
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""Real programs for the end-to-end tests: the spikewatch daemon, Prometheus, Alertmanager and a
-webhook receiver, each on a free 127.0.0.1 port with its own temporary directory.
+"""Real programs for the end-to-end tests: the spikewatch daemon (`spikewatch.server.process`),
+Prometheus, Alertmanager and a webhook receiver, each on a free 127.0.0.1 port with its own
+temporary directory.
 
 Every wait is bounded; `Procs.stop_all()` (called by the fixtures' finalizers) terminates, then
 kills, whatever was started.
@@ -10,106 +11,57 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import httpx
 import yaml
 
+from spikewatch.server.process import ServerProcess as Daemon
+from spikewatch.server.process import spawn, stop_process, wait_http
 from tests._net import free_port, program
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-
-
-
-
-def _tail(log: Path, n: int = 4000) -> str:
-    return log.read_text(errors="replace")[-n:] if log.exists() else "(no log)"
+__all__ = ["ROOT", "Daemon", "Delivery", "Procs", "WebhookReceiver", "start_alertmanager",
+           "start_daemon", "start_prometheus"]
 
 
 @dataclass
 class Procs:
-    """Programs started by one fixture; `stop_all` ends them (SIGTERM, then SIGKILL)."""
+    """Programs started by one fixture; `stop_all` ends them, the last started first (SIGTERM,
+    then SIGKILL; each reaped)."""
 
-    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    stops: list[Callable[[], object]] = field(default_factory=list)
 
     def start(self, cmd: Sequence[str], log: Path, *, cwd: Path | None = None,
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        with log.open("wb") as out:
-            proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=cwd, env=env)
-        self.started.append(proc)
+        proc = spawn(cmd, log, cwd=cwd, env=env)
+        self.stops.append(lambda: stop_process(proc, timeout=20))
         return proc
 
     def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in reversed(self.started):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        self.started.clear()
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
-    """Poll `url` until it answers 200; fail with the program's log if it exits or times out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{_tail(log)}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout:.0f} s:\n{_tail(log)}")
-
-
-@dataclass
-class Daemon:
-    """`python -m spikewatch.server.cli serve` as a subprocess."""
-
-    zmq: str
-    http: str
-    log: Path
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def metrics_target(self) -> str:
-        return self.http.removeprefix("http://")
+        while self.stops:
+            self.stops.pop()()
 
 
 def start_daemon(procs: Procs, workdir: Path, db: str,
                  config: dict[str, Any] | None = None) -> Daemon:
     """Start the daemon on free ports with `db` and an optional config file; wait for /readyz."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    zmq, port = f"tcp://127.0.0.1:{free_port()}", free_port()
-    cmd = [sys.executable, "-m", "spikewatch.server.cli", "serve", "--db", db, "--zmq", zmq,
-           "--http-port", str(port)]
+    path = None
     if config:
+        workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "spikewatch.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        cmd += ["--config", str(path)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env = {k: v for k, v in env.items() if not k.startswith("SPIKEWATCH_")}
-    log = workdir / "server.log"
-    proc = procs.start(cmd, log, cwd=workdir, env=env)
-    http = f"http://127.0.0.1:{port}"
-    wait_http(f"{http}/readyz", proc, log, timeout=90)
-    return Daemon(zmq, http, log, proc)
+    daemon = Daemon(db, workdir, config=path)
+    procs.stops.append(lambda: daemon.stop(timeout=20))
+    daemon.start()
+    daemon.wait_ready(timeout=90)
+    return daemon
 
 
 def start_prometheus(procs: Procs, workdir: Path, targets: Sequence[str],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import pytest
 import zmq
 
 from spikewatch.protocol import wire
+from spikewatch.server.process import ServerProcess
 from spikewatch.server.store import Store
 from tests._net import free_port
 
@@ -48,40 +48,6 @@ def webhook() -> Iterator[str]:
     yield f"http://127.0.0.1:{srv.server_address[1]}/hook"
     srv.shutdown()
     srv.server_close()
-
-
-class Server:
-    def __init__(self, db: str, cwd: Path, env: dict[str, str] | None = None) -> None:
-        self.zmq = f"tcp://127.0.0.1:{free_port()}"
-        self.http = f"http://127.0.0.1:{free_port()}"
-        self.log = cwd / "server.log"
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "spikewatch.server.cli", "serve", "--db", db,
-                 "--zmq", self.zmq, "--http-port", self.http.rsplit(":", 1)[1]],
-                cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(f"{self.http}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready: {self.log.read_text()}")
-
-    def terminate(self, timeout: float = 60) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise AssertionError(f"no exit after SIGTERM: {self.log.read_text()}") from None
 
 
 class Sender(threading.Thread):
@@ -124,20 +90,14 @@ class Sender(threading.Thread):
 
 @pytest.mark.slow
 def test_sigterm_keeps_everything_acknowledged(db_url: str, tmp_path: Path) -> None:
-    srv = Server(db_url, tmp_path)
-    try:
-        srv.wait_ready()
+    with ServerProcess(db_url, tmp_path) as srv:
         senders = [Sender(srv.zmq, f"run{i}") for i in range(3)]
         for s in senders:
             s.start()
         deadline = time.monotonic() + 30
         while min(len(s.acked) for s in senders) < 50 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert srv.terminate() == 0, srv.log.read_text()  # while the agents keep sending
-    finally:
-        if srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait(10)
+        assert srv.stop() == 0, srv.tail()  # SIGTERM while the agents keep sending
     for s in senders:
         s.halt.set()
     for s in senders:
@@ -155,12 +115,14 @@ def test_sigterm_keeps_everything_acknowledged(db_url: str, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_rules_alerts_and_webhook_wired(sqlite_url: str, tmp_path: Path, webhook: str) -> None:
-    srv = Server(sqlite_url, tmp_path, env={"SPIKEWATCH_WEBHOOK_URLS": json.dumps([webhook])})
+    srv = ServerProcess(sqlite_url, tmp_path,
+                        env={"SPIKEWATCH_WEBHOOK_URLS": json.dumps([webhook])})
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 10000)
     try:
+        srv.start()
         srv.wait_ready()
         sock.connect(srv.zmq)
         session = uuid.uuid4().hex
@@ -191,13 +153,11 @@ def test_rules_alerts_and_webhook_wired(sqlite_url: str, tmp_path: Path, webhook
         metrics = httpx.get(f"{srv.http}/metrics", timeout=5).text
         assert 'spikewatch_messages_received_total{type="batch"} 1.0' in metrics
         assert "spikewatch_run_loss{run=\"jumpy\"} 1.0" in metrics
-        assert srv.terminate() == 0
+        assert srv.stop() == 0, srv.tail()
     finally:
         sock.close(0)
         ctx.term()
-        if srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait(10)
+        srv.stop()
 
 
 def test_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:

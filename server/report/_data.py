@@ -7,10 +7,10 @@ onset uses `server.backtest.lead`, so the report and the backtest agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
@@ -19,7 +19,7 @@ from spikewatch.protocol import names as nm
 from spikewatch.protocol.nonfinite import from_json
 from spikewatch.server.backtest import Episode, lead, spike_onsets
 from spikewatch.server.store.reads import StoreReads
-from spikewatch.server.store.rows import AlertRow, RunRow
+from spikewatch.server.store.rows import AlertRow
 from spikewatch.server.types import Severity
 
 Points = list[tuple[int, float]]
@@ -119,17 +119,16 @@ def _dedup(points: Iterable[tuple[int, float]]) -> Points:
 # --- from a Store ------------------------------------------------------------------------------
 
 
-def _info(r: RunRow) -> dict[str, Any]:
-    return {"created_at": r.created_at, "last_seen": r.last_seen, "last_step": r.last_step,
-            "world_size": r.world_size, "active": r.active}  # fmt: skip
+_INFO: Final = ("created_at", "last_seen", "last_step", "world_size", "active")
+"""The run's fields the report shows (a store row's attributes, the API's keys)."""
+
+Page = Callable[[str, int | None], tuple[Points, bool]]
+"""Reads one page of a metric from a step on: its points, and whether more may follow."""
 
 
-def from_store(store: StoreReads, run: str, *, source: str = "store") -> RunData:
-    """Read `run` from a store; `ReportError` when it does not exist."""
-    row = store.get_run(run)
-    if row is None:
-        raise ReportError(f"no run named {run!r} in {source}")
-    have = set(store.metrics(run))
+def _read_series(have: Iterable[str], page: Page) -> dict[str, Points]:
+    """Every metric of `SERIES` the run has, read page by page."""
+    have = set(have)
     series: dict[str, Points] = {}
     for metric in SERIES:
         if metric not in have:
@@ -137,15 +136,29 @@ def from_store(store: StoreReads, run: str, *, source: str = "store") -> RunData
         pts: Points = []
         step_min: int | None = None
         while True:
-            chunk = store.series(run, metric, step_min=step_min, limit=PAGE)
-            pts += [(p.step, p.value) for p in chunk]
-            if len(chunk) < PAGE:
+            chunk, more = page(metric, step_min)
+            pts += chunk
+            if not more or not chunk:
                 break
-            step_min = chunk[-1].step + 1
+            step_min = chunk[-1][0] + 1
         if pts:
             series[metric] = _dedup(pts)
-    alerts = store.alerts(run)
-    return RunData(run, _info(row), dict(row.meta), series, alerts, source,
+    return series
+
+
+def from_store(store: StoreReads, run: str, *, source: str = "store") -> RunData:
+    """Read `run` from a store; `ReportError` when it does not exist."""
+    row = store.get_run(run)
+    if row is None:
+        raise ReportError(f"no run named {run!r} in {source}")
+
+    def page(metric: str, step_min: int | None) -> tuple[Points, bool]:
+        chunk = store.series(run, metric, step_min=step_min, limit=PAGE)
+        return [(p.step, p.value) for p in chunk], len(chunk) == PAGE
+
+    series = _read_series(store.metrics(run), page)
+    info = {k: getattr(row, k) for k in _INFO}
+    return RunData(run, info, dict(row.meta), series, store.alerts(run), source,
                    [m for m in SERIES if m not in series])
 
 
@@ -199,27 +212,17 @@ def from_api(client: httpx.Client, run: str) -> RunData:
     """Read `run` through a server's /api/v1 (the client's base_url is the server)."""
     base = f"/api/v1/runs/{quote(run, safe='')}"
     body = _get(client, base, not_found=f"no run named {run!r} on {client.base_url}")
-    have = {m["name"] for m in _get(client, f"{base}/metrics")}
-    series: dict[str, Points] = {}
-    for metric in SERIES:
-        if metric not in have:
-            continue
-        pts: Points = []
-        step_min: int | None = None
-        while True:
-            params: dict[str, Any] = {"metric": metric, "limit": PAGE}
-            if step_min is not None:
-                params["step_min"] = step_min
-            doc = _get(client, f"{base}/series", params)
-            chunk = [(int(p["step"]), _float(p["value"])) for p in doc["points"]]
-            pts += chunk
-            if not doc.get("truncated") or not chunk:
-                break
-            step_min = chunk[-1][0] + 1
-        if pts:
-            series[metric] = _dedup(pts)
+
+    def page(metric: str, step_min: int | None) -> tuple[Points, bool]:
+        params: dict[str, Any] = {"metric": metric, "limit": PAGE}
+        if step_min is not None:
+            params["step_min"] = step_min
+        doc = _get(client, f"{base}/series", params)
+        return ([(int(p["step"]), _float(p["value"])) for p in doc["points"]],
+                bool(doc.get("truncated")))
+
+    series = _read_series((m["name"] for m in _get(client, f"{base}/metrics")), page)
     alerts = [_alert(a) for a in _get(client, f"{base}/alerts")]
-    info = {k: body.get(k) for k in ("created_at", "last_seen", "last_step", "world_size",
-                                     "active")}  # fmt: skip
+    info = {k: body.get(k) for k in _INFO}
     return RunData(run, info, dict(body.get("meta") or {}), series, alerts,
                    str(client.base_url), [m for m in SERIES if m not in series])

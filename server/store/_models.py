@@ -6,6 +6,8 @@ Global scalars combined from all ranks' partial sums are stored with rank -1.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -36,6 +38,21 @@ def _run_fk() -> Column[int]:
     return Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False)
 
 
+def _sample(*layer: Column[str]) -> tuple[Column[Any], ...]:
+    """The leading columns of a per-step sample table: id, run, metric[, layer], rank, step,
+    time (each table gets its own Column objects)."""
+    return (Column("id", Id, primary_key=True, autoincrement=True), _run_fk(),
+            Column("metric", String(64), nullable=False), *layer,
+            Column("rank", Integer, nullable=False), Column("step", BigInteger, nullable=False),
+            Column("time", Float, nullable=False))
+
+
+def _value() -> tuple[Column[Any], ...]:
+    """A float value with its non-finite marker (`store._codec`)."""
+    return (Column("value", Float, nullable=True),
+            Column("value_nf", SmallInteger, nullable=False, server_default="0"))
+
+
 runs = Table(
     "runs", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -63,28 +80,15 @@ Index("ix_sessions_run", sessions.c.run_id)
 
 scalars = Table(
     "scalars", metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
-    _run_fk(),
-    Column("metric", String(64), nullable=False),
-    Column("rank", Integer, nullable=False),
-    Column("step", BigInteger, nullable=False),
-    Column("time", Float, nullable=False),
-    Column("value", Float, nullable=True),
-    Column("value_nf", SmallInteger, nullable=False, server_default="0"),
+    *_sample(),
+    *_value(),
 )
 Index("ix_scalars_series", scalars.c.run_id, scalars.c.metric, scalars.c.rank, scalars.c.step)
 
 layer_values = Table(
     "layer_values", metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
-    _run_fk(),
-    Column("metric", String(64), nullable=False),
-    Column("layer", String(128), nullable=False),
-    Column("rank", Integer, nullable=False),
-    Column("step", BigInteger, nullable=False),
-    Column("time", Float, nullable=False),
-    Column("value", Float, nullable=True),
-    Column("value_nf", SmallInteger, nullable=False, server_default="0"),
+    *_sample(Column("layer", String(128), nullable=False)),
+    *_value(),
 )
 Index("ix_layer_values_series", layer_values.c.run_id, layer_values.c.metric,
       layer_values.c.layer, layer_values.c.step)
@@ -92,13 +96,7 @@ Index("ix_layer_values_time", layer_values.c.time)
 
 histograms = Table(
     "histograms", metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
-    _run_fk(),
-    Column("metric", String(64), nullable=False),
-    Column("layer", String(128), nullable=False),
-    Column("rank", Integer, nullable=False),
-    Column("step", BigInteger, nullable=False),
-    Column("time", Float, nullable=False),
+    *_sample(Column("layer", String(128), nullable=False)),
     Column("lo", Float, nullable=False),
     Column("hi", Float, nullable=False),
     Column("counts", Text, nullable=False),  # JSON list of ints

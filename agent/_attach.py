@@ -14,6 +14,7 @@ from spikewatch.agent._guard import Guard
 from spikewatch.agent._layers import select_layers, uncompiled
 from spikewatch.agent._monitor import Monitor
 from spikewatch.agent._probe_base import Closure, curvature_backend
+from spikewatch.agent._trackers import as_tracker
 
 __all__ = ["Monitor", "attach"]
 
@@ -38,6 +39,7 @@ def attach(
     client_public_key: str | None = None,
     enabled: bool | None = None,
     guard: bool | Guard = False,
+    trackers: Iterable[object] | None = None,
 ) -> Monitor:
     """Attach spikewatch to a model and its optimizer; returns the `Monitor`.
 
@@ -50,7 +52,11 @@ def attach(
     `overhead_budget` is the agent's share of step time (default 0.01) that cadences are
     stretched to respect; `math.inf` never stretches. `guard=True` (or a `Guard` with its knobs)
     lets the agent act when a spike is predicted: a bounded, temporary lift of Adam's decayed
-    second moment by default (`agent/_guard.py`); every action is streamed as an event. Bad
+    second moment by default (`agent/_guard.py`); every action is streamed as an event.
+    `trackers` also writes every drained record to the experiment trackers a team watches:
+    `spikewatch.trackers.TensorBoard/WandB/MLflow/LogMetrics/Callback`, or a `SummaryWriter`, a
+    wandb run, an MLflow run, a Lightning logger or a callable given as is (`agent/_trackers.py`;
+    not read from the environment). Bad
     options raise ValueError / TypeError here, before training starts; afterwards the agent
     never raises into training.
     """
@@ -75,6 +81,11 @@ def attach(
         raise TypeError("attach(): guard must be True/False or a Guard, got "
                         f"{type(guard).__name__}")
     policy = Guard() if guard is True else (guard or None)
+    if isinstance(trackers, str | bytes) or (trackers is not None
+                                             and not isinstance(trackers, Iterable)):
+        raise TypeError("attach(): trackers must be a list of trackers, got "
+                        f"{type(trackers).__name__}")
+    bridges = [as_tracker(t) for t in trackers or ()]
     return Monitor(model, optimizer, cfg, closure=closure, layers=layers,
-                   logits_module=logits_module, guard=policy)
+                   logits_module=logits_module, guard=policy, trackers=bridges)
 

@@ -3,7 +3,8 @@
 At a drain the pending steps are copied to the host in one transfer (`Collector.drain`), labelled
 by the reactive detectors, joined by the agent's own record (overhead, cadences, transport and
 guard counters, a `prediction_degraded` event when the predictor's cadence changes) and handed to
-the transport, which never blocks. `urgent` decides when a page may be due before the regular
+the transport, which never blocks, then to the user's trackers (`agent._trackers`: the same host
+floats, written again). `urgent` decides when a page may be due before the regular
 drain cadence.
 """
 
@@ -21,6 +22,7 @@ from spikewatch.agent._probe_base import Ctx
 from spikewatch.agent._profiles import TWO_SECANT
 from spikewatch.agent._reactive import Reactive, record_ratio
 from spikewatch.agent._scheduler import Report, Scheduler
+from spikewatch.agent._trackers import Trackers
 from spikewatch.protocol import names as nm
 from spikewatch.protocol import wire
 from spikewatch.protocol.names import EventType
@@ -44,6 +46,7 @@ class Drain:
     guard: GuardHooks | None
     overhead_budget: float
     failed: set[str]  # the probes that reported a failure (the monitor's set)
+    trackers: Trackers | None = None  # where the records are also written
     last_report: Report | None = None  # the scheduler's last overhead measurement
     _prediction_cadence: int | None = None  # as last reported
     _urgent_at: int = -URGENT_EVERY  # the step of the last urgent drain
@@ -70,6 +73,8 @@ class Drain:
                 records.append(extra)
         for i in range(0, len(records), RECORDS_PER_SUBMIT):
             self.transport.submit(records[i:i + RECORDS_PER_SUBMIT])
+        if self.trackers:
+            self.trackers.write(records)
 
     def urgent(self, step: int) -> str | None:
         """Why to send now, if so: "hparams", a hyper-parameter change past the edge (its event

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -41,6 +41,7 @@ from spikewatch.agent._probe_set import build_probes
 from spikewatch.agent._profiles import HPARAMS, LOGITS, PROFILES, TWO_SECANT
 from spikewatch.agent._reactive import Reactive
 from spikewatch.agent._scheduler import HEADROOM, UNTIMED, Clock, Report, Scheduler
+from spikewatch.agent._trackers import Tracker, Trackers
 from spikewatch.agent._two_secant_probe import TwoSecantProbe
 from spikewatch.agent._untraced import untraced
 from spikewatch.protocol import names as nm
@@ -69,6 +70,7 @@ class Monitor:
         clock: Clock | None = None,
         world: World | None = None,
         guard: Guard | None = None,
+        trackers: Sequence[Tracker] = (),
     ) -> None:
         self.config = config
         compiled = is_compiled(model)
@@ -123,8 +125,11 @@ class Monitor:
                                self._gate)
         self.transport = (NullTransport() if quiet else transport if transport is not None
                           else make_transport(config, self.world))
+        self._trackers = Trackers(() if quiet else trackers,
+                                  report=lambda e: self.out.event(self.step, e))
         self._sender = Drain(self.out, self.scheduler, self.ctx, self.transport, self._reactive,
-                             self._guard, config.overhead_budget, failed=self._reported)
+                             self._guard, config.overhead_budget, failed=self._reported,
+                             trackers=self._trackers)
         self.transport.hello(run_meta(model, optimizer, local, config, self.world,
                                       curvature=self.ctx.curvature, closure=closure is not None,
                                       resumed_at=self.resumed_at))
@@ -169,7 +174,8 @@ class Monitor:
             sched.add(None, sched.now() - t0)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Drain what is pending, remove the hooks and close the transport within ~`timeout` s."""
+        """Drain what is pending, remove the hooks, flush the trackers and close the transport
+        within ~`timeout` s."""
         if self._closed:
             return
         self._closed = True
@@ -183,6 +189,7 @@ class Monitor:
                 self._drain()
             except Exception as e:  # never let close() raise into the training script
                 log.warning("spikewatch: final drain failed: %s", e)
+            self._trackers.close()  # flushed; closed only where spikewatch created them
         try:
             self.transport.close(timeout=timeout)
         except Exception as e:

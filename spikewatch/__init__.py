@@ -10,7 +10,8 @@
     monitor.close()
 
 This is the whole user API: `attach`, the `Monitor` it returns and the `Guard` policy (torch
-is imported on first use, so the server installs and runs without it). The parts live in
+is imported on first use, so the server installs and runs without it), with one submodule,
+`spikewatch.trackers`, for `attach(..., trackers=[...])`. The parts live in
 subpackages, each importing only the ones listed before it (docs/architecture.md):
 
 - `spikewatch.protocol`: the wire format and the metric vocabulary, shared by both sides;
@@ -47,4 +48,8 @@ def __getattr__(name: str) -> Any:
         from spikewatch.agent._guard import Guard
 
         return Guard
+    if name == "trackers":  # the submodule, without `import spikewatch.trackers` first
+        import importlib
+
+        return importlib.import_module("spikewatch.trackers")
     raise AttributeError(f"module 'spikewatch' has no attribute {name!r}")

@@ -139,8 +139,8 @@ class Drain:
         cadence = self.scheduler.cadence(TWO_SECANT)
         scalars[nm.AGENT_PREDICTION_CADENCE] = float(cadence)
         if self.guard is not None:
-            scalars[nm.GUARD_ACTIONS] = float(self.guard.machine.actions)
-            scalars[nm.GUARD_ACTIVE] = float(self.guard.machine.act is not None)
+            scalars[nm.GUARD_ACTIONS] = float(self.guard.actions)
+            scalars[nm.GUARD_ACTIVE] = float(self.guard.active)
         return wire.Record(step=step, time=time.time(), scalars=scalars, layers=layers,
                            events=self._prediction_events(cadence))
 

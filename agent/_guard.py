@@ -23,6 +23,11 @@ same sampled coordinates) and so acts at the same step; `rise` > 1 reads the ran
 can break that. With a sharded optimizer (ZeRO/FSDP) the reading is partial on each rank and the
 guard stays off.
 
+With `ramp_steps` > 0, whatever the action, a hyper-parameter change that lowers the stability
+threshold by `ramp_factor` or more in one step (a 10× lr jump, β1 0.9 → 0.5) is applied gradually
+over that many steps (`agent._ramp`). It is off by default: on the suite's hparam-jump runs it did
+not prevent the spikes (docs/guard.md).
+
 `GuardMachine` is the pure state machine (readings in, the multiplier and events out), with no
 torch in it; `apply_lr` / `restore_lr` / `lift_v` touch the optimizer.
 """
@@ -33,6 +38,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from spikewatch.agent._ramp import Events, HparamChange, RampMachine
 
 __all__ = ["Guard", "GuardHooks", "GuardMachine"]
 
@@ -52,6 +59,8 @@ class Guard:
     rho: float = 0.08
     sustain: int = 2
     rise: float = 1.0  # 1.0: act on every predicted crossing; 1.3: only after a ≥ 30 % instability
+    ramp_steps: int = 0  # > 0: apply threshold-dropping hyper-parameter jumps over this many steps
+    ramp_factor: float = 2.0  # the threshold drop in one step that makes a change a jump
 
     def __post_init__(self) -> None:
         if self.action not in ("lr", "v"):
@@ -62,7 +71,10 @@ class Guard:
                   ("ratio", 0.5 <= self.ratio <= 2.0, "in [0.5, 2]"),
                   ("rho", 0.0 < self.rho <= 10.0, "in (0, 10]"),
                   ("sustain", 1 <= self.sustain <= 100, "in [1, 100]"),
-                  ("rise", 1.0 <= self.rise <= 100.0, "in [1, 100]"))  # fmt: skip
+                  ("rise", 1.0 <= self.rise <= 100.0, "in [1, 100]"),
+                  ("ramp_steps", self.ramp_steps == 0 or 2 <= self.ramp_steps <= 10000,
+                   "0 or in [2, 10000]"),
+                  ("ramp_factor", 1.0 < self.ramp_factor <= 1000.0, "in (1, 1000]"))  # fmt: skip
         for name, ok, bound in checks:
             value = getattr(self, name)
             if isinstance(value, bool) or not ok:  # NaN fails every bound
@@ -140,19 +152,42 @@ class GuardMachine:
                            if p.rise > 1.0 else ""))}  # fmt: skip
 
 
-def apply_lr(optimizer: Any, multiplier: float) -> list[tuple[dict[str, Any], Any]]:
+Saved = list[tuple[dict[str, Any], str, Any]]
+"""(param group, key, the user's value) for each value the guard set for one step."""
+
+
+def apply_lr(optimizer: Any, multiplier: float) -> Saved:
     """Scale every group's lr for this step; what `restore_lr` needs to undo it."""
-    saved = []
+    saved: Saved = []
     for g in optimizer.param_groups:
         lr = g["lr"]
-        saved.append((g, lr))
+        saved.append((g, "lr", lr))
         g["lr"] = lr * multiplier  # a tensor lr stays a tensor on its device (no sync)
     return saved
 
 
-def restore_lr(saved: list[tuple[dict[str, Any], Any]]) -> None:
-    for g, lr in saved:
-        g["lr"] = lr
+def apply_ramps(optimizer: Any, ramps: RampMachine, step: int) -> Saved:
+    """Set the ramped values of this step (`agent._ramp`); what `restore_lr` needs to undo it."""
+    saved: Saved = []
+    for r in ramps.due(step):
+        g = optimizer.param_groups[r.change.group]
+        if r.change.hparam == "lr":
+            saved.append((g, "lr", g["lr"]))
+            g["lr"] = r.value(g["lr"], step)
+        elif isinstance(g.get("betas"), tuple | list):
+            saved.append((g, "betas", g["betas"]))
+            b1, b2 = g["betas"]
+            g["betas"] = (r.value(b1, step), b2)
+        elif "momentum" in g:
+            saved.append((g, "momentum", g["momentum"]))
+            g["momentum"] = r.value(g["momentum"], step)
+    return saved
+
+
+def restore_lr(saved: Saved) -> None:
+    """Put back the user's values (in reverse: the first saved is the user's own)."""
+    for g, key, value in reversed(saved):
+        g[key] = value
 
 
 def lift_v(optimizer: Any, factor: float) -> int:
@@ -173,24 +208,45 @@ class GuardHooks:
 
     def __init__(self, policy: Guard) -> None:
         self.machine = GuardMachine(policy)
-        self._saved: list[tuple[dict[str, Any], Any]] | None = None  # lr scaled for this step
+        self.ramps = RampMachine(policy.ramp_steps, policy.ramp_factor)
+        self._saved: Saved = []  # the values set for this step, to put back after it
+        self._pending: Events = []  # events decided in the pre-step hook, streamed after it
 
-    def before(self, step: int, optimizer: Any) -> None:
+    @property
+    def actions(self) -> int:
+        """Actions taken so far (predicted crossings and ramps)."""
+        return self.machine.actions + self.ramps.actions
+
+    @property
+    def active(self) -> bool:
+        """Whether an action or a ramp is in force."""
+        return self.machine.act is not None or bool(self.ramps.ramps)
+
+    def before(self, step: int, optimizer: Any, changes: list[HparamChange]) -> None:
+        """The pre-step hook, after the hyper-parameter watch (`changes`: what it saw)."""
         m = self.machine
+        if changes:
+            self._pending += self.ramps.start(step, changes)
+        if self.ramps.ramps:
+            self._saved = apply_ramps(optimizer, self.ramps, step)
         if m.lifts_v(step):
             lift_v(optimizer, m.policy.factor)
         mult = m.multiplier(step)
         if mult != 1.0:
-            self._saved = apply_lr(optimizer, mult)
+            self._saved += apply_lr(optimizer, mult)
 
     def after(self, step: int, predictor: Any, rise: float,
               emit: Callable[..., None]) -> None:  # fmt: skip
-        if self._saved is not None:
+        if self._saved:
             restore_lr(self._saved)
-            self._saved = None
+            self._saved = []
+        events, self._pending = self._pending, []
+        if self.ramps.ramps:
+            events += self.ramps.finish(step)
         reading = getattr(predictor, "reading", None)
-        if reading is None or reading[0] != step - 1:
-            return  # the reading of the gradient before last is made at this step's post hook
-        values = reading[1]
-        for kind, data in self.machine.observe(step, values[1], values[2], rise):
+        if reading is not None and reading[0] == step - 1:
+            # the reading of the gradient before last is made at this step's post hook
+            values = reading[1]
+            events += self.machine.observe(step, values[1], values[2], rise)
+        for kind, data in events:
             emit(step, kind, **data)

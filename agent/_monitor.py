@@ -287,7 +287,7 @@ class Monitor:
             if self._hparams is not None:
                 self._run_hparams(self._hparams.pre, step)
             if self._guard is not None:  # after the hparams watch: a scaled lr is no change
-                self._guard.before(step, self.ctx.optimizer)
+                self._guard.before(step, self.ctx.optimizer, self.ctx.changes)
             off = self._disabled
             for p in self._steps.due:
                 if p.name not in off and p.has_pre:

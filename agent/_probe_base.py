@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from spikewatch.agent._collect import Collector
 from spikewatch.agent._distributed import World
+from spikewatch.agent._ramp import HparamChange
 from spikewatch.monitor._reduce import norms_f32
 from spikewatch.protocol import wire
 from spikewatch.protocol.names import EventType
@@ -46,6 +47,7 @@ class Ctx:
     predictor: Any = None  # the two-secant probe, whose last reading is the freshest ratio
     urgent: bool = False  # something a person must see now: drain at the end of this step
     near_edge: bool = False  # the predictor read a ratio near the edge at this step
+    changes: list[HparamChange] = field(default_factory=list)  # lr/β1 changes at this pre-step
     _views: tuple[tuple[int, str], list[Any]] | None = None
     _hvp: tuple[int, Any] | None = None
 
@@ -113,6 +115,8 @@ class Ctx:
     def clear(self) -> None:
         self._views = None
         self._hvp = None
+        if self.changes:
+            self.changes = []
 
     def with_hvp(self, step: int, out: Collector, measure: Callable[[Any], None]) -> None:
         """Run `measure(hvp)`; under curvature="auto", an exact HVP that the model's ops cannot

@@ -20,6 +20,7 @@ from spikewatch.agent._profiles import (
     PRECOND,
     SPIKE_SHARE,
 )
+from spikewatch.agent._ramp import HparamChange
 from spikewatch.protocol import names as nm
 from spikewatch.protocol import wire
 from spikewatch.protocol.names import Combine
@@ -134,6 +135,9 @@ class HparamsProbe(Probe):
                                                        for k, v in e.data.items()}))
             if e.data.get("unstable_after"):
                 self.ctx.urgent = True  # the page is due before the changed step's spike
+            change = _threshold_change(e.data)
+            if change is not None:
+                self.ctx.changes.append(change)  # for the guard's ramp, in this pre-step hook
 
     def post(self, step: int, out: Collector) -> None:
         """lr and betas of group 0; with plain-number hyperparameters unchanged since the last
@@ -159,6 +163,16 @@ class HparamsProbe(Probe):
         else:
             self.watch.after_step(self.ctx.optimizer)
             self._stamped = sig
+
+
+def _threshold_change(data: dict[str, Any]) -> HparamChange | None:
+    """An lr/β1 change event as the guard's ramp reads it (None for other events)."""
+    name, factor = data.get("hparam"), data.get("ratio_factor")
+    if name not in ("lr", "beta1") or not isinstance(factor, float):
+        return None
+    after = data.get("stability_ratio_after")
+    return HparamChange(int(data["group"]), str(name), float(data["old"]), float(data["new"]),
+                        factor, after if isinstance(after, float) else None)
 
 
 def _maybe_tensor(v: Any) -> Tensor | float:

@@ -248,7 +248,7 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
                   f"{sum(p.numel() for p in watched.net.parameters())}, {foot[1]} bytes held")
     guard = getattr(mon, "_guard", None)
     if guard is not None:
-        print(f"  {name}: guard actions {guard.machine.actions} (0: it watched, never acted)")
+        print(f"  {name}: guard actions {guard.actions} (0: it watched, never acted)")
     return out
 
 

@@ -3,6 +3,7 @@ with the baselines that act after the fact, in the same run.
 
     python -m benchmarks.guard [--scenarios A,B] [--family F] [--arms none,guard,...]
                                [--guard-action lr|v] [--guard-rise R] [--guard-rho R]
+                               [--guard-ramp-steps N]
                                [--pace-ms 50] [--jobs 12] [--json FILE]
 
 Arms (each trains the scenario from the same seed):
@@ -116,7 +117,7 @@ def _train_guarded(sc: Scenario, pace: float, policy: Guard, spool: str
     try:
         arm.run(sc.steps)
         guard = arm.mon._guard
-        actions = guard.machine.actions if guard is not None else 0
+        actions = guard.actions if guard is not None else 0
     finally:
         arm.mon.close(timeout=1.0)
     return arm.truth(), arm.timed, actions
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: Guard's)")
     ap.add_argument("--guard-rho", type=float, default=None,
                     help="the guard acts only while rho is below this (default: Guard's)")
+    ap.add_argument("--guard-ramp-steps", type=int, default=None,
+                    help="steps over which a threshold-dropping hyper-parameter jump is applied "
+                         "(0: at once; default: Guard's)")
     ap.add_argument("--pace-ms", type=float, default=50.0,
                     help="the guarded arm's steps take at least this long (default 50)")
     ap.add_argument("--jobs", type=int, default=12)
@@ -216,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"guard: unknown arm(s) {bad}; choose from {ARMS}", file=sys.stderr)
         return 2
     jobs = [(n, a) for n in names for a in arms]
-    knobs = {"action": args.guard_action, "rise": args.guard_rise, "rho": args.guard_rho}
+    knobs = {"action": args.guard_action, "rise": args.guard_rise, "rho": args.guard_rho,
+             "ramp_steps": args.guard_ramp_steps}
     policy = Guard(**{k: v for k, v in knobs.items() if v is not None})
     t0 = time.perf_counter()
     # the paced guarded runs first, on their own: an unpaced baseline keeps a core busy, and the

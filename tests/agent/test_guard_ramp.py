@@ -64,7 +64,8 @@ def test_an_lr_jump_is_applied_geometrically_then_released() -> None:
     [(kind, done)] = m.finish(12)
     assert kind == EventType.GUARD_RELEASE.value
     assert (done["started_at_step"], done["released_at_step"], done["steps"]) == (10, 13, 4)
-    assert m.due(13) == [] and m.ramps == []
+    assert m.due(13) == []
+    assert m.ramps == []
     assert m.actions == 1
 
 
@@ -90,7 +91,8 @@ def test_applied_for_the_step_and_restored_float_tensor_and_betas() -> None:
     assert g["betas"][0] == pytest.approx(1.0 - 0.5 * math.sqrt(0.2))
     assert g["betas"][1] == 0.999
     restore_lr(saved)
-    assert g["lr"] is lr and g["betas"] == (0.5, 0.999)
+    assert g["lr"] is lr
+    assert g["betas"] == (0.5, 0.999)
 
 
 def _jump_run(peer: Peer, guard: Guard, jump_at: int, steps: int
@@ -123,6 +125,9 @@ def test_a_hand_set_lr_jump_is_ramped_in_a_real_run_and_streamed(peer: Peer) -> 
     assert mon.optimizer.param_groups[0]["lr"] == 0.1  # the group keeps the user's value
     [(at, act)] = [(s, e) for s, e in dl.events(peer, EventType.GUARD_ACTION.value)
                    if e.data["action"] == "ramp"]
-    assert at == 30 and act.data["hparam"] == "lr" and act.data["threshold_factor"] > 2.0
+    assert at == 30
+    assert act.data["hparam"] == "lr"
+    assert act.data["threshold_factor"] > 2.0
     [(released, rel)] = dl.events(peer, EventType.GUARD_RELEASE.value)
-    assert released == 33 and rel.data["steps"] == 5
+    assert released == 33
+    assert rel.data["steps"] == 5

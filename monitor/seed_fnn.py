@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["make_seed_problem"]
+__all__ = ["SeedRun", "make_seed_problem"]
 
 
 def make_seed_problem(
@@ -34,3 +34,21 @@ def make_seed_problem(
     finally:
         torch.random.set_rng_state(state)
     return model, x, y
+
+
+class SeedRun:
+    """The seed problem with its full-batch Adam: `step()` trains one step and returns the loss
+    (a 0-d tensor, still on its device). Attach spikewatch to `model` and `optimizer` as a
+    training script would."""
+
+    def __init__(self, lr: float = 0.01, seed: int = 0) -> None:
+        self.model, self.x, self.y = make_seed_problem(seed=seed)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self._loss = nn.MSELoss()
+
+    def step(self) -> Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss: Tensor = self._loss(self.model(self.x), self.y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        return loss.detach()

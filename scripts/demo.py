@@ -115,25 +115,21 @@ def train(server: ServerProcess, api: Api, steps: int, pace_s: float,
     import torch
 
     import spikewatch
-    from spikewatch.monitor.seed_fnn import make_seed_problem
+    from spikewatch.monitor.seed_fnn import SeedRun
 
     torch.manual_seed(0)
     torch.set_num_threads(1)  # a tiny model: one thread is fastest and leaves a core to the server
-    model, x, y = make_seed_problem(seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    loss_fn = torch.nn.MSELoss()
-    monitor = spikewatch.attach(model, opt, run=RUN, endpoint=server.zmq)  # the defaults
+    seed = SeedRun(lr=0.01)
+    monitor = spikewatch.attach(seed.model, seed.optimizer, run=RUN,
+                                endpoint=server.zmq)  # the defaults
     losses: list[float] = []
     paged: set[tuple[str, int]] = set()
     try:
         for step in range(steps):
             t0 = time.monotonic()
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
+            loss = seed.step()
             monitor.log(loss)
-            losses.append(float(loss.detach()))
+            losses.append(float(loss))
             if step % EVERY == 0 or step == steps - 1:
                 on_line(progress_line(api, step, losses[-1]))
                 for a in new_pages(api, paged):

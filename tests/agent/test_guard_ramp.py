@@ -127,7 +127,7 @@ def test_a_hand_set_lr_jump_is_ramped_in_a_real_run_and_streamed(peer: Peer) -> 
                    if e.data["action"] == "ramp"]
     assert at == 30
     assert act.data["hparam"] == "lr"
-    assert act.data["threshold_factor"] > 2.0
+    assert float(act.data["threshold_factor"] or 0.0) > 2.0
     [(released, rel)] = dl.events(peer, EventType.GUARD_RELEASE.value)
     assert released == 33
     assert rel.data["steps"] == 5

@@ -11,7 +11,7 @@ import httpx
 import torch
 
 import spikewatch
-from spikewatch.monitor.seed_fnn import make_seed_problem
+from spikewatch.monitor.seed_fnn import SeedRun
 from spikewatch.server.backtest import spike_onsets
 
 __all__ = ["Trained", "alerts", "train_classifier", "train_seed", "wait_stored"]
@@ -43,21 +43,16 @@ def train_seed(endpoint: str, run: str, lr: float, steps: int, *, min_step_s: fl
     onset seen in the loss, or after `steps`. One torch thread.
     """
     torch.set_num_threads(1)
-    model, x, y = make_seed_problem(seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = torch.nn.MSELoss()
-    monitor = spikewatch.attach(model, opt, run=run, endpoint=endpoint)
+    seed = SeedRun(lr=lr)
+    monitor = spikewatch.attach(seed.model, seed.optimizer, run=run, endpoint=endpoint)
     losses: list[float] = []
     logged: list[float] = []
     try:
         for _ in range(steps):
             t0 = time.monotonic()
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
+            loss = seed.step()
             monitor.log(loss)
-            losses.append(float(loss.detach()))
+            losses.append(float(loss))
             logged.append(time.time())
             if stop_after_onset is not None and len(losses) % 10 == 0:
                 onsets = spike_onsets(list(enumerate(losses)))

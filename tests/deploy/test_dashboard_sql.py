@@ -91,7 +91,7 @@ def _train(endpoint: str) -> None:
             opt.zero_grad(set_to_none=True)
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y)
-            loss.backward()
+            torch.autograd.backward(loss)
             opt.step()
             logged = loss.detach() * (1e4 if i == SPIKE else 1.0)
             monitor.log(math.nan if i == NAN else logged, logits=logits.detach())

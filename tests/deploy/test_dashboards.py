@@ -36,21 +36,17 @@ SERVER_METRICS = {f"spikewatch_run_{m}" for m in EXPORTED} | {
     "spikewatch_refused_series_total", "spikewatch_build_info"}
 
 
-def _provisioned_uid() -> str:
-    doc = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())
+def _provisioned_uid(file: str = "prometheus.yml", kind: str = "prometheus") -> str:
+    doc = yaml.safe_load((GRAFANA / "provisioning/datasources" / file).read_text())
     [ds] = doc["datasources"]
-    assert ds["type"] == "prometheus"
+    assert ds["type"] == kind
     uid: str = ds["uid"]
     return uid
 
 
 def _store_uid() -> str:
     """The uid of the provisioned PostgreSQL datasource (the SQL store), which SQL panels name."""
-    doc = yaml.safe_load((GRAFANA / "provisioning/datasources/postgres.yml").read_text())
-    [ds] = doc["datasources"]
-    assert ds["type"] == "grafana-postgresql-datasource"
-    uid: str = ds["uid"]
-    return uid
+    return _provisioned_uid("postgres.yml", "grafana-postgresql-datasource")
 
 
 def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -6,187 +6,38 @@ The JSON files are what Grafana provisions and what users edit; this script only
     python deploy/grafana/build_dashboards.py
 
 tests/deploy checks that the committed JSON equals what this script produces.
+
+The run dashboard also reads the SQL store (PostgreSQL) through the datasource of
+provisioning/datasources/postgres.yml: its SQL is in store_sql.py, beside this script.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DATASOURCE_UID = "spikewatch-prometheus"  # provisioning/datasources/prometheus.yml
-SCHEMA_VERSION = 39
-DS = {"type": "prometheus", "uid": "${datasource}"}
+# the modules beside this script, also when it is imported by path (tests/deploy)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import store_sql as sql
+from dashboard_json import (
+    DS,
+    STORE,
+    Json,
+    Panel,
+    Row,
+    Target,
+    dashboard,
+    sql_target,
+)
+
 OUT = Path(__file__).resolve().parent / "dashboards"
 RUN_LINK = "/d/spikewatch-run/spikewatch-run-detail?var-run="
 
 PHASES = {1: ("stable", "green"), 2: ("v decay", "yellow"), 3: ("onset", "red"),
           4: ("v growth", "orange"), 5: ("recovery", "blue")}
 ALERT_STATES = {1: ("pending", "yellow"), 2: ("firing", "red")}
-
-Json = dict[str, Any]
-
-
-@dataclass
-class Target:
-    """One PromQL query of a panel."""
-
-    expr: str
-    legend: str = ""
-    instant: bool = False
-    table: bool = False
-
-
-@dataclass
-class Panel:
-    """A panel before layout: kind, size, queries and field options."""
-
-    kind: str
-    title: str
-    targets: list[Target]
-    w: int = 12
-    h: int = 8
-    unit: str = "none"
-    description: str = ""
-    thresholds: list[tuple[float | None, str]] = field(default_factory=list)
-    threshold_line: bool = False
-    mappings: dict[int, tuple[str, str]] = field(default_factory=dict)
-    decimals: int | None = None
-    log_scale: bool = False
-    links: list[Json] = field(default_factory=list)
-    extra_options: Json = field(default_factory=dict)
-    transformations: list[Json] = field(default_factory=list)
-
-
-@dataclass
-class Row:
-    """A row header spanning the full width."""
-
-    title: str
-
-
-def _mappings(m: dict[int, tuple[str, str]]) -> list[Json]:
-    if not m:
-        return []
-    return [{"type": "value", "options": {str(k): {"text": t, "color": c, "index": i}
-                                          for i, (k, (t, c)) in enumerate(sorted(m.items()))}}]
-
-
-def _thresholds(p: Panel) -> Json:
-    steps = p.thresholds or [(None, "green")]
-    return {"mode": "absolute", "steps": [{"value": v, "color": c} for v, c in steps]}
-
-
-def _target(t: Target, ref: str) -> Json:
-    out: Json = {"refId": ref, "datasource": DS, "expr": t.expr, "legendFormat": t.legend,
-                 "range": not t.instant, "instant": t.instant}
-    if t.table:
-        out["format"] = "table"
-    return out
-
-
-def _panel(p: Panel, pid: int, x: int, y: int) -> Json:
-    custom: Json = {}
-    options: Json = {}
-    if p.kind == "timeseries":
-        custom = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 0, "showPoints": "never",
-                  "spanNulls": True,
-                  "thresholdsStyle": {"mode": "dashed" if p.threshold_line else "off"},
-                  "scaleDistribution": ({"type": "log", "log": 10} if p.log_scale
-                                        else {"type": "linear"})}
-        options = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                   "tooltip": {"mode": "multi", "sort": "desc"}}
-    elif p.kind == "state-timeline":
-        custom = {"fillOpacity": 80, "lineWidth": 0}
-        options = {"showValue": "never", "mergeValues": True, "rowHeight": 0.8,
-                   "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                   "tooltip": {"mode": "single"}}
-    elif p.kind == "stat":
-        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                   "colorMode": "background", "graphMode": "none", "textMode": "auto",
-                   "justifyMode": "auto", "orientation": "auto"}
-    elif p.kind == "table":
-        custom = {"align": "auto", "cellOptions": {"type": "auto"}}
-        options = {"showHeader": True, "cellHeight": "sm"}
-    options.update(p.extra_options)
-    defaults: Json = {"unit": p.unit, "custom": custom, "thresholds": _thresholds(p),
-                      "mappings": _mappings(p.mappings),
-                      "color": {"mode": "thresholds" if p.kind in ("stat", "table",
-                                                                   "state-timeline")
-                                else "palette-classic"}}
-    if p.decimals is not None:
-        defaults["decimals"] = p.decimals
-    if p.links:
-        defaults["links"] = p.links
-    refs = "ABCDEFGHIJ"
-    out: Json = {"id": pid, "type": p.kind, "title": p.title, "description": p.description,
-                 "datasource": DS, "gridPos": {"x": x, "y": y, "w": p.w, "h": p.h},
-                 "targets": [_target(t, refs[i]) for i, t in enumerate(p.targets)],
-                 "fieldConfig": {"defaults": defaults, "overrides": []}, "options": options}
-    if p.transformations:
-        out["transformations"] = p.transformations
-    return out
-
-
-def _layout(items: list[Panel | Row]) -> list[Json]:
-    """Left-to-right, top-to-bottom packing on Grafana's 24-column grid."""
-    panels: list[Json] = []
-    x = y = row_h = 0
-    for pid, item in enumerate(items, start=1):
-        if isinstance(item, Row):
-            if x:
-                y, x, row_h = y + row_h, 0, 0
-            panels.append({"id": pid, "type": "row", "title": item.title, "collapsed": False,
-                           "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": []})
-            y += 1
-            continue
-        if x + item.w > 24:
-            y, x, row_h = y + row_h, 0, 0
-        panels.append(_panel(item, pid, x, y))
-        x += item.w
-        row_h = max(row_h, item.h)
-    return panels
-
-
-def _variables(run: bool) -> list[Json]:
-    out: list[Json] = [{
-        "name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
-        "current": {"text": "Prometheus", "value": DATASOURCE_UID}, "hide": 0,
-        "refresh": 1, "regex": "", "options": [],
-    }]
-    if run:
-        q = "label_values(spikewatch_run_last_step, run)"
-        out.append({
-            "name": "run", "label": "Run", "type": "query", "datasource": DS,
-            "query": {"query": q, "refId": "run"}, "definition": q, "refresh": 2,
-            "sort": 1, "multi": False, "includeAll": False, "hide": 0, "regex": "",
-            "current": {}, "options": [],
-        })
-    return out
-
-
-def dashboard(uid: str, title: str, description: str, items: list[Panel | Row],
-              run_variable: bool = False, annotations: list[Json] | None = None) -> Json:
-    """A complete dashboard document."""
-    return {
-        "uid": uid, "title": title, "description": description, "tags": ["spikewatch"],
-        "schemaVersion": SCHEMA_VERSION, "version": 1, "editable": True, "graphTooltip": 1,
-        "time": {"from": "now-1h", "to": "now"}, "refresh": "10s", "timezone": "",
-        "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
-        "timepicker": {},
-        "annotations": {"list": [{
-            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-            "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
-            "name": "Annotations & Alerts", "type": "dashboard"}, *(annotations or [])]},
-        "links": [{"title": "spikewatch", "type": "dashboards", "tags": ["spikewatch"],
-                   "asDropdown": True, "includeVars": False, "keepTime": True}],
-        "templating": {"list": _variables(run_variable)},
-        "panels": _layout(items),
-    }
-
-
 EDGE = [(None, "green"), (0.8, "yellow"), (1.0, "red")]
 RUN_DATA_LINK = [{"title": "Run detail",
                   "url": RUN_LINK + "${__field.labels.run}&${__url_time_range}"}]
@@ -260,6 +111,61 @@ def _run(metric: str) -> str:
     return f'spikewatch_run_{metric}{{run="$run"}}'
 
 
+# Step-axis panels use Grafana's trend panel: a time series drawn against a numeric, ascending
+# x field (here `step`), with the time series' styles (log scale, threshold line, overrides).
+# The other way, a time series panel with the step returned as its time column, renders wrongly:
+# Grafana reads a number in the time column as epoch seconds, so the axis shows dates in 1970
+# and the dashboard's time range (now-1h) hides every point. The trend panel ignores the time
+# range (each query reads the whole run) and wants one frame with ascending x: one query per
+# panel, one row per step. It draws no annotations, so events are marked on the step axis as
+# points (loss spikes on the loss) and as rows of the step-ordered table; the annotations, also
+# read from the store, mark the wall-time panels.
+def _by_step(title: str, columns: list[tuple[str, str]],
+             marks: list[tuple[str, str, str]] | None = None, **kw: Any) -> Panel:
+    points = [{"matcher": {"id": "byName", "options": label}, "properties": [
+        {"id": "custom.drawStyle", "value": "points"}, {"id": "custom.pointSize", "value": 9},
+        {"id": "custom.showPoints", "value": "always"},
+        {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]}
+        for label, _, _ in marks or []]
+    return Panel("trend", title, [Target(sql=sql.series(columns, marks or []))],
+                 extra_options={"xField": "step"}, overrides=points, **kw)
+
+
+def _store_annotation(name: str, color: str, query: str) -> Json:
+    return {"name": name, "datasource": STORE, "enable": True, "hide": False,
+            "iconColor": color, "target": sql_target(query, "Anno")}
+
+
+def _step_axis() -> list[Panel | Row]:
+    """The run read from the SQL store against the training step."""
+    return [
+        Row("By training step (SQL store)"),
+        _by_step("Loss by step", [("loss", "loss")],
+                 [("loss spike (event)", "loss", "loss_spike")], w=12, h=9, log_scale=True,
+                 description="The stored loss per step (rank 0 or combined, as the API returns "
+                 "it); red points: steps with a loss_spike event. Non-finite values are gaps, "
+                 "listed in the table below."),
+        _by_step("Stability ratios by step", [
+            ("two-secant", "stability_ratio_two_secant"), ("λ_grad", "stability_ratio"),
+            ("λ_max", "stability_ratio_max"), ("secant", "stability_ratio_secant")],
+            w=12, h=9, thresholds=EDGE, threshold_line=True,
+            description="r = η·λ/2 per step; the two-secant estimate is measured every step, "
+            "the others at their cadence (lines join the measured steps)."),
+        _by_step("ρ (sampled) by step", [("ρ sampled", "rho_sampled"), ("ρ", "rho")],
+                 w=8, h=8, log_scale=True),
+        _by_step("Sign diversity by step", [("sign diversity", "sa_sign_diversity")], w=8, h=8,
+                 unit="percentunit", thresholds=[(None, "red"), (0.1, "green")],
+                 threshold_line=True),
+        _by_step("Agent overhead by step", [("overhead", "agent_overhead")], w=8, h=8,
+                 unit="percentunit", thresholds=[(None, "green"), (0.01, "red")],
+                 threshold_line=True),
+        Panel("table", "Events, alerts and non-finite values by step",
+              [Target(sql=sql.EVENTS_BY_STEP)], w=24, h=8,
+              description="Guard actions and releases, loss spikes, non-finite values, "
+              "hyperparameter and momentum changes, and alert episodes, in step order."),
+    ]
+
+
 def run_detail() -> Json:
     """Everything spikewatch knows about one run, templated by $run."""
     items: list[Panel | Row] = [
@@ -275,6 +181,7 @@ def run_detail() -> Json:
         Panel("stat", "Last heard from",
               [Target(f"time() - {_run('last_seen_timestamp_seconds')}", instant=True)],
               w=5, h=4, unit="s", thresholds=[(None, "green"), (120, "yellow"), (600, "red")]),
+        *_step_axis(),
         Row("Edge of stability"),
         Panel("timeseries", "Stability ratio vs threshold 1", [
             Target(_run("stability_ratio_two_secant"), "two-secant (every step, the page's)"),
@@ -335,7 +242,10 @@ def run_detail() -> Json:
              "textFormat": "the agent's guard acted on a predicted loss spike"}
     return dashboard("spikewatch-run", "spikewatch / Run detail",
                      "Leading indicators of loss spikes for one run.", items, run_variable=True,
-                     annotations=[guard])
+                     annotations=[
+                         guard,
+                         _store_annotation("Events (store)", "orange", sql.EVENT_ANNOTATIONS),
+                         _store_annotation("Alerts (store)", "red", sql.ALERT_ANNOTATIONS)])
 
 
 def _rate(metric: str, by: str = "") -> str:

@@ -1,4 +1,5 @@
-"""Fixtures for the deploy tests: the real Prometheus and Alertmanager binaries on 127.0.0.1.
+"""Fixtures for the deploy tests: the real Prometheus and Alertmanager binaries on 127.0.0.1, and
+the real PostgreSQL of tests/server/conftest.py (`pg_server`, one per test session).
 
 Tests needing a program are skipped, with the program named, when it is not installed
 (`make system-deps` installs them on Debian).
@@ -15,12 +16,14 @@ from spikewatch.server.process import spawn as start
 from spikewatch.server.process import stop_process as stop
 from spikewatch.server.process import wait_http as wait_ready
 from tests._net import free_port, program
+from tests.server.conftest import PostgresServer, pg_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
 # start(cmd, log), wait_ready(url, proc, log) and stop(proc) run the deploy tests' programs
-__all__ = ["DEPLOY", "ROOT", "prometheus_url", "start", "stop", "wait_ready"]
+__all__ = ["DEPLOY", "ROOT", "PostgresServer", "pg_server", "prometheus_url", "start", "stop",
+           "wait_ready"]
 
 
 @pytest.fixture(scope="session")

@@ -50,8 +50,8 @@ def dashboard_expressions(path: Path) -> list[tuple[str, str, str]]:
                 out.append((_relative(path), f"{panel['title']} [{target['refId']}]",
                             target["expr"]))
     for var in doc.get("templating", {}).get("list", []):
-        if var.get("type") != "query":
-            continue
+        if var.get("type") != "query" or var.get("datasource", {}).get("type") != "prometheus":
+            continue  # SQL variables (the store's runs) are not PromQL
         query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
         m = _LABEL_VALUES.match(query)
         # label_values(metric, label) is Grafana's; the metric selector inside is PromQL.

@@ -22,9 +22,10 @@ from tests.deploy.promql import all_expressions, variables
 GRAFANA = DEPLOY / "grafana"
 FILES = sorted((GRAFANA / "dashboards").glob("*.json"))
 BUILTIN = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s",
-           "__data", "__field", "__url_time_range", "__series", "__value", "__dashboard"}
+           "__data", "__field", "__url_time_range", "__series", "__value", "__dashboard",
+           "__unixEpochFilter", "__unixEpochFrom", "__unixEpochTo"}  # the last: SQL macros
 PANEL_KINDS = {"row", "timeseries", "stat", "table", "state-timeline", "gauge", "bargauge",
-               "text", "heatmap"}
+               "text", "heatmap", "trend"}
 # Prometheus names the server exports (the fixed contract); dashboards and rules use only these.
 SERVER_METRICS = {f"spikewatch_run_{m}" for m in EXPORTED} | {
     "spikewatch_run_last_step", "spikewatch_run_last_seen_timestamp_seconds",
@@ -35,12 +36,17 @@ SERVER_METRICS = {f"spikewatch_run_{m}" for m in EXPORTED} | {
     "spikewatch_refused_series_total", "spikewatch_build_info"}
 
 
-def _provisioned_uid() -> str:
-    doc = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())
+def _provisioned_uid(file: str = "prometheus.yml", kind: str = "prometheus") -> str:
+    doc = yaml.safe_load((GRAFANA / "provisioning/datasources" / file).read_text())
     [ds] = doc["datasources"]
-    assert ds["type"] == "prometheus"
+    assert ds["type"] == kind
     uid: str = ds["uid"]
     return uid
+
+
+def _store_uid() -> str:
+    """The uid of the provisioned PostgreSQL datasource (the SQL store), which SQL panels name."""
+    return _provisioned_uid("postgres.yml", "grafana-postgresql-datasource")
 
 
 def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -103,13 +109,13 @@ def problems(doc: dict[str, Any], ds_uid: str) -> list[str]:
         if len(refs) != len(set(refs)):
             out.append(f"{name}: refIds not unique {refs}")
         for t in targets:
-            if not t.get("expr", "").strip():
+            if not (t.get("expr") or t.get("rawSql") or "").strip():
                 out.append(f"{name}: target {t.get('refId')} has no expr")
         for holder in [p, *targets]:
             ds = holder.get("datasource")
             uid = ds.get("uid") if isinstance(ds, dict) else ds
             m = re.fullmatch(r"\$\{?(\w+)\}?", uid or "")
-            if not (uid == ds_uid or (m and m.group(1) in ds_vars)):
+            if not (uid in (ds_uid, _store_uid()) or (m and m.group(1) in ds_vars)):
                 out.append(f"{name}: datasource {ds!r} does not resolve to uid {ds_uid}")
     for text in _strings(doc.get("panels", [])):
         for var in variables(text):
@@ -180,7 +186,7 @@ def test_every_metric_used_is_one_the_server_exports() -> None:
 
 
 def _exprs(doc: dict[str, Any], kind: str | None = None) -> str:
-    return "\n".join(t["expr"] for p in _panels(doc["panels"]) if kind in (None, p["type"])
+    return "\n".join(t.get("expr", "") for p in _panels(doc["panels"]) if kind in (None, p["type"])
                      for t in p.get("targets", []))
 
 

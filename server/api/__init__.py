@@ -1,4 +1,5 @@
-"""spikewatch HTTP API: FastAPI under /api/v1, /healthz, /readyz and Prometheus /metrics.
+"""spikewatch HTTP API: FastAPI under /api/v1, /healthz, /readyz, Prometheus /metrics, and the
+HTML run pages under /runs.
 
 Build it with `create_app(store, ...)`; everything it reads is injected (store, rules, readiness
 checks, metrics registry, tokens), so tests run it over a real Store with no daemon around it.
@@ -12,7 +13,7 @@ from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.routing import Route
 
-from spikewatch.server.api import _routes_alerts, _routes_health, _routes_runs
+from spikewatch.server.api import _routes_alerts, _routes_health, _routes_pages, _routes_runs
 from spikewatch.server.api._auth import Scope, TokenFileError, Tokens
 from spikewatch.server.api._checks import readiness_checks
 from spikewatch.server.api._deps import ApiContext, Check, RuleLike
@@ -61,6 +62,7 @@ def create_app(
     api.include_router(_routes_alerts.router)
     app.include_router(api)
     app.include_router(_routes_health.router)
+    app.include_router(_routes_pages.router)
     if registry is not None:
         app.router.routes.append(Route("/metrics", MetricsApp(registry, tokens), methods=["GET"],
                                        include_in_schema=False))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from spikewatch.server.api._deps import RuleLike
 from spikewatch.server.api._schemas import AlertOut, RuleOut, RunOut
+from spikewatch.server.report._page import page_path
 from spikewatch.server.store.rows import AlertRow, RunRow
 
 
 def run_out(r: RunRow, firing: int) -> RunOut:
     return RunOut(name=r.name, created_at=r.created_at, last_seen=r.last_seen,
                   last_step=r.last_step, world_size=r.world_size, meta=r.meta, active=r.active,
-                  firing_alerts=firing)
+                  firing_alerts=firing, page_url=page_path(r.name))
 
 
 def alert_out(a: AlertRow) -> AlertOut:

@@ -24,6 +24,7 @@ class RunOut(_Out):
     meta: JsonObject = Field(description="The run's hello metadata (model, optimizer, ...).")
     active: bool
     firing_alerts: int = Field(description="Alerts of this run currently firing.")
+    page_url: str | None = Field(None, description="Path of the run's HTML page on this server.")
 
 
 class MetricOut(_Out):

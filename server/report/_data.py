@@ -2,7 +2,9 @@
 
 Values may be NaN or ±Inf: they are kept (the charts mark them), never dropped. Loss spike onsets
 use the backtest's definition (`server.backtest.spike_onsets`), and an alert's lead before the next
-onset uses `server.backtest.lead`, so the report and the backtest agree.
+onset uses `server.backtest.lead`, so the report and the backtest agree. The guard's actions come
+from its stored events (`_guards`). A store read may be limited to a window of steps (the run
+page's bound on a huge run).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -18,11 +20,14 @@ import httpx
 from spikewatch.protocol import names as nm
 from spikewatch.protocol.nonfinite import from_json
 from spikewatch.server.backtest import Episode, lead, spike_onsets
+from spikewatch.server.report._guards import GUARD_EVENTS, GuardSpan, guard_spans, in_window
 from spikewatch.server.store.reads import StoreReads
 from spikewatch.server.store.rows import AlertRow
 from spikewatch.server.types import Severity
 
 Points = list[tuple[int, float]]
+Window = tuple[int, int]
+"""First and last step of a window (both included)."""
 
 SERIES: tuple[str, ...] = (
     nm.LOSS, nm.STABILITY_RATIO_TWO_SECANT, nm.STABILITY_RATIO, nm.STABILITY_RATIO_SECANT,
@@ -33,6 +38,8 @@ SERIES: tuple[str, ...] = (
 
 PAGE = 10_000
 """Points fetched per request/query."""
+EVENT_PAGE = 1000
+"""Events fetched per request/query (the API's most)."""
 
 
 class ReportError(Exception):
@@ -54,6 +61,8 @@ class RunData:
     alerts: list[Alert]
     source: str
     missing: list[str] = field(default_factory=list)
+    guards: list[GuardSpan] = field(default_factory=list)
+    window: Window | None = None  # read only these steps (None: the whole run)
 
     @cached_property
     def onsets(self) -> list[int]:
@@ -62,13 +71,16 @@ class RunData:
 
     @cached_property
     def step_range(self) -> tuple[int, int]:
-        """(first, last) step over every series and alert; (0, 1) for an empty run."""
+        """(first, last) step over every series and alert, inside `window` if there is one;
+        (0, 1) for an empty run."""
         steps = [s for pts in self.series.values() for s in (pts[0][0], pts[-1][0]) if pts]
         for a in self.alerts:
             steps += [x for x in (a.first_step, a.fired_step, a.resolved_step) if x is not None]
         if not steps:
-            return 0, 1
+            return self.window if self.window and self.window[1] > self.window[0] else (0, 1)
         lo, hi = min(steps), max(steps)
+        if self.window is not None:
+            lo, hi = max(lo, self.window[0]), min(hi, self.window[1])
         return (lo, hi) if hi > lo else (lo, lo + 1)
 
     @cached_property
@@ -124,42 +136,69 @@ _INFO: Final = ("created_at", "last_seen", "last_step", "world_size", "active")
 
 Page = Callable[[str, int | None], tuple[Points, bool]]
 """Reads one page of a metric from a step on: its points, and whether more may follow."""
+GuardEvent = tuple[int, str, Mapping[str, Any]]
+"""(step, type, data) of a guard event."""
+EventPage = Callable[[str, int | None], tuple[list[GuardEvent], bool]]
+"""Reads one page of an event type from a step on, like `Page`."""
+T = TypeVar("T", tuple[int, float], GuardEvent)
 
 
-def _read_series(have: Iterable[str], page: Page) -> dict[str, Points]:
+def _paged(page: Callable[[str, int | None], tuple[list[T], bool]], name: str,
+           step_min: int | None) -> list[T]:  # fmt: skip
+    """Every row of `name` from `step_min` on, read page by page."""
+    rows: list[T] = []
+    while True:
+        chunk, more = page(name, step_min)
+        rows += chunk
+        if not more or not chunk:
+            return rows
+        step_min = chunk[-1][0] + 1
+
+
+def _read_series(have: Iterable[str], page: Page, step_min: int | None = None
+                 ) -> dict[str, Points]:  # fmt: skip
     """Every metric of `SERIES` the run has, read page by page."""
     have = set(have)
     series: dict[str, Points] = {}
     for metric in SERIES:
-        if metric not in have:
-            continue
-        pts: Points = []
-        step_min: int | None = None
-        while True:
-            chunk, more = page(metric, step_min)
-            pts += chunk
-            if not more or not chunk:
-                break
-            step_min = chunk[-1][0] + 1
-        if pts:
+        if metric in have and (pts := _paged(page, metric, step_min)):
             series[metric] = _dedup(pts)
     return series
 
 
-def from_store(store: StoreReads, run: str, *, source: str = "store") -> RunData:
-    """Read `run` from a store; `ReportError` when it does not exist."""
+def _read_guards(page: EventPage) -> list[GuardSpan]:
+    """The guard's actions, from all its events (a few per run: it acts at most once per hold)."""
+    events = [e for kind in GUARD_EVENTS for e in _paged(page, kind, None)]
+    return guard_spans(sorted(events, key=lambda e: e[0]))
+
+
+def from_store(store: StoreReads, run: str, *, source: str = "store",
+               window: Window | None = None) -> RunData:  # fmt: skip
+    """Read `run` from a store, only the steps of `window` if given (and the alerts and guard
+    actions that overlap it); `ReportError` when it does not exist."""
     row = store.get_run(run)
     if row is None:
         raise ReportError(f"no run named {run!r} in {source}")
+    lo, hi = window if window is not None else (None, None)
 
     def page(metric: str, step_min: int | None) -> tuple[Points, bool]:
-        chunk = store.series(run, metric, step_min=step_min, limit=PAGE)
+        chunk = store.series(run, metric, step_min=step_min, step_max=hi, limit=PAGE)
         return [(p.step, p.value) for p in chunk], len(chunk) == PAGE
 
-    series = _read_series(store.metrics(run), page)
+    def events(kind: str, step_min: int | None) -> tuple[list[GuardEvent], bool]:
+        chunk = store.events(run, type=kind, step_min=step_min, limit=EVENT_PAGE)
+        return [(e.step, e.type, e.data) for e in chunk], len(chunk) == EVENT_PAGE
+
+    series = _read_series(store.metrics(run), page, lo)
+    guards = _read_guards(events)  # all of them: an action begun before the window holds on
+    alerts = store.alerts(run)
+    if window is not None:
+        guards = in_window(guards, *window)
+        alerts = [a for a in alerts if a.first_step <= window[1]
+                  and (a.resolved_step is None or a.resolved_step >= window[0])]  # fmt: skip
     info = {k: getattr(row, k) for k in _INFO}
-    return RunData(run, info, dict(row.meta), series, store.alerts(run), source,
-                   [m for m in SERIES if m not in series])
+    return RunData(run, info, dict(row.meta), series, alerts, source,
+                   [m for m in SERIES if m not in series], guards, window)
 
 
 # --- from the HTTP API -------------------------------------------------------------------------
@@ -221,8 +260,17 @@ def from_api(client: httpx.Client, run: str) -> RunData:
         return ([(int(p["step"]), _float(p["value"])) for p in doc["points"]],
                 bool(doc.get("truncated")))
 
+    def events(kind: str, step_min: int | None) -> tuple[list[GuardEvent], bool]:
+        params: dict[str, Any] = {"type": kind, "limit": EVENT_PAGE}
+        if step_min is not None:
+            params["step_min"] = step_min
+        doc = _get(client, f"{base}/events", params)
+        return [(int(e["step"]), str(e["type"]), dict(e["data"])) for e in doc], \
+            len(doc) == EVENT_PAGE
+
     series = _read_series((m["name"] for m in _get(client, f"{base}/metrics")), page)
     alerts = [_alert(a) for a in _get(client, f"{base}/alerts")]
     info = {k: body.get(k) for k in _INFO}
     return RunData(run, info, dict(body.get("meta") or {}), series, alerts,
-                   str(client.base_url), [m for m in SERIES if m not in series])
+                   str(client.base_url), [m for m in SERIES if m not in series],
+                   _read_guards(events))

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from spikewatch.server.report._data import Alert, Points, ReportError
+from spikewatch.server.report._guards import GuardSpan, merge_spans
 from spikewatch.server.report._layout import (
     ALERTS_ID,
+    GUARD_COLOR,
     ONSET_COLOR,
     PHASES,
     SEVERITY_COLORS,
@@ -194,6 +196,29 @@ def _lines(ax: Axes, d: Drawn, lines: list[Line], lims: tuple[float, float], log
         _edge_marks(ax, d, ln, off, column)
 
 
+def _guard_tip(group: list[GuardSpan]) -> str:
+    def one(s: GuardSpan) -> str:
+        until = "now (still acting)" if s.end is None else str(s.end)
+        return f"guard {s.action} from step {s.start} to {until}" + (f": {s.why}" if s.why else "")
+
+    more = f" (+{len(group) - MAX_LISTED} more)" if len(group) > MAX_LISTED else ""
+    return "; ".join(one(s) for s in group[:MAX_LISTED]) + more
+
+
+def _guards(ax: Axes, lay: Layout, d: Drawn) -> None:
+    """The guard's actions as bands from start to release (to the run's end while it acts), at
+    least two pixel columns wide; actions closer than a column share one band."""
+    lo, hi = lay.run.step_range
+    px = (hi - lo) / max(ax.bbox.width, 1.0)
+    for k, (start, end, group) in enumerate(merge_spans(lay.run.guards, hi, px)):
+        band = ax.axvspan(max(start, lo), min(max(end, start + 2 * px), hi),
+                          facecolor=to_rgba(GUARD_COLOR, 0.22), edgecolor=GUARD_COLOR, lw=1.0,
+                          zorder=2, label="_nolegend_" if k else "guard action")  # fmt: skip
+        d.tag(band, "guard", _guard_tip(group), step=start,
+              end="" if group[-1].end is None else end, actions=len(group),
+              action=",".join(dict.fromkeys(s.action for s in group)))  # fmt: skip
+
+
 def _notes(ax: Axes, d: Drawn, notes: list[str]) -> None:
     if notes:
         d.tag(ax.text(0.99, 0.04, "\n".join(notes), transform=ax.transAxes, ha="right",
@@ -215,6 +240,8 @@ def draw_panel(ax: Axes, p: Panel, lay: Layout) -> Drawn:
         d.tag(ax.axhline(p.threshold, color=THRESHOLD_COLOR, ls=":", lw=1.3, zorder=3,
                          label=f"threshold {p.threshold:g}"),
               "threshold", f"threshold {p.threshold:g}", value=p.threshold)  # fmt: skip
+    if p.id == "chart-loss":
+        _guards(ax, lay, d)
     if p.id == "chart-loss" and run.onsets:
         ax.plot([], [], color=ONSET_COLOR, ls="--", lw=1.1, label="spike onset")
         lo, hi = run.step_range
@@ -249,13 +276,15 @@ Shape = tuple[list[tuple[float, float]], tuple[float, float, float, float]]
 """A polygon in data coordinates and its RGBA colour."""
 
 
-def _alert_shapes(a: Alert, row: int, last: int, px: float) -> list[Shape]:
+def _alert_shapes(a: Alert, row: int, steps: tuple[int, int], px: float) -> list[Shape]:
     """(polygon, colour) of one episode: light pending span, solid firing span, ▶ still firing;
-    `px`: a pixel column in steps (a span is at least two wide)."""
+    `px`: a pixel column in steps (a span is at least two wide), inside `steps`."""
     color = severity_color(a.severity)
-    end = a.resolved_step if a.resolved_step is not None else last
+    first, last = steps
+    end = min(a.resolved_step, last) if a.resolved_step is not None else last
 
     def span(x0: int, x1: int) -> list[tuple[float, float]]:
+        x0 = max(x0, first)
         x1f = max(x1, x0 + 2 * px)
         return [(x0, row - 0.21), (x1f, row - 0.21), (x1f, row + 0.21), (x0, row + 0.21)]
 
@@ -279,7 +308,7 @@ def draw_alerts(ax: Axes, lay: Layout) -> Drawn:
     px = (last - lo) / max(ax.bbox.width, 1.0)
     ax.set_title(ALERTS_TITLE, loc="left", fontsize=11, fontweight="bold")
     for a in run.alerts:
-        polys, colors = zip(*_alert_shapes(a, rules.index(a.rule), last, px), strict=True)
+        polys, colors = zip(*_alert_shapes(a, rules.index(a.rule), (lo, last), px), strict=True)
         coll = PolyCollection(list(polys), facecolors=list(colors), linewidths=0, zorder=5,
                               clip_on=False)  # fmt: skip
         ax.add_collection(coll, autolim=False)

@@ -1,4 +1,5 @@
-"""The self-contained HTML page: summary, run metadata, alert table, SVG charts and the PNG.
+"""The self-contained HTML page: summary, run metadata, alert and guard tables, SVG charts and the
+PNG (the report's; the server's run page has none).
 
 Nothing is loaded from elsewhere: styles and the small cursor script are inline, the charts are
 matplotlib's SVG inline (`_charts`), and the PNG is embedded as a base64 data URL.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import math
+from collections.abc import Sequence
 from html import escape
 from typing import Any, Final
 
@@ -21,39 +23,10 @@ from spikewatch.server.report._layout import (
     severity_color,
     value_text,
 )
+from spikewatch.server.report._style import STYLE
 
 CHART_IDS: Final = ("chart-loss", "chart-stability", "chart-rho", "chart-alignment", ALERTS_ID)
 """Element ids of the charts, top to bottom."""
-
-_STYLE: Final = """
-body{margin:0;background:#f4f5f7;color:#1d1d1f;
- font:14px/1.45 system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif}
-main{max-width:1240px;margin:0 auto;padding:18px 20px 40px}
-h1{font-size:24px;margin:4px 0 2px}h2{font-size:17px;margin:26px 0 8px}
-.sub{color:#555;margin:0 0 12px}
-.cards{display:flex;gap:12px;flex-wrap:wrap}
-.card{background:#fff;border:1px solid #dcdfe4;border-radius:8px;padding:8px 14px;min-width:130px}
-.card b{display:block;font-size:20px}.card span{color:#555;font-size:12px}
-.card.bad b{color:#c62828}
-table{border-collapse:collapse;background:#fff;border:1px solid #dcdfe4;width:100%}
-th,td{padding:5px 10px;border-bottom:1px solid #eceef1;text-align:left;vertical-align:top}
-th{background:#f0f1f4;font-weight:600;font-size:13px}td.num{text-align:right;
- font-variant-numeric:tabular-nums}
-table.meta{width:auto;min-width:50%}table.meta th{width:180px}
-.sev{display:inline-block;padding:0 8px;border-radius:10px;color:#fff;font-size:12px;
- font-weight:600}
-figure{margin:0 0 10px;background:#fff;border:1px solid #dcdfe4;border-radius:8px;
- padding:4px 6px;overflow-x:auto}
-svg.chart{display:block;width:100%;height:auto}
-.phases span{display:inline-block;margin-right:12px}
-.phases i{display:inline-block;width:14px;height:12px;border:1px solid #aaa;margin-right:4px;
- vertical-align:-1px}
-.note{color:#555;font-style:italic}
-details{margin:8px 0}summary{cursor:pointer;color:#333}
-#cursor-label{position:fixed;display:none;background:#222;color:#fff;padding:2px 7px;
- border-radius:4px;font-size:12px;pointer-events:none}
-img#report-png{max-width:100%;border:1px solid #dcdfe4;background:#fff}
-"""
 
 # A vertical cursor across every chart at the hovered step (no data needed: each svg's data-step-lo/
 # -hi and data-plot-left/-right/-top/-bottom, fractions of its size, describe its step axis).
@@ -147,6 +120,27 @@ def _alert_table(run: RunData) -> str:
     return out
 
 
+MAX_GUARD_ROWS: Final = 200
+"""Guard actions listed in the table (all of them are drawn on the loss chart)."""
+
+
+def _guard_table(run: RunData) -> str:
+    """The guard's actions, one row each (only for a run in which it acted)."""
+    if not run.guards:
+        return ""
+    rows = "".join(
+        f'<tr class="guard-row" data-start="{g.start}" data-end="{_step(g.end)}" '
+        f'data-action="{escape(g.action)}"><td class="num">{g.start}</td>'
+        f'<td class="num">{"still acting" if g.end is None else g.end}</td>'
+        f"<td>{escape(g.action)}</td><td>{escape(g.why)}</td></tr>"
+        for g in run.guards[:MAX_GUARD_ROWS])
+    more = len(run.guards) - MAX_GUARD_ROWS
+    note = f'<p class="note">(+{more} more on the loss chart)</p>' if more > 0 else ""
+    return ("<h2>Guard actions</h2><table id=\"guard-table\"><thead><tr><th>from step</th>"
+            "<th>released at step</th><th>action</th><th>why</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>{note}")
+
+
 def _cards(run: RunData) -> str:
     onsets = run.onsets
     fired = [a for a in run.alerts if a.fired_step is not None]
@@ -165,6 +159,8 @@ def _cards(run: RunData) -> str:
               len(per_onset) < len(onsets)),
              ("page lead (steps, per onset)",
               ", ".join(str(per_onset[o]) for o in onsets if o in per_onset) or "—", False)]
+    if run.guards:
+        cards.append(("guard actions", str(len(run.guards)), False))
     return '<div class="cards">' + "".join(
         f'<div class="card{" bad" if bad else ""}"><b>{escape(v)}</b><span>{escape(k)}</span></div>'
         for k, v, bad in cards) + "</div>"
@@ -178,29 +174,37 @@ def _phase_legend(lay: Layout) -> str:
         for label, c in PHASES.values()) + "</p>"
 
 
-def render_html(lay: Layout, png: bytes, generated: float) -> str:
-    """The whole page as a string (UTF-8)."""
+def render_html(lay: Layout, png: bytes | None, generated: float, *,
+                title: str | None = None, nav: Sequence[tuple[str, str]] = (),
+                notes: Sequence[str] = ()) -> str:  # fmt: skip
+    """The whole page as a string (UTF-8). `png` None: no image section (the run page); `title`
+    (default: the postmortem's); `nav`: (text, href) links under it; `notes`: sentences after the
+    generation line."""
     run = lay.run
     figures = "".join(f"<figure>{svg}</figure>" for svg in chart_svgs(lay))
     onsets = run.onsets
     onset_txt = (f"Loss spike onsets (loss &gt; 2× its minimum over the previous 50 steps): "
                  f"{', '.join(map(str, onsets))}." if onsets else "No loss spike onset.")
-    png64 = base64.b64encode(png).decode("ascii")
-    title = f"spikewatch postmortem — run {run.name}"
+    title = title or f"spikewatch postmortem — run {run.name}"
+    links = "".join(f'<a href="{escape(href)}">{escape(text)}</a>' for text, href in nav)
+    extra = "".join(f" {escape(n)}" for n in notes)
+    image = ("" if png is None else
+             f'<h2>Image</h2><img id="report-png" alt="{escape(title)} (PNG)" '
+             f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="spikewatch report">
-<title>{escape(title)}</title><style>{_STYLE}</style></head>
+<title>{escape(title)}</title><style>{STYLE}</style></head>
 <body><main>
-<h1>{escape(title)}</h1>
-<p class="sub">Generated {_time(generated)} from {escape(run.source)}. {onset_txt}</p>
+{f"<nav>{links}</nav>" if links else ""}<h1>{escape(title)}</h1>
+<p class="sub">Generated {_time(generated)} from {escape(run.source)}.{extra} {onset_txt}</p>
 {_cards(run)}
 <h2>Signals</h2>{_phase_legend(lay)}
 <div id="charts">{figures}</div>
 <h2>Alerts</h2>{_alert_table(run)}
+{_guard_table(run)}
 <h2>Run</h2>{_meta_table(run)}
-<h2>Image</h2>
-<img id="report-png" alt="{escape(title)} (PNG)" src="data:image/png;base64,{png64}">
+{image}
 </main><div id="cursor-label"></div><script>{_SCRIPT}</script></body></html>
 """

@@ -27,6 +27,8 @@ SEVERITY_COLORS: Final[dict[str, str]] = {"page": "#c62828", "warning": "#ef8a00
                                           "info": "#1f6fb4"}  # fmt: skip
 OTHER_SEVERITY: Final = "#777777"
 ONSET_COLOR: Final = "#8b0000"
+GUARD_COLOR: Final = "#00897b"
+"""The guard's actions: a band of this colour on the loss chart, from its start to its release."""
 THRESHOLD_COLOR: Final = "#222222"
 ALERTS_ID: Final = "chart-alerts"
 """Id of the alert chart (the signal panels' ids are in `panels`)."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -16,32 +14,13 @@ import pytest
 from spikewatch.server.report._html import CHART_IDS
 from spikewatch.server.report._layout import PHASES, SEVERITY_COLORS
 from spikewatch.server.store import Store
+from tests.e2e._chromium import chromium
 from tests.server.test_report import RUN, fill_spiking_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chromium]
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("SPIKEWATCH_CHROMIUM", "/usr/bin/chromium"))
 WINDOW = (1280, 2000)
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def chromium(*args: str, profile: Path, timeout: float = 90) -> str:
-    """Run headless Chromium; its stdout. The whole process group is killed on timeout."""
-    if not CHROMIUM.exists() and shutil.which("chromium") is None:
-        pytest.skip(f"chromium not installed at {CHROMIUM} (Debian package 'chromium')")
-    cmd = [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=10)
-        pytest.fail(f"chromium did not finish within {timeout} s: {' '.join(args)}")
-    assert proc.returncode == 0, f"chromium exited {proc.returncode}: {err[-2000:]}"
-    return out
 
 
 @pytest.fixture(scope="module")

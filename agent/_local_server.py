@@ -75,35 +75,25 @@ class LocalServer:
 class _Files:
     """The files of one local-server folder."""
 
-    folder: Path
+    state: Path  # server.json: the `LocalServer`
+    pid: Path  # its pid alone, for `kill $(cat ...)`
+    lock: Path
+    log: Path
+    db: Path
 
-    @property
-    def state(self) -> Path:
-        return self.folder / "server.json"
-
-    @property
-    def pid(self) -> Path:
-        return self.folder / "server.pid"
-
-    @property
-    def lock(self) -> Path:
-        return self.folder / "server.lock"
-
-    @property
-    def log(self) -> Path:
-        return self.folder / "server.log"
-
-    @property
-    def db(self) -> Path:
-        return self.folder / "spikewatch.db"
+    @classmethod
+    def of(cls, folder: Path) -> _Files:
+        return cls(folder / "server.json", folder / "server.pid", folder / "server.lock",
+                   folder / "server.log", folder / "spikewatch.db")
 
 
 def local_endpoint(folder: Path, run: str, ready_timeout: float = READY_TIMEOUT) -> str:
     """The ZeroMQ endpoint of the folder's local server, started if none runs; says (log and one
     stderr line) where the run's page is."""
     check_server_extra()
-    files = _Files(folder.resolve())
-    files.folder.mkdir(parents=True, exist_ok=True)
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    files = _Files.of(folder)
     with _locked(files.lock):
         server, started = _reuse_or_start(files, ready_timeout)
     how = "started" if started else "reusing"

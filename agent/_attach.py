@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 
@@ -12,6 +13,7 @@ from torch import nn
 from spikewatch.agent._config import resolve
 from spikewatch.agent._guard import Guard
 from spikewatch.agent._layers import select_layers, uncompiled
+from spikewatch.agent._local_server import LOCAL, local_endpoint
 from spikewatch.agent._monitor import Monitor
 from spikewatch.agent._probe_base import Closure, curvature_backend
 from spikewatch.agent._trackers import as_tracker
@@ -45,10 +47,13 @@ def attach(
 
     Every option falls back to its SPIKEWATCH_* environment variable (SPIKEWATCH_ENDPOINT, _RUN,
     _PROFILE, _OVERHEAD_BUDGET, _SPOOL_DIR, _CURVATURE, _DDP_RANKS, _SERVER_KEY,
-    _CLIENT_KEY(_FILE), _DISABLED). `closure` re-evaluates the loss on the current batch and
-    returns it (without calling backward): it enables the exact (or finite-difference) λ_grad and
-    λ_max; with curvature="auto" an exact HVP the model cannot double-differentiate falls back to
-    finite differences; without a closure the zero-extra-pass secant estimate is used.
+    _CLIENT_KEY(_FILE), _DISABLED). `endpoint="local"` needs no server of one's own: it starts
+    (or reuses) a `spikewatch serve` with SQLite in ./spikewatch-local (SPIKEWATCH_LOCAL_DIR),
+    detached so it outlives the job, and prints where the run page is (`agent/_local_server.py`;
+    the `[server]` extra must be installed). `closure` re-evaluates the loss on the current
+    batch and returns it (without calling backward): it enables the exact (or finite-difference)
+    λ_grad and λ_max; with curvature="auto" an exact HVP the model cannot double-differentiate
+    falls back to finite differences; without a closure the zero-extra-pass secant estimate is used.
     `overhead_budget` is the agent's share of step time (default 0.01) that cadences are
     stretched to respect; `math.inf` never stretches. `guard=True` (or a `Guard` with its knobs)
     lets the agent act when a spike is predicted: a bounded, temporary lift of Adam's decayed
@@ -86,6 +91,8 @@ def attach(
         raise TypeError("attach(): trackers must be a list of trackers, got "
                         f"{type(trackers).__name__}")
     bridges = [as_tracker(t) for t in trackers or ()]
+    if cfg.endpoint == LOCAL and cfg.enabled:  # last: bad arguments start no server
+        cfg = dataclasses.replace(cfg, endpoint=local_endpoint(cfg.local_dir, cfg.run))
     return Monitor(model, optimizer, cfg, closure=closure, layers=layers,
                    logits_module=logits_module, guard=policy, trackers=bridges)
 

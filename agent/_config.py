@@ -2,10 +2,11 @@
 
 `AgentSettings` (pydantic-settings) has one field per variable (SPIKEWATCH_RUN, _ENDPOINT,
 _PROFILE, _OVERHEAD_BUDGET, _SPOOL_DIR, _CURVATURE, _SAMPLE_FRACTION, _DDP_RANKS, _DISABLED,
-_SERVER_KEY, _CLIENT_KEY, _CLIENT_KEY_FILE). An argument given to `attach` wins over the
-environment; the environment wins over the default; a blank variable counts as unset. Every bad
-value raises `ConfigError` naming the argument (``profile=``) or the variable
-(``SPIKEWATCH_PROFILE``) and the value (never a key's).
+_SERVER_KEY, _CLIENT_KEY, _CLIENT_KEY_FILE, _LOCAL_DIR). The endpoint ``local`` stands for a
+server started beside the job (`agent/_local_server.py`) in _LOCAL_DIR. An argument given to
+`attach` wins over the environment; the environment wins over the default; a blank variable
+counts as unset. Every bad value raises `ConfigError` naming the argument (``profile=``) or the
+variable (``SPIKEWATCH_PROFILE``) and the value (never a key's).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from spikewatch.agent._local_server import DEFAULT_DIR, LOCAL
 from spikewatch.agent._profiles import PROFILES
 from spikewatch.protocol import wire
 
@@ -63,6 +65,7 @@ class Config:
     server_key: str | None
     client_secret_key: str | None
     client_public_key: str | None
+    local_dir: Path = DEFAULT_DIR  # the local server's folder, for endpoint="local"
 
 
 _ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("spikewatch_agent_environ",
@@ -92,8 +95,10 @@ class AgentSettings(BaseSettings):
     run: str = Field(default_factory=_default_run, pattern=wire.RUN_RE.pattern,
                      description="a run name is 1-128 characters of letters, digits and _.:- "
                                  "starting with a letter or digit")
-    endpoint: str = Field(default=DEFAULT_ENDPOINT, pattern=r"^(tcp|ipc|inproc)://\S+$",
-                          description="expected a ZeroMQ endpoint such as tcp://127.0.0.1:5557")
+    endpoint: str = Field(default=DEFAULT_ENDPOINT,
+                          pattern=rf"^((tcp|ipc|inproc)://\S+|{LOCAL})$",
+                          description="expected a ZeroMQ endpoint such as tcp://127.0.0.1:5557, "
+                                      f"or {LOCAL!r} (a server started beside the job)")
     profile: str = Field(default="default",
                          description=f"choose one of {', '.join(_CHOICES['profile'])}")
     overhead_budget: float = Field(default=DEFAULT_BUDGET, gt=0.0,
@@ -112,6 +117,7 @@ class AgentSettings(BaseSettings):
     client_key: str | None = Field(default=None, pattern=_Z85_KEY, description=_KEY_HELP)
     client_key_file: Path | None = Field(
         default=None, description="a ZeroMQ secret certificate file (zmq.auth)")
+    local_dir: Path = Field(default=DEFAULT_DIR, description="a directory (created if missing)")
 
     @field_validator("profile", "curvature", "ddp_ranks", mode="before")
     @classmethod
@@ -121,7 +127,7 @@ class AgentSettings(BaseSettings):
             raise ValueError(cls.model_fields[str(info.field_name)].description)
         return chosen
 
-    @field_validator("spool_dir")
+    @field_validator("spool_dir", "local_dir")
     @classmethod
     def _directory(cls, value: Path | None) -> Path | None:
         if value is not None and value.exists() and not value.is_dir():
@@ -247,9 +253,12 @@ def resolve(
         raise ConfigError("CURVE needs both the server's public key (server_key / "
                           "SPIKEWATCH_SERVER_KEY) and a client key (client_secret_key / "
                           "SPIKEWATCH_CLIENT_KEY[_FILE]), or neither")
+    if settings.endpoint == LOCAL and settings.server_key is not None:
+        raise ConfigError(f"endpoint={LOCAL!r} starts a server without CURVE on 127.0.0.1: "
+                          "drop server_key / SPIKEWATCH_SERVER_KEY and the client key")
     return Config(run=settings.run, endpoint=settings.endpoint, profile=settings.profile,
                   overhead_budget=settings.overhead_budget, spool_dir=settings.spool_dir,
                   curvature=settings.curvature, sample_fraction=settings.sample_fraction,
                   ddp_ranks=settings.ddp_ranks, enabled=not settings.disabled,
                   server_key=settings.server_key, client_secret_key=secret,
-                  client_public_key=public)
+                  client_public_key=public, local_dir=settings.local_dir)

@@ -8,9 +8,11 @@ profile and 1 % overhead budget), each step paced to at least 50 ms like a small
 toy steps in ~1 ms, and the budget is a share of step time), and prints every 25 steps what the
 *server* knows: loss, stability ratio, ρ, phase and alerts, read back through its HTTP API. At the
 end: each loss-spike onset, the page raised before it and its lead in steps, and where to look
-next. The server is stopped at the end unless --keep is given.
+next: the run page and the `spikewatch` commands to type. From a terminal the server (and the run
+page) then stays up until Ctrl-C; with --no-wait, or when stdin is not a terminal (CI), it is
+stopped at once and the demo says so, and how to read the run from its database.
 
-    python scripts/demo.py [--steps 900] [--pace-ms 50] [--dir spikewatch-demo] [--keep]
+    python scripts/demo.py [--steps 900] [--pace-ms 50] [--dir spikewatch-demo] [--no-wait]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -175,9 +178,8 @@ def leads(onsets: list[int], alerts: list[Alert]) -> list[tuple[int, list[Alert]
     return out
 
 
-def summary(api: Api, server: ServerProcess, losses: list[float], db: Path,
-            keep: bool) -> list[str]:
-    """The closing report: onsets, the pages before them with their lead, where to look."""
+def summary(api: Api, losses: list[float]) -> list[str]:
+    """The closing report: the onsets, the pages before them with their lead."""
     from spikewatch.server.backtest import spike_onsets
 
     alerts = api.alerts()
@@ -202,21 +204,36 @@ def summary(api: Api, server: ServerProcess, losses: list[float], db: Path,
         by_sev[a["severity"]] = by_sev.get(a["severity"], 0) + 1
     lines.append(f"Alert episodes stored: {len(alerts)} "
                  f"({', '.join(f'{n} {s}' for s, n in sorted(by_sev.items()))})")
-    cli = f"{sys.executable} -m spikewatch.server.cli"
-    # The CLI reads the running server's API (--keep) or, once it is stopped, the database file.
-    src = (("" if server.http_port == 8000 else f" --url {server.http}") if keep
-           else f" --db sqlite:///{db}")
-    lines += ["", "Where to look:",
-              f"  API        {server.http}/api/v1/runs/{RUN}",
-              f"             {server.http}/api/v1/runs/{RUN}/alerts",
-              f"             {server.http}/api/v1/runs/{RUN}/series"
-              "?metric=stability_ratio_two_secant",
-              f"  OpenAPI    {server.http}/docs",
-              f"  Prometheus {server.http}/metrics",
-              f"  CLI        {cli} runs{src}",
-              f"             {cli} alerts --run {RUN}{src}",
-              f"             {cli} report --run {RUN}{src} --out {db.parent}",
-              f"  database   {db} (SQLite; server log: {server.log})"]
+    return lines
+
+
+def where_to_look(server: ServerProcess, db: Path, live: bool) -> list[str]:
+    """The run page and the commands a user types: against the running server (`live`), else
+    against the database it left (and how to bring the page back)."""
+    page = f"{server.http}/runs/{RUN}"
+    if live:
+        lines = ["", f"The server keeps running (pid {server.pid}) until you press Ctrl-C:",
+                 f"  run page   {page}",
+                 f"  CLI        export SPIKEWATCH_URL={server.http}   (or --url on each command)"]
+    else:
+        lines = ["", f"The run is stored in {db}; the server stops now, so read it from there:",
+                 f"  CLI        export SPIKEWATCH_DB=sqlite:///{db}   (or --db on each command)"]
+    lines += ["             spikewatch runs",
+              f"             spikewatch alerts --run {RUN}",
+              f"             spikewatch report {RUN}"]
+    if live:
+        lines += [f"             spikewatch tail {RUN}",
+                  f"  API        {server.api_url}/runs/{RUN}  (OpenAPI {server.http}/docs, "
+                  f"Prometheus {server.metrics_url})"]
+    else:
+        lines += [f"  run page   spikewatch serve --http-port {server.http_port}   (reads "
+                  f"$SPIKEWATCH_DB), then open {page}",
+                  f"             and watch it with spikewatch tail {RUN}"]
+    lines.append(f"  server log {server.log}")
+    if shutil.which("spikewatch") is None:
+        bin_dir = Path(sys.executable).parent
+        lines.append(f"  (`spikewatch` is {bin_dir / 'spikewatch'}: activate its environment, "
+                     f"e.g. `source {bin_dir / 'activate'}`)")
     return lines
 
 
@@ -229,8 +246,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "0: as fast as the toy trains, ~1 ms, where the 1%% budget stretches probes)")
     ap.add_argument("--dir", type=Path, default=Path("spikewatch-demo"),
                     help="working directory of the server (default ./spikewatch-demo)")
-    ap.add_argument("--keep", action="store_true",
-                    help="leave the server running at the end (stop it with Ctrl-C)")
+    ap.add_argument("--no-wait", action="store_true",
+                    help="stop the server at the end instead of keeping it (and the run page) up "
+                    "until Ctrl-C; the default when stdin is not a terminal (CI)")
     args = ap.parse_args(argv)
     if args.steps < 100:
         ap.error("--steps must be at least 100")
@@ -253,8 +271,21 @@ def _server(args: argparse.Namespace) -> Iterator[ServerProcess]:
         server.stop(timeout=20.0)
 
 
+def _keep_until_ctrl_c(server: ServerProcess) -> None:
+    """Hold the server up until Ctrl-C (or until it exits by itself, said plainly)."""
+    print(f"\nPress Ctrl-C to stop the server (pid {server.pid}) and leave.", flush=True)
+    try:
+        while server.running:
+            time.sleep(0.5)
+        print(f"the server exited by itself; last lines of {server.log}:\n{server.tail(10)}",
+              flush=True)
+    except KeyboardInterrupt:
+        print("\nCtrl-C: stopping the server ...", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    wait = not args.no_wait and sys.stdin.isatty()
     t0 = time.monotonic()
     with _server(args) as server:
         print(f"spikewatch demo: starting the server (SQLite {server.workdir / 'spikewatch.db'}, "
@@ -275,18 +306,19 @@ def main(argv: list[str] | None = None) -> int:
             train_s = time.monotonic() - t1
             if not wait_stored(api, args.steps - 1):
                 print("warning: the server has not stored the last steps yet", flush=True)
-            db = server.workdir / "spikewatch.db"
-            for line in summary(api, server, losses, db, args.keep):
+            for line in summary(api, losses):
                 print(line)
             print(f"\nTraining took {train_s:.1f} s, the whole demo {time.monotonic() - t0:.1f} s.")
-            if args.keep:
-                print(f"\nThe server keeps running (--keep): {server.http}. Ctrl-C stops it.",
-                      flush=True)
-                while server.running:
-                    time.sleep(0.5)
+            for line in where_to_look(server, server.workdir / "spikewatch.db", wait):
+                print(line, flush=True)
         finally:
             api.close()
-    print("server stopped.")
+        if wait:
+            _keep_until_ctrl_c(server)
+        pid = server.pid
+    why = "" if wait else (" (--no-wait)" if args.no_wait else " (stdin is not a terminal)")
+    print(f"\nspikewatch demo: the server (pid {pid}) is stopped{why}; its run page is gone, the "
+          "run stays in the database.", flush=True)
     return 0
 
 

@@ -76,6 +76,7 @@ def _register_optional(sub: Any) -> None:
             importlib.import_module(name).register(sub)
     # `spikewatch runs delete/prune` (server/_cli_delete.py), under `runs`
     importlib.import_module("spikewatch.server._cli_delete").register(sub.choices["runs"])
+    importlib.import_module("spikewatch.server._cli_tail").register(sub)  # `spikewatch tail`
     # --- further subcommands register here the same way ---
     importlib.import_module("spikewatch.server.rules._cli").register(sub)  # `spikewatch rules`
     importlib.import_module("spikewatch.server.report").register(sub)  # `spikewatch report`

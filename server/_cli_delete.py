@@ -3,9 +3,9 @@ their data (sessions, series, histograms, events, alerts), on a database or thro
 
 ``--db`` deletes in the database directly (`Store.delete_runs`); ``--url`` asks the server
 (``DELETE /api/v1/runs/{run}``, which needs a token of the admin scope). The server refuses new
-runs beyond ``max_runs`` (10,000 by default): pruning old runs is the way out. An active run (one
-that sent data within the active window) is kept unless ``--force``; neither command deletes
-without ``--yes`` unless it can ask on a terminal.
+runs beyond ``ingest.max_runs`` (10,000 by default): pruning old runs is the way out. An active
+run (one that sent data within the active window) is kept unless ``--force``; neither command
+deletes without ``--yes`` unless it can ask on a terminal.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def register(runs: argparse.ArgumentParser) -> None:
     actions = runs.add_subparsers(dest="action", metavar="ACTION")
     epilog = ("Through --url the server needs a token of the admin scope; through --db the "
               "database is changed directly (stop or restart the server afterwards: it counts "
-              "the runs it knew at start against max_runs).")
+              "the runs it knew at start against ingest.max_runs).")
     p = actions.add_parser("delete", help="delete a run and all its data",
                            description="Delete a run with its sessions, series, histograms, "
                                        "events and alerts. " + epilog)
@@ -181,7 +181,7 @@ def register(runs: argparse.ArgumentParser) -> None:
     p = actions.add_parser("prune", help="delete runs not seen for a while",
                            description="Delete every run last seen longer ago than --older-than, "
                                        "with all its data. The server refuses new runs beyond "
-                                       "max_runs (10,000): prune is the way out. " + epilog)
+                                       "ingest.max_runs (10,000): prune is the way out. " + epilog)
     p.add_argument("--older-than", required=True, type=parse_age, metavar="AGE",
                    help="last seen longer ago than AGE: a number and s, m, h, d or w (e.g. 30d)")
     p.add_argument("--dry-run", action="store_true",

@@ -28,7 +28,7 @@ from tests.server._cli_runs import (
 )
 
 
-@pytest.fixture()
+@pytest.fixture
 def db(tmp_path: Path) -> Path:
     """Runs "old-1" (40 days), "old-2" (31 days), "recent" (2 days), "live" (active)."""
     path = new_db(tmp_path / "runs.db")
@@ -54,9 +54,12 @@ def test_delete_refuses_unknown_active_and_unconfirmed(db: Path) -> None:
     r = spikewatch("runs", "delete", "nope", "--yes", "--db", str(db))
     assert (r.returncode, r.stderr.strip()) == (1, "spikewatch: unknown run 'nope'")
     r = spikewatch("runs", "delete", "live", "--yes", "--db", str(db))
-    assert r.returncode == 1 and "is active" in r.stderr and "--force" in r.stderr
+    assert r.returncode == 1
+    assert "is active" in r.stderr
+    assert "--force" in r.stderr
     r = spikewatch("runs", "delete", "old-1", "--db", str(db))  # stdin is no terminal
-    assert r.returncode == 2 and "without --yes" in r.stderr
+    assert r.returncode == 2
+    assert "without --yes" in r.stderr
     assert run_names(db) == {"old-1", "old-2", "recent", "live"}
     r = spikewatch("runs", "delete", "live", "--yes", "--force", "--db", str(db))
     assert r.returncode == 0, r.stderr
@@ -66,7 +69,9 @@ def test_delete_refuses_unknown_active_and_unconfirmed(db: Path) -> None:
 def test_prune_dry_run_lists_then_prune_deletes_the_old_runs(db: Path) -> None:
     r = spikewatch("runs", "prune", "--older-than", "30d", "--dry-run", "--db", str(db))
     assert r.returncode == 0, r.stderr
-    assert "old-1" in r.stdout and "old-2" in r.stdout and "recent" not in r.stdout
+    assert "old-1" in r.stdout
+    assert "old-2" in r.stdout
+    assert "recent" not in r.stdout
     assert "would delete 2 run(s) last seen more than 30d ago" in r.stdout
     assert len(run_names(db)) == 4
     # options given to `runs` itself count as well
@@ -96,13 +101,14 @@ def test_ages(text: str, seconds: float) -> None:
 
 def test_a_bad_age_is_a_usage_error(db: Path) -> None:
     r = spikewatch("runs", "prune", "--older-than", "30", "--db", str(db))
-    assert r.returncode == 2 and "is not an age" in r.stderr
+    assert r.returncode == 2
+    assert "is not an age" in r.stderr
 
 
 # --- through a real server ------------------------------------------------------------------------
 
 
-@pytest.fixture()
+@pytest.fixture
 def srv(db: Path, tmp_path: Path) -> Iterator[ServerProcess]:
     with server(db, tmp_path / "srv") as s:
         yield s
@@ -111,7 +117,8 @@ def srv(db: Path, tmp_path: Path) -> Iterator[ServerProcess]:
 def test_through_the_api_delete_needs_the_admin_scope_and_prune_goes_run_by_run(
         db: Path, srv: ServerProcess) -> None:
     r = spikewatch("runs", "delete", "old-1", "--yes", "--url", srv.http, "--token", READ)
-    assert r.returncode == 1 and "admin" in r.stderr, r.stderr
+    assert r.returncode == 1, r.stderr
+    assert "admin" in r.stderr
     assert "old-1" in run_names(db)
     r = spikewatch("runs", "delete", "old-1", "--yes", "--url", srv.http,
                    env={"SPIKEWATCH_API_TOKEN": ADMIN})
@@ -130,7 +137,8 @@ def test_the_delete_route_keeps_active_runs_without_force(srv: ServerProcess, db
     assert httpx.delete(url, headers={"Authorization": f"Bearer {READ}"}).status_code == 403
     assert httpx.delete(url).status_code == 401
     r = httpx.delete(url, headers=admin)
-    assert r.status_code == 409 and "force" in r.json()["detail"]
+    assert r.status_code == 409
+    assert "force" in r.json()["detail"]
     assert httpx.delete(f"{srv.api_url}/runs/nope", headers=admin).status_code == 404
     assert httpx.delete(url, params={"force": "true"}, headers=admin).status_code == 204
     assert "live" not in run_names(db)

@@ -61,4 +61,5 @@ def test_backtest_draws_a_bar_on_a_terminal_only(db: Path) -> None:
     status, out, terminal = _with_terminal_stderr("backtest", "--run", "spiky-run", "--json",
                                                   "--db", str(db))
     assert status == 0, terminal
-    assert terminal == "" and out.startswith("{")
+    assert terminal == ""
+    assert out.startswith("{")

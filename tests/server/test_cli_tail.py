@@ -75,14 +75,19 @@ def test_once_reports_what_it_cannot_read(db: Path, srv: ServerProcess) -> None:
     r = spikewatch("tail", "no-such-run", "--once", "--db", str(db))
     assert (r.returncode, r.stderr.strip()) == (1, "spikewatch: no run named 'no-such-run'")
     r = spikewatch("tail", "tiny-run", "--once", "--url", srv.http)  # no token
-    assert r.returncode == 1 and "requires a bearer token" in r.stderr
+    assert r.returncode == 1
+    assert "requires a bearer token" in r.stderr
     r = spikewatch("tail", "tiny-run", "--once", "--url", f"http://127.0.0.1:{free_port()}",
                    "--timeout", "2")
-    assert r.returncode == 1 and "cannot reach" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1
+    assert "cannot reach" in r.stderr
+    assert "Traceback" not in r.stderr
     r = spikewatch("tail", "tiny-run", "--json", "--db", str(db))
-    assert r.returncode == 2 and "--json needs --once" in r.stderr
+    assert r.returncode == 2
+    assert "--json needs --once" in r.stderr
     r = spikewatch("tail", "tiny-run", "--interval", "0", "--db", str(db))
-    assert r.returncode == 2 and "positive" in r.stderr
+    assert r.returncode == 2
+    assert "positive" in r.stderr
 
 
 class _Lines:

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import TypeAdapter, ValidationError
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -110,10 +110,10 @@ def alerts_table(alerts: Sequence[AlertOut]) -> Table:
                  rows, right=frozenset({4, 5, 6, 7}))
 
 
-def show(renderable: Table | str, console: Console | None = None) -> None:
+def show(renderable: RenderableType, console: Console | None = None) -> None:
     """Print to stdout; into a pipe or file a table is never wrapped or cut to fit 80 columns."""
     console = console or Console(highlight=False)
-    if isinstance(renderable, Table) and not console.is_terminal:
+    if not console.is_terminal:
         console.width = 100_000  # a table is as wide as its cells, not padded to the console
     console.print(renderable)
 
@@ -211,22 +211,31 @@ def open_store(url: str) -> Iterator[Store]:
 # --- commands -------------------------------------------------------------------------------------
 
 
-def _listing(fetch: Callable[[argparse.Namespace], list[T]], adapter: TypeAdapter[list[T]],
-             to_table: Callable[[list[T]], Table], empty: str,
-             ) -> Callable[[argparse.Namespace], int]:
+def printed(fetch: Callable[[argparse.Namespace], T], to_json: Callable[[T], str],
+            render: Callable[[T, argparse.Namespace], RenderableType],
+            ) -> Callable[[argparse.Namespace], int]:
+    """A command that fetches once and prints JSON (``--json``) or a rendering; exit status 1
+    with the reason when the source cannot be read."""
     def command(args: argparse.Namespace) -> int:
         try:
-            items = fetch(args)
+            item = fetch(args)
         except SourceError as e:
             print(f"spikewatch: {e}", file=sys.stderr)
             return 1
         if args.json:
-            print(adapter.dump_json(items, indent=2).decode())
+            print(to_json(item))
         else:
-            show(to_table(items) if items else empty)
+            show(render(item, args))
         return 0
 
     return command
+
+
+def _listing(fetch: Callable[[argparse.Namespace], list[T]], adapter: TypeAdapter[list[T]],
+             to_table: Callable[[list[T]], Table], empty: str,
+             ) -> Callable[[argparse.Namespace], int]:
+    return printed(fetch, lambda items: adapter.dump_json(items, indent=2).decode(),
+                   lambda items, _: to_table(items) if items else empty)
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:

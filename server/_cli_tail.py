@@ -33,6 +33,8 @@ from spikewatch.server._cli_tables import (
     fmt_value,
     http_call,
     open_store,
+    printed,
+    show,
     table,
     validated,
 )
@@ -154,18 +156,8 @@ def render(reading: Reading | None, error: str | None, source: str) -> Renderabl
 # --- the command ----------------------------------------------------------------------------------
 
 
-def _once(args: argparse.Namespace) -> int:
-    try:
-        reading = read(args)
-    except SourceError as e:
-        print(f"spikewatch: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(reading.model_dump_json(indent=2))
-    else:
-        Console(highlight=False, width=None if sys.stdout.isatty() else 100_000).print(
-            render(reading, None, args.url or args.db))
-    return 0
+_once = printed(read, lambda reading: reading.model_dump_json(indent=2),
+                lambda reading, args: render(reading, None, args.url or args.db))
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -173,8 +165,6 @@ def _watch(args: argparse.Namespace) -> int:
     source = args.url or args.db
     console = Console(highlight=False)
     live = Live(console=console, auto_refresh=False) if console.is_terminal else None
-    if live is None:
-        console.width = 100_000  # piped: never cut to 80 columns
     reading: Reading | None = None
     try:
         if live is not None:
@@ -189,8 +179,7 @@ def _watch(args: argparse.Namespace) -> int:
             if live is not None:
                 live.update(frame, refresh=True)
             else:
-                console.print(frame)
-                console.print()
+                show(Group(frame, Text()), console)  # never cut to 80 columns
                 console.file.flush()
             time.sleep(args.interval)
     except KeyboardInterrupt:

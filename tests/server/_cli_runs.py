@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 from spikewatch.protocol import names as nm
@@ -75,21 +74,16 @@ def run_names(db: Path) -> set[str]:
         return {r[0] for r in conn.execute("SELECT name FROM runs")}
 
 
-def new_db(path: Path) -> Path:
-    """An empty migrated SQLite database."""
+def new_db(path: Path, runs: Sequence[str]) -> Path:
+    """A migrated SQLite database at `path` holding `runs`, each written by `write_run`."""
     store = Store(f"sqlite:///{path}")
-    store.upgrade()
-    store.close()
-    return path
-
-
-@contextmanager
-def fill(db: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{db}")
     try:
-        yield store
+        store.upgrade()
+        for session, run in zip("abcdefgh", runs, strict=False):
+            write_run(store, run, session=session)
     finally:
         store.close()
+    return path
 
 
 def server(db: Path, workdir: Path, *, http_port: int | None = None) -> ServerProcess:

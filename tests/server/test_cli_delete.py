@@ -18,23 +18,18 @@ from tests.server._cli import spikewatch
 from tests.server._cli_runs import (
     ADMIN,
     READ,
-    fill,
     make_old,
     new_db,
     rows_of,
     run_names,
     server,
-    write_run,
 )
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     """Runs "old-1" (40 days), "old-2" (31 days), "recent" (2 days), "live" (active)."""
-    path = new_db(tmp_path / "runs.db")
-    with fill(path) as store:
-        for i, name in enumerate(("old-1", "old-2", "recent", "live")):
-            write_run(store, name, session="abcd"[i])
+    path = new_db(tmp_path / "runs.db", ["old-1", "old-2", "recent", "live"])
     for name, days in (("old-1", 40), ("old-2", 31), ("recent", 2)):
         make_old(path, name, days)
     return path

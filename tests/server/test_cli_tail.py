@@ -18,15 +18,12 @@ import pytest
 
 from spikewatch.server.process import ServerProcess, free_port
 from tests.server._cli import ROOT, SOURCE_ENVS, spikewatch
-from tests.server._cli_runs import READ, fill, new_db, server, write_run
+from tests.server._cli_runs import READ, new_db, server
 
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = new_db(tmp_path_factory.mktemp("tail") / "tail.db")
-    with fill(path) as store:
-        write_run(store, "tiny-run")
-    return path
+    return new_db(tmp_path_factory.mktemp("tail") / "tail.db", ["tiny-run"])
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -31,15 +31,23 @@ from spikewatch.server.api._convert import alert_out, run_out
 from spikewatch.server.api._schemas import AlertOut, RunOut
 from spikewatch.server.types import AlertState
 
-_RUNS: Final = TypeAdapter(list[RunOut])
+RUNS_JSON: Final = TypeAdapter(list[RunOut])
 _ALERTS: Final = TypeAdapter(list[AlertOut])
 STATE_STYLE: Final = {AlertState.FIRING.value: "bold red", AlertState.PENDING.value: "yellow",
                       AlertState.RESOLVED.value: "green"}
 T = TypeVar("T")
 
+if TYPE_CHECKING:
+    from spikewatch.server.store import Store
+
 
 class SourceError(RuntimeError):
-    """The server or database could not be read; the message says why."""
+    """The server or database could not be read; the message says why. `status`: the HTTP
+    status the server answered, if it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # --- formatting -----------------------------------------------------------------------------------
@@ -102,10 +110,10 @@ def alerts_table(alerts: Sequence[AlertOut]) -> Table:
                  rows, right=frozenset({4, 5, 6, 7}))
 
 
-def show(renderable: Table | str, console: Console | None = None) -> None:
+def show(renderable: RenderableType, console: Console | None = None) -> None:
     """Print to stdout; into a pipe or file a table is never wrapped or cut to fit 80 columns."""
     console = console or Console(highlight=False)
-    if isinstance(renderable, Table) and not console.is_terminal:
+    if not console.is_terminal:
         console.width = 100_000  # a table is as wide as its cells, not padded to the console
     console.print(renderable)
 
@@ -113,50 +121,58 @@ def show(renderable: Table | str, console: Console | None = None) -> None:
 # --- sources --------------------------------------------------------------------------------------
 
 
-def _http_get(args: argparse.Namespace, path: str, params: dict[str, str]) -> Any:
+def http_call(args: argparse.Namespace, path: str, params: dict[str, str] | None = None,
+              method: str = "GET") -> Any:
+    """`method` `path` on ``args.url`` with ``args.token`` and ``args.timeout``; the JSON answer
+    (None for 204). `SourceError` with the reason on any failure."""
     url, headers = args.url, {}
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
     try:
-        resp = httpx.get(url.rstrip("/") + path, params=params, headers=headers,
-                         timeout=args.timeout)
+        resp = httpx.request(method, url.rstrip("/") + path, params=params or {},
+                             headers=headers, timeout=args.timeout)
     except httpx.HTTPError as e:
         raise SourceError(f"cannot reach {url}: {type(e).__name__}: {e}") from None
     if resp.status_code == 401:
-        raise SourceError(f"{url} requires a bearer token: set ${TOKEN_ENV} or give --token")
+        raise SourceError(f"{url} requires a bearer token: set ${TOKEN_ENV} or give --token", 401)
+    if resp.status_code == 204:
+        return None
     if resp.status_code != 200:
         try:
             detail = resp.json().get("detail", resp.text)
         except ValueError:
             detail = resp.text[:200]
-        raise SourceError(f"{url}{path}: HTTP {resp.status_code}: {detail}")
-    return resp.json()
+        raise SourceError(f"{url}{path}: HTTP {resp.status_code}: {detail}", resp.status_code)
+    try:
+        return resp.json()
+    except ValueError:
+        raise SourceError(f"{url}{path} did not answer JSON") from None
 
 
 def fetch_runs(args: argparse.Namespace) -> list[RunOut]:
     """Runs, most recently seen first, from --db or --url."""
     if args.db:
-        with _store(args.db) as store:
+        with open_store(args.db) as store:
             firing = Counter(a.run for a in store.alerts(state=AlertState.FIRING.value))
             rows = sorted(store.list_runs(), key=lambda r: (-r.last_seen, r.name))
             return [run_out(r, firing[r.name]) for r in rows]
-    return _validated(_RUNS, _http_get(args, "/api/v1/runs", {}))
+    return validated(RUNS_JSON, http_call(args, "/api/v1/runs"))
 
 
 def fetch_alerts(args: argparse.Namespace) -> list[AlertOut]:
     """Alert episodes, optionally of one run and/or state, from --db or --url."""
     state = args.state
     if args.db:
-        with _store(args.db) as store:
+        with open_store(args.db) as store:
             if args.run and store.get_run(args.run) is None:
                 raise SourceError(f"unknown run {args.run!r}")
             return [alert_out(a) for a in store.alerts(args.run, state=state)]
     params = {"state": state} if state else {}
     path = f"/api/v1/runs/{quote(args.run, safe='')}/alerts" if args.run else "/api/v1/alerts"
-    return _validated(_ALERTS, _http_get(args, path, params))
+    return validated(_ALERTS, http_call(args, path, params))
 
 
-def _validated(adapter: TypeAdapter[T], data: Any) -> T:
+def validated(adapter: TypeAdapter[T], data: Any) -> T:
     try:
         return adapter.validate_python(data)
     except ValidationError as e:
@@ -164,12 +180,12 @@ def _validated(adapter: TypeAdapter[T], data: Any) -> T:
 
 
 @contextmanager
-def _store(url: str) -> Iterator[Any]:
-    """Open the database read-only in spirit: a missing SQLite file is an error, not created."""
+def open_store(url: str) -> Iterator[Store]:
+    """Open an existing database: a missing SQLite file is an error, never created."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    from spikewatch.server.store import Store  # imported here: only --db needs SQLAlchemy
+    from spikewatch.server.store import Store as SqlStore  # only --db needs SQLAlchemy
 
     try:
         parsed = make_url(url)
@@ -180,7 +196,7 @@ def _store(url: str) -> Iterator[Any]:
             and not Path(db).is_file():
         raise SourceError(f"no database at {db}")
     try:
-        store = Store(url)
+        store = SqlStore(url)
     except Exception as e:  # any driver/URL error becomes a clear message
         raise SourceError(f"cannot open database: {type(e).__name__}: {e}") from None
     try:
@@ -195,22 +211,31 @@ def _store(url: str) -> Iterator[Any]:
 # --- commands -------------------------------------------------------------------------------------
 
 
-def _listing(fetch: Callable[[argparse.Namespace], list[T]], adapter: TypeAdapter[list[T]],
-             to_table: Callable[[list[T]], Table], empty: str,
-             ) -> Callable[[argparse.Namespace], int]:
+def printed(fetch: Callable[[argparse.Namespace], T], to_json: Callable[[T], str],
+            render: Callable[[T, argparse.Namespace], RenderableType],
+            ) -> Callable[[argparse.Namespace], int]:
+    """A command that fetches once and prints JSON (``--json``) or a rendering; exit status 1
+    with the reason when the source cannot be read."""
     def command(args: argparse.Namespace) -> int:
         try:
-            items = fetch(args)
+            item = fetch(args)
         except SourceError as e:
             print(f"spikewatch: {e}", file=sys.stderr)
             return 1
         if args.json:
-            print(adapter.dump_json(items, indent=2).decode())
+            print(to_json(item))
         else:
-            show(to_table(items) if items else empty)
+            show(render(item, args))
         return 0
 
     return command
+
+
+def _listing(fetch: Callable[[argparse.Namespace], list[T]], adapter: TypeAdapter[list[T]],
+             to_table: Callable[[list[T]], Table], empty: str,
+             ) -> Callable[[argparse.Namespace], int]:
+    return printed(fetch, lambda items: adapter.dump_json(items, indent=2).decode(),
+                   lambda items, _: to_table(items) if items else empty)
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:
@@ -224,7 +249,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("runs", help="list runs as a table or JSON",
                               description="Runs: last step, last seen, world size, firing alerts.")
     _common_options(p)
-    add_source_options(p, _listing(fetch_runs, _RUNS, lambda runs: runs_table(runs, time.time()),
+    add_source_options(p, _listing(fetch_runs, RUNS_JSON,
+                                   lambda runs: runs_table(runs, time.time()),
                                    "no runs"), default="url")
     p = subparsers.add_parser("alerts", help="list alerts as a table or JSON",
                               description="Alert episodes: rule, severity, state, steps, value.")

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from spikewatch.server._cli_options import add_source_options
+from spikewatch.server._cli_progress import track
 from spikewatch.server.rules import Rule, RuleEngine, RuleError, load_rules
 from spikewatch.server.rules._conditions import EventLike
 from spikewatch.server.scoring import (
@@ -109,10 +110,13 @@ def load_run(
     return obs, loss
 
 
-def backtest(src: StoreReads, run: str, rules: Sequence[Rule]) -> Report:
-    """Replay a stored run through `rules` and score it."""
+def backtest(src: StoreReads, run: str, rules: Sequence[Rule], *,
+             progress: bool = False) -> Report:
+    """Replay a stored run through `rules` and score it (`progress`: a bar on stderr while
+    replaying, when stderr is a terminal)."""
     obs, loss = load_run(src, run, {m for r in rules for m in r.metrics()})
-    return score(run, rules, replay(rules, obs), loss)
+    steps = track(obs, f"replaying {run}", enabled=progress)
+    return score(run, rules, replay(rules, steps), loss)
 
 
 # --- printing and the CLI ----------------------------------------------------------------------
@@ -190,7 +194,7 @@ def main(args: argparse.Namespace) -> int:
         if store.get_run(args.run) is None:
             print(f"spikewatch backtest: no run named {args.run!r} in {args.db}", file=sys.stderr)
             return 2
-        rep = backtest(store, args.run, rules)
+        rep = backtest(store, args.run, rules, progress=not args.json)
         print(report_json(rep) if args.json else format_report(rep))
     finally:
         store.close()

@@ -74,6 +74,9 @@ def _register_optional(sub: Any) -> None:
     for name in ("spikewatch.server._cli_tables", "spikewatch.server.backtest"):
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)
+    # `spikewatch runs delete/prune` (server/_cli_delete.py), under `runs`
+    importlib.import_module("spikewatch.server._cli_delete").register(sub.choices["runs"])
+    importlib.import_module("spikewatch.server._cli_tail").register(sub)  # `spikewatch tail`
     # --- further subcommands register here the same way ---
     importlib.import_module("spikewatch.server.rules._cli").register(sub)  # `spikewatch rules`
     importlib.import_module("spikewatch.server.report").register(sub)  # `spikewatch report`

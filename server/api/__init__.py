@@ -19,6 +19,7 @@ from spikewatch.server.api._checks import readiness_checks
 from spikewatch.server.api._deps import ApiContext, Check, RuleLike
 from spikewatch.server.api._json import FLOAT_DOC
 from spikewatch.server.api._metrics import MetricsApp
+from spikewatch.server.api._routes_delete import router as delete_router
 from spikewatch.server.exporter import package_version
 from spikewatch.server.store.reads import StoreReads
 
@@ -60,6 +61,7 @@ def create_app(
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(_routes_runs.router)
     api.include_router(_routes_alerts.router)
+    api.include_router(delete_router)  # DELETE /runs/{run} (admin)
     app.include_router(api)
     app.include_router(_routes_health.router)
     app.include_router(_routes_pages.router)

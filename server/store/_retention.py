@@ -1,13 +1,16 @@
-"""Retention and downsampling: thin old rows per series kind, drop very old ones.
+"""Retention and downsampling: thin old rows per series kind, drop very old ones, delete runs.
 
 For each kind, rows older than `thin_after_days` keep one row per bucket of `keep_every` steps
 (the earliest of each series in the bucket); rows older than `drop_after_days` are deleted.
 Incomplete partial sums (a rank never reported) are dropped after `partials_max_age_hours`.
+`delete_runs` removes whole runs: every table refers to ``runs`` with ON DELETE CASCADE, so a
+run's sessions, series, histograms, events, alerts, partial sums and latest values go with it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +20,7 @@ from sqlalchemy.engine import Connection
 from spikewatch.server.store import _models as m
 
 DAY = 86400.0
+_NAMES_PER_STATEMENT = 500  # under SQLite's limit on bound parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +84,13 @@ def apply_retention(conn: Connection, policy: RetentionPolicy, now: float | None
     out["partials"] = conn.execute(delete(m.partials).where(
         m.partials.c.time < now - policy.partials_max_age_hours * 3600.0)).rowcount
     return out
+
+
+def delete_runs(conn: Connection, names: Sequence[str]) -> int:
+    """Delete the named runs with all their data inside a transaction; how many existed."""
+    n = 0
+    unique = sorted(set(names))
+    for i in range(0, len(unique), _NAMES_PER_STATEMENT):
+        chunk = unique[i:i + _NAMES_PER_STATEMENT]
+        n += conn.execute(delete(m.runs).where(m.runs.c.name.in_(chunk))).rowcount
+    return n

@@ -21,7 +21,7 @@ from spikewatch.protocol import wire
 from spikewatch.server.store._alerts import save_transitions as _save_transitions
 from spikewatch.server.store._engine import is_retryable, make_engines
 from spikewatch.server.store._reader import Reader
-from spikewatch.server.store._retention import RetentionPolicy, apply_retention
+from spikewatch.server.store._retention import RetentionPolicy, apply_retention, delete_runs
 from spikewatch.server.store._writer import Txn
 from spikewatch.server.store.rows import WriteResult
 from spikewatch.server.types import Transition
@@ -125,6 +125,15 @@ class Store(Reader):
         """Thin and drop old rows per the policy; rows deleted per kind."""
         def run(txn: Txn) -> dict[str, int]:
             return apply_retention(txn.conn, policy, now)
+        return self._transact(run)
+
+    def delete_runs(self, names: Sequence[str]) -> int:
+        """Delete runs with all their data (see `_retention.delete_runs`); how many existed. A
+        later message for a deleted run's name starts a new run."""
+        def run(txn: Txn) -> int:
+            for name in names:  # under the writer lock: no write reuses a deleted run's id
+                self._run_ids.pop(name, None)
+            return delete_runs(txn.conn, names)
         return self._transact(run)
 
     def connection(self) -> Connection:

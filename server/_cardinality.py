@@ -5,8 +5,10 @@ new run beyond `max_runs` is refused whole (nack ``too_many``: the agent drops i
 metric names beyond `max_metrics_per_run` and layer names beyond `max_layers_per_run` are left out
 of the message (the rest is stored); across all runs at most `max_names` metric and layer names are
 tracked. Every refused series is counted in `Stats.refused_series`
-(``spikewatch_refused_series_total``). The known runs are read from the store at start; metric and
-layer names are counted from what this server process has seen.
+(``spikewatch_refused_series_total``). The known runs are read from the store at start and read
+again, at most every `RESYNC_S` seconds, when a new run meets the limit: runs deleted meanwhile
+(`spikewatch runs delete/prune`, through the API or on the database) free their places without a
+restart. Metric and layer names are counted from what this server process has seen.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 V = TypeVar("V")
 
 _WARN_EVERY_S = 60.0
+RESYNC_S = 5.0  # the least time between two reads of the stored runs at the limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +50,13 @@ class Cardinality:
     """Tracks the names seen per run and trims what exceeds `Limits`. Not thread-safe: one
     caller (the collector's I/O thread)."""
 
-    def __init__(self, limits: Limits, stats: Stats, known_runs: Iterable[str] = ()) -> None:
+    def __init__(self, limits: Limits, stats: Stats,
+                 known_runs: Callable[[], Iterable[str]] = tuple,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limits, self.stats = limits, stats
-        self._runs: dict[str, _Run] = {name: _Run() for name in known_runs}
+        self._known, self._clock = known_runs, clock
+        self._runs: dict[str, _Run] = {name: _Run() for name in known_runs()}
+        self._synced = clock()
         self._names = 0
         self._warned = 0.0
 
@@ -58,6 +65,8 @@ class Cardinality:
         beyond `max_runs`."""
         run = self._runs.get(msg.header.run)
         if run is None:
+            if len(self._runs) >= self.limits.max_runs:
+                self._resync()
             if len(self._runs) >= self.limits.max_runs:
                 self._refuse(1, f"run limit {self.limits.max_runs} reached")
                 raise wire.WireError("too_many", f"more than {self.limits.max_runs} runs")
@@ -74,6 +83,16 @@ class Cardinality:
             return msg
         self._refuse(refused, f"run {msg.header.run!r} is over its metric/layer limits")
         return dataclasses.replace(msg, records=tuple(records))
+
+    def _resync(self) -> None:
+        """Forget the runs no longer stored (deleted since the last read), at most every
+        `RESYNC_S` seconds."""
+        now = self._clock()
+        if now - self._synced < RESYNC_S:
+            return
+        self._synced = now
+        stored = set(self._known())
+        self._runs = {name: run for name, run in self._runs.items() if name in stored}
 
     def _record(self, run: _Run, r: wire.Record) -> tuple[wire.Record, int]:
         refused = 0

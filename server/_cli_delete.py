@@ -171,8 +171,9 @@ def register(runs: argparse.ArgumentParser) -> None:
     """Add `delete` and `prune` under the `runs` subcommand (whose own action stays the listing)."""
     actions = runs.add_subparsers(dest="action", metavar="ACTION")
     epilog = ("Through --url the server needs a token of the admin scope; through --db the "
-              "database is changed directly (stop or restart the server afterwards: it counts "
-              "the runs it knew at start against ingest.max_runs).")
+              "database is changed directly (a running server frees the deleted runs' places "
+              "under ingest.max_runs within seconds; to delete a run that still sends, prefer "
+              "--url).")
     p = actions.add_parser("delete", help="delete a run and all its data",
                            description="Delete a run with its sessions, series, histograms, "
                                        "events and alerts. " + epilog)

@@ -90,10 +90,12 @@ class Collector:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
+    def _stored_runs(self) -> list[str]:
+        return [r.name for r in self.store.list_runs()]
+
     def start(self, timeout: float = 10.0) -> None:
         """Bind and start both threads; raises if the endpoint cannot be bound."""
-        self._cardinality = Cardinality(self._limits, self.stats,
-                                        (r.name for r in self.store.list_runs()))
+        self._cardinality = Cardinality(self._limits, self.stats, self._stored_runs)
         if self._curve is not None:
             self._auth = start_authenticator(self._ctx, self._curve, self.stats)
         self._accepting.set()

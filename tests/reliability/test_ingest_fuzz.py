@@ -24,7 +24,7 @@ from prometheus_client import generate_latest
 
 from spikewatch.protocol import wire
 from spikewatch.protocol.names import EXPORTED
-from spikewatch.server._cardinality import Cardinality, Limits
+from spikewatch.server._cardinality import RESYNC_S, Cardinality, Limits
 from spikewatch.server._stats import Stats
 from spikewatch.server.collector import Collector
 from spikewatch.server.exporter import DEFAULT_MAX_RUNS, StoreExportSource, build_registry
@@ -437,3 +437,21 @@ def test_a_large_compressed_batch_is_still_accepted() -> None:
     msg = wire.decode(wire.MAGIC + bytes((wire.VERSION, wire.FLAG_ZLIB)) + zlib.compress(raw))
     assert isinstance(msg, wire.Batch)
     assert len(msg.records) == wire.MAX_RECORDS
+
+
+def test_cardinality_frees_the_places_of_deleted_runs_without_a_restart() -> None:
+    stored = {"a", "b"}
+    now = [0.0]
+    card = Cardinality(Limits(max_runs=2), Stats(), lambda: sorted(stored), lambda: now[0])
+
+    def hello(run: str) -> wire.Hello:
+        return wire.Hello(wire.Header(uuid.uuid4().hex, 1, run), {})
+
+    with pytest.raises(wire.WireError):
+        card.admit(hello("c"))  # the limit: two stored runs
+    stored.discard("a")  # `spikewatch runs delete a`, on the database or through the API
+    with pytest.raises(wire.WireError):
+        card.admit(hello("c"))  # the stored runs are read again at most every RESYNC_S
+    now[0] += RESYNC_S
+    assert isinstance(card.admit(hello("c")), wire.Hello)
+    assert isinstance(card.admit(hello("b")), wire.Hello)  # a kept run is still known

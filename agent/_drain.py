@@ -1,7 +1,9 @@
 """The drain: from the collector's device buffers to records on the transport.
 
 At a drain the pending steps are copied to the host in one transfer (`Collector.drain`), labelled
-by the reactive detectors, joined by the agent's own record (overhead, cadences, transport and
+on the host with the signal library's detectors (`Reactive`: reactive loss-spike and non-finite
+events, the five-phase label, the rise of the run's last instability, fed the drained floats in
+step order), joined by the agent's own record (overhead, cadences, transport and
 guard counters, a `prediction_degraded` event when the predictor's cadence changes) and handed to
 the transport, which never blocks, then to the user's trackers (`agent._trackers`: the same host
 floats, written again). `urgent` decides when a page may be due before the regular
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +23,6 @@ from spikewatch.agent._collect import Collector
 from spikewatch.agent._guard import GuardHooks
 from spikewatch.agent._probe_base import Ctx
 from spikewatch.agent._profiles import TWO_SECANT
-from spikewatch.agent._reactive import Reactive, record_ratio
 from spikewatch.agent._scheduler import Report, Scheduler
 from spikewatch.agent._trackers import Trackers
 from spikewatch.protocol import names as nm
@@ -148,3 +150,69 @@ class Drain:
 def _merge(a: wire.Record, b: wire.Record) -> wire.Record:
     return dataclasses.replace(a, scalars={**a.scalars, **b.scalars},
                                layers={**a.layers, **b.layers}, events=(*a.events, *b.events))
+
+
+class Reactive:
+    """Reactive loss-spike / non-finite detection, the phase label and the last instability's
+    loss rise, on drained records."""
+
+    def __init__(self) -> None:
+        from spikewatch.monitor.instability import InstabilityTracker
+        from spikewatch.monitor.reactive import ReactiveDetector
+
+        self.loss = ReactiveDetector("olmo_core")
+        self.grad = ReactiveDetector("olmo_core")
+        self.phases: Any = None
+        self.instability = InstabilityTracker()
+
+    def observe(self, records: list[wire.Record], beta2: float) -> list[wire.Record]:
+        from spikewatch.monitor.reactive import Kind
+
+        out = []
+        for i, r in enumerate(records):
+            events: list[wire.Event] = []
+            scalars = dict(r.scalars)
+            before = self.instability.rise
+            rise = self.instability.update(r.step, r.scalars.get(nm.LOSS), record_ratio(r.scalars))
+            if rise != before or i == len(records) - 1:
+                scalars[nm.INSTABILITY_RISE] = rise
+            for series, det in ((nm.LOSS, self.loss), (nm.GRAD_NORM, self.grad)):
+                v = r.scalars.get(series)
+                if v is None:
+                    continue
+                d = det.update(r.step, v)
+                if d is None:
+                    continue
+                if d.kind == Kind.NONFINITE:
+                    events.append(wire.Event(EventType.NONFINITE.value,
+                                             {"series": series, "value": d.value}))
+                elif series == nm.LOSS:
+                    events.append(wire.Event(EventType.LOSS_SPIKE.value,
+                                             {"rule": d.rule, "value": d.value,
+                                              "threshold": d.threshold}))
+            rho, decay = r.scalars.get(nm.RHO), r.scalars.get(nm.SQRT_V_DECAY)
+            if rho is not None and decay is not None and math.isfinite(rho):
+                ratio = record_ratio(r.scalars)
+                if self.phases is None:
+                    from spikewatch.monitor.phases import PhaseLabeller
+
+                    self.phases = PhaseLabeller(beta2)
+                u = self.phases.update(rho, decay if math.isfinite(decay) else 1.0, ratio)
+                scalars[nm.PHASE] = float(int(u.phase))
+                if u.changed:
+                    events.append(wire.Event(EventType.PHASE_CHANGE.value,
+                                             {"phase": int(u.phase), "previous": int(u.previous)}))
+            if events or scalars != r.scalars:
+                r = dataclasses.replace(r, scalars=scalars, events=(*r.events, *events))
+            out.append(r)
+        return out
+
+
+def record_ratio(scalars: Mapping[str, float]) -> float | None:
+    """The record's stability ratio: the exact one where measured, else the two-secant's, else
+    the plain secant's."""
+    for name in (nm.STABILITY_RATIO, nm.STABILITY_RATIO_TWO_SECANT, nm.STABILITY_RATIO_SECANT):
+        v = scalars.get(name)
+        if v is not None:
+            return v
+    return None

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from spikewatch.agent._collect import Collector
 from spikewatch.agent._config import Config
 from spikewatch.agent._distributed import World, detect, local_optimizer
-from spikewatch.agent._drain import Drain
+from spikewatch.agent._drain import Drain, Reactive
 from spikewatch.agent._forward_probes import Armed, HookEnv, HookGate, over_confidence
 from spikewatch.agent._guard import Guard, GuardHooks
 from spikewatch.agent._layers import is_compiled, uncompiled
@@ -39,7 +39,6 @@ from spikewatch.agent._plan import StepPlan
 from spikewatch.agent._probe_base import Closure, Ctx, Probe, curvature_backend, layer_name
 from spikewatch.agent._probe_set import build_probes
 from spikewatch.agent._profiles import HPARAMS, LOGITS, PROFILES, TWO_SECANT
-from spikewatch.agent._reactive import Reactive
 from spikewatch.agent._scheduler import HEADROOM, UNTIMED, Clock, Report, Scheduler
 from spikewatch.agent._trackers import Tracker, Trackers
 from spikewatch.agent._two_secant_probe import TwoSecantProbe

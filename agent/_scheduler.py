@@ -10,6 +10,9 @@ exceeds the budget it stretches cadences (doubling: powers of two keep stretched
 with their base steps), and when the prediction falls below half the budget it halves stretched
 cadences back towards the profile's (never below it).
 
+The clock leaves out garbage-collection pauses (`agent._gc_clock`): a full collection over a
+large process heap is the heap's cost, and charged to the agent it stretched the predictor.
+
 What timing cannot see. The agent times its own hooks, but part of its cost lands in the user's
 code: caches and branch predictors it cooled, allocator and garbage-collector pressure, memory
 bandwidth taken by the sender thread. `untimed` scales the timed cost up by that factor before it
@@ -50,11 +53,11 @@ brings the predictor back first.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from spikewatch.agent import _gc_clock as gc_clock
 from spikewatch.agent._profiles import FIXED, MAX_CADENCE, PREDICTIVE, Profile
 
 Clock = Callable[[], float]
@@ -79,7 +82,7 @@ class Report:
 class Scheduler:
     """Cadences, self-timing and budget enforcement for one monitor (single-threaded)."""
 
-    def __init__(self, profile: Profile, budget: float, *, clock: Clock = time.perf_counter,
+    def __init__(self, profile: Profile, budget: float, *, clock: Clock | None = None,
                  stretch: bool = True, untimed: float = 1.0, headroom: float = 1.0,
                  bursts: Mapping[str, int] | None = None, pin_predictor: bool = False) -> None:
         if untimed < 1.0:
@@ -97,6 +100,9 @@ class Scheduler:
         # the predictor never stretched (a guard under DDP: every rank must read it at the same
         # steps, whatever its own timings say)
         self.pin_predictor = pin_predictor
+        if clock is None:  # perf_counter, less garbage-collection pauses (see agent._gc_clock)
+            gc_clock.install()
+            clock = gc_clock.now
         self._clock = clock
         self._base = dict(profile.cadences)
         self._cadence = dict(profile.cadences)

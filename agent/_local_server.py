@@ -20,7 +20,6 @@ import importlib.util
 import json
 import logging
 import os
-import socket
 import sys
 import time
 import urllib.error
@@ -30,7 +29,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
-import spikewatch
+from spikewatch.protocol.launch import (
+    HOST,
+    SERVER_MODULE,
+    child_env,
+    free_port,
+    log_tail,
+    serve_command,
+)
 
 __all__ = ["LocalServer", "LocalServerError", "ServerExtraMissingError", "local_endpoint"]
 
@@ -38,8 +44,6 @@ log = logging.getLogger("spikewatch.agent")
 
 LOCAL: Final = "local"  # the `endpoint` value that selects this mode
 DEFAULT_DIR: Final = Path("spikewatch-local")
-HOST: Final = "127.0.0.1"
-SERVER_MODULE: Final = "spikewatch.server.cli"
 # the [server] extra's import names (pyproject.toml); find_spec imports none of them
 SERVER_EXTRA: Final = ("sqlalchemy", "alembic", "fastapi", "uvicorn", "yaml", "httpx")
 READY_TIMEOUT: Final = 60.0  # seconds for /readyz: imports and SQLite migrations on a busy host
@@ -200,32 +204,16 @@ def _is_server(pid: int) -> bool:
     return not cmdline or SERVER_MODULE.encode() in cmdline  # empty while it execs
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _server_env() -> dict[str, str]:
-    """This environment without SPIKEWATCH_* (the server's settings are its flags), importing
-    the same spikewatch as this process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPIKEWATCH_")}
-    source = str(Path(spikewatch.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
 def _spawn(files: _Files) -> LocalServer:
     """Start `spikewatch serve` detached on free ports, appending its output to the log."""
-    zmq = f"tcp://{HOST}:{_free_port()}"
-    http_port = _free_port()
+    zmq = f"tcp://{HOST}:{free_port()}"
+    http_port = free_port()
     db = f"sqlite:///{files.db}"
-    argv = [sys.executable, "-m", SERVER_MODULE, "serve", "--db", db, "--zmq", zmq,
-            "--http-host", HOST, "--http-port", str(http_port)]
+    argv = serve_command(zmq, http_port, db)
     with files.log.open("a") as out:
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} started by pid {os.getpid()}: "
                   f"{' '.join(argv[1:])}\n")
-    pid = os.posix_spawn(sys.executable, argv, _server_env(), setsid=True, file_actions=[
+    pid = os.posix_spawn(sys.executable, argv, child_env(), setsid=True, file_actions=[
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, str(files.log), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
         (os.POSIX_SPAWN_DUP2, 1, 2)])
@@ -248,16 +236,9 @@ def _wait_ready(server: LocalServer, files: _Files, timeout: float) -> None:
     while not _ready(server.http):
         if not _is_server(server.pid):
             raise LocalServerError(f"the local spikewatch server (pid {server.pid}) exited; "
-                                   f"last lines of {files.log}:\n{_tail(files.log)}")
+                                   f"last lines of {files.log}:\n{log_tail(files.log, 30)}")
         if time.monotonic() > deadline:
             log.warning("spikewatch: the local server (pid %d) is not ready after %.0f s; the "
                         "agent sends once it is (log %s)", server.pid, timeout, files.log)
             return
         time.sleep(POLL_S)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

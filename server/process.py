@@ -3,17 +3,16 @@ stopped with SIGTERM then SIGKILL and always reaped; its output goes to a log fi
 come with every failure.
 
 For the demo, the benchmarks and the tests. The pieces that know nothing of spikewatch (`free_port`,
-`spawn`, `wait_http`, `stop_process`) also run the tests' Prometheus and Alertmanager.
+`spawn`, `wait_http`, `stop_process`) also run the tests' Prometheus and Alertmanager; the command
+line, environment, ports and log tail are the protocol's (`spikewatch.protocol.launch`), which the
+agent's local mode launches with too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,12 +21,11 @@ from typing import Self
 
 import httpx
 
-import spikewatch
+from spikewatch.protocol.launch import HOST, child_env, free_port, log_tail, serve_command
 
 __all__ = ["NotReadyError", "ServerProcess", "free_port", "log_tail", "spawn", "stop_process",
            "wait_http"]
 
-HOST = "127.0.0.1"
 READY_TIMEOUT = 90.0  # seconds until /readyz: migrations on a cold PostgreSQL on a busy machine
 STOP_TIMEOUT = 60.0  # seconds of graceful drain after SIGTERM before SIGKILL
 REAP_TIMEOUT = 30.0  # seconds for a SIGKILLed process to be gone
@@ -36,24 +34,6 @@ POLL_S = 0.1
 
 class NotReadyError(RuntimeError):
     """A program exited, or did not become ready in time; the message ends with its log's tail."""
-
-
-def free_port(preferred: int | None = None) -> int:
-    """`preferred` if it is free on 127.0.0.1, else a port that was free a moment ago."""
-    if preferred is not None:
-        with socket.socket() as s, contextlib.suppress(OSError):
-            s.bind((HOST, preferred))
-            return preferred
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def log_tail(log: Path, lines: int = 40) -> str:
-    """The last `lines` lines of `log`."""
-    if not log.exists():
-        return "(no log)"
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def spawn(cmd: Sequence[str], log: Path, *, cwd: Path | None = None,
@@ -98,15 +78,6 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -
     return proc.wait(REAP_TIMEOUT)
 
 
-def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """This environment without SPIKEWATCH_* settings (the server's come only from the caller),
-    plus `extra`; the child imports the same spikewatch as this process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPIKEWATCH_")}
-    source = str(Path(spikewatch.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
-    return {**env, **extra}
-
-
 class ServerProcess:
     """`spikewatch serve` on 127.0.0.1, run in `workdir`, restartable on its ports and database.
 
@@ -131,16 +102,10 @@ class ServerProcess:
         self.http = f"http://{self.metrics_target}"  # /readyz, /metrics, /docs
         self.api_url, self.metrics_url = f"{self.http}/api/v1", f"{self.http}/metrics"
         self.log = log if log is not None else workdir / "server.log"
-        self.command = [sys.executable, "-m", "spikewatch.server.cli", "serve", "--zmq", self.zmq,
-                        "--http-host", HOST, "--http-port", str(self.http_port)]
-        if db is not None:
-            self.command += ["--db", db]
-        if config is not None:
-            self.command += ["--config", str(config.resolve())]
-        if rules is not None:
-            self.command += ["--rules", str(rules.resolve())]
-        self.command += list(args)
-        self.env = _child_env(env or {})
+        files = [*(["--config", str(config.resolve())] if config is not None else []),
+                 *(["--rules", str(rules.resolve())] if rules is not None else [])]
+        self.command = serve_command(self.zmq, self.http_port, db, [*files, *args])
+        self.env = child_env(env)
         self.own_session = own_session
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0

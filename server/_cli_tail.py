@@ -4,7 +4,7 @@ Read every ``--interval`` seconds from a server (``--url``, every request with `
 database (``--db``) until Ctrl-C; a source that cannot be read is shown as such and tried again,
 the last good reading kept on screen. ``--once`` prints one reading and exits (1 when it cannot be
 read), ``--json`` with it prints that reading as JSON (non-finite floats as "NaN", "Infinity").
-Through the API a signal's latest value is looked for in the run's last `LOOKBACK` steps.
+The latest values are the store's (`Store.latest`), directly or through the API's metric list.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from spikewatch.server._cli_tables import (
 )
 from spikewatch.server.api._convert import alert_out, run_out
 from spikewatch.server.api._json import JsonFloat
-from spikewatch.server.api._schemas import AlertOut, RunOut, SeriesOut
+from spikewatch.server.api._schemas import AlertOut, MetricOut, RunOut
 from spikewatch.server.types import AlertState
 
 SIGNALS: Final = {
@@ -55,7 +55,6 @@ SIGNALS: Final = {
 """The key signals shown, by metric name, with their labels."""
 
 OPEN: Final = (AlertState.FIRING.value, AlertState.PENDING.value)
-LOOKBACK: Final = 1000
 
 
 class Reading(BaseModel):
@@ -71,8 +70,7 @@ class Reading(BaseModel):
 
 
 _RUN: Final = TypeAdapter(RunOut)
-_METRICS: Final = TypeAdapter(list[dict[str, Any]])
-_SERIES: Final = TypeAdapter(SeriesOut)
+_METRICS: Final = TypeAdapter(list[MetricOut])
 _ALERTS: Final = TypeAdapter(list[AlertOut])
 
 
@@ -96,16 +94,8 @@ def _from_api(args: argparse.Namespace) -> Reading:
         if e.status == 404:
             raise SourceError(f"no run named {args.run!r} on {args.url}", 404) from None
         raise
-    have = {m["name"] for m in validated(_METRICS, http_call(args, f"{base}/metrics"))}
-    signals: dict[str, float | None] = dict.fromkeys(SIGNALS)
-    params = {"limit": str(LOOKBACK)}
-    if run.last_step is not None:
-        params["step_min"] = str(max(0, run.last_step - LOOKBACK + 1))
-    for metric in SIGNALS:
-        if metric in have:
-            series = validated(_SERIES, http_call(args, f"{base}/series",
-                                                  {**params, "metric": metric}))
-            signals[metric] = series.points[-1].value if series.points else None
+    latest = {m.name: m.latest for m in validated(_METRICS, http_call(args, f"{base}/metrics"))}
+    signals = {m: latest.get(m) for m in SIGNALS}
     alerts = [a for state in OPEN
               for a in validated(_ALERTS, http_call(args, f"{base}/alerts", {"state": state}))]
     return Reading(run=run, signals=signals, alerts=alerts, time=time.time())

@@ -58,14 +58,16 @@ def get_run(ctx: Ctx, run: RunName) -> RunOut:
 
 @router.get("/{run}/metrics", response_model=list[MetricOut], responses=_404)
 def list_metrics(ctx: Ctx, run: RunName) -> list[MetricOut]:
-    """Metrics recorded for a run, with unit and description from the catalogue."""
+    """Metrics recorded for a run, with unit and description from the catalogue and the
+    latest value of each step scalar."""
     get_run_or_404(ctx, run)
+    latest = ctx.store.latest(run)
     out = []
     for name in sorted(ctx.store.metrics(run)):
         m = BY_NAME.get(name)
         out.append(MetricOut(name=name, unit=m.unit if m else None,
                              description=m.description if m else None,
-                             exported=bool(m and m.export)))
+                             exported=bool(m and m.export), latest=latest.get(name)))
     return out
 
 

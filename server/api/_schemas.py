@@ -34,6 +34,8 @@ class MetricOut(_Out):
     unit: str | None = None
     description: str | None = None
     exported: bool = Field(False, description="Exported to Prometheus as spikewatch_run_<name>.")
+    latest: JsonFloat | None = Field(None, description="The run's latest global value of a "
+                                     "step scalar (None for per-layer and histogram metrics).")
 
 
 class PointOut(_Out):

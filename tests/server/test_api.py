@@ -143,6 +143,14 @@ def test_metrics_of_a_run_include_catalogue_info(client: TestClient) -> None:
     assert by["loss"]["unit"] == "1"
 
 
+def test_metrics_carry_the_latest_value_of_each_step_scalar(client: TestClient,
+                                                            store: Store) -> None:
+    by = {m["name"]: m for m in client.get("/api/v1/runs/alpha/metrics").json()}
+    latest = store.latest("alpha")
+    assert by["loss"]["latest"] == pytest.approx(latest["loss"])
+    assert by["sa_hist"]["latest"] is None  # a histogram has no scalar value
+
+
 # --- series and NaN/Inf -----------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ over that many steps (`agent._ramp`). It is off by default: on the suite's hpara
 not prevent the spikes (docs/guard.md).
 
 `GuardMachine` is the pure state machine (readings in, the multiplier and events out), with no
-torch in it; `apply_lr` / `restore_lr` / `lift_v` touch the optimizer.
+torch in it; `apply_lr`, `apply_ramps`, `restore_user_values` and `lift_v` touch the optimizer.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ Saved = list[tuple[dict[str, Any], str, Any]]
 
 
 def apply_lr(optimizer: Any, multiplier: float) -> Saved:
-    """Scale every group's lr for this step; what `restore_lr` needs to undo it."""
+    """Scale every group's lr for this step; what `restore_user_values` needs to undo it."""
     saved: Saved = []
     for g in optimizer.param_groups:
         lr = g["lr"]
@@ -167,7 +167,8 @@ def apply_lr(optimizer: Any, multiplier: float) -> Saved:
 
 
 def apply_ramps(optimizer: Any, ramps: RampMachine, step: int) -> Saved:
-    """Set the ramped values of this step (`agent._ramp`); what `restore_lr` needs to undo it."""
+    """Set the ramped values of this step (`agent._ramp`); what `restore_user_values` needs to
+    undo it."""
     saved: Saved = []
     for r in ramps.due(step):
         g = optimizer.param_groups[r.change.group]
@@ -184,7 +185,7 @@ def apply_ramps(optimizer: Any, ramps: RampMachine, step: int) -> Saved:
     return saved
 
 
-def restore_lr(saved: Saved) -> None:
+def restore_user_values(saved: Saved) -> None:
     """Put back the user's values (in reverse: the first saved is the user's own)."""
     for g, key, value in reversed(saved):
         g[key] = value
@@ -238,7 +239,7 @@ class GuardHooks:
     def after(self, step: int, predictor: Any, rise: float,
               emit: Callable[..., None]) -> None:  # fmt: skip
         if self._saved:
-            restore_lr(self._saved)
+            restore_user_values(self._saved)
             self._saved = []
         events, self._pending = self._pending, []
         if self.ramps.ramps:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import spikewatch
-from spikewatch.agent._guard import Guard, GuardMachine, apply_lr, lift_v, restore_lr
+from spikewatch.agent._guard import Guard, GuardMachine, apply_lr, lift_v, restore_user_values
 from spikewatch.monitor.seed_fnn import make_seed_problem
 from spikewatch.protocol.names import EventType
 from tests.agent import _delivered as dl
@@ -118,7 +118,7 @@ def test_lr_is_scaled_for_one_step_and_restored_float_and_tensor() -> None:
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
     assert float(opt.param_groups[1]["lr"]) == pytest.approx(0.1)
     assert float(lr) == pytest.approx(0.2)  # the tensor itself is not modified
-    restore_lr(saved)
+    restore_user_values(saved)
     assert opt.param_groups[0]["lr"] == 0.1
     assert opt.param_groups[1]["lr"] is lr
 

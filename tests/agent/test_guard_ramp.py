@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import spikewatch
-from spikewatch.agent._guard import Guard, apply_ramps, restore_lr
+from spikewatch.agent._guard import Guard, apply_ramps, restore_user_values
 from spikewatch.agent._ramp import HparamChange, RampMachine
 from spikewatch.monitor.seed_fnn import make_seed_problem
 from spikewatch.protocol.names import EventType
@@ -90,7 +90,7 @@ def test_applied_for_the_step_and_restored_float_tensor_and_betas() -> None:
     assert float(g["lr"]) == pytest.approx(0.01 * math.sqrt(0.1))
     assert g["betas"][0] == pytest.approx(1.0 - 0.5 * math.sqrt(0.2))
     assert g["betas"][1] == 0.999
-    restore_lr(saved)
+    restore_user_values(saved)
     assert g["lr"] is lr
     assert g["betas"] == (0.5, 0.999)
 

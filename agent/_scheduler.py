@@ -1,8 +1,9 @@
 """Probe scheduling under an overhead budget.
 
 The scheduler decides which probe is due at a step (`step % cadence == 0`, so every rank of a job
-measures at the same steps), times the agent's own work with an injectable clock, and at each drain
-compares the agent's time with the training step's own time. When the predicted overhead
+measures at the same steps), times the agent's own work with an injectable work clock, and at
+each drain compares the agent's time with the training step's own (wall) time. When the predicted
+overhead
 
     (fixed cost per step + Σ_p cost_p / cadence_p) / step time
 
@@ -10,8 +11,10 @@ exceeds the budget it stretches cadences (doubling: powers of two keep stretched
 with their base steps), and when the prediction falls below half the budget it halves stretched
 cadences back towards the profile's (never below it).
 
-The clock leaves out garbage-collection pauses (`agent._gc_clock`): a full collection over a
-large process heap is the heap's cost, and charged to the agent it stretched the predictor.
+The clocks (`agent._clocks`): the step is timed in wall seconds, the agent's work in the processor
+seconds of the thread doing it, both less garbage-collection pauses. A collection over a large heap
+is the heap's cost, and time the thread spent descheduled on a busy machine is the neighbours':
+charged to the agent, either stretched the predictor.
 
 What timing cannot see. The agent times its own hooks, but part of its cost lands in the user's
 code: caches and branch predictors it cooled, allocator and garbage-collector pressure, memory
@@ -57,7 +60,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from spikewatch.agent import _gc_clock as gc_clock
+from spikewatch.agent import _clocks as clocks
 from spikewatch.agent._profiles import FIXED, MAX_CADENCE, PREDICTIVE, Profile
 
 Clock = Callable[[], float]
@@ -83,7 +86,8 @@ class Scheduler:
     """Cadences, self-timing and budget enforcement for one monitor (single-threaded)."""
 
     def __init__(self, profile: Profile, budget: float, *, clock: Clock | None = None,
-                 stretch: bool = True, untimed: float = 1.0, headroom: float = 1.0,
+                 work_clock: Clock | None = None, stretch: bool = True, untimed: float = 1.0,
+                 headroom: float = 1.0,
                  bursts: Mapping[str, int] | None = None, pin_predictor: bool = False) -> None:
         if untimed < 1.0:
             raise ValueError(f"untimed must be >= 1 (a factor on the timed cost), got {untimed}")
@@ -100,10 +104,12 @@ class Scheduler:
         # the predictor never stretched (a guard under DDP: every rank must read it at the same
         # steps, whatever its own timings say)
         self.pin_predictor = pin_predictor
-        if clock is None:  # perf_counter, less garbage-collection pauses (see agent._gc_clock)
-            gc_clock.install()
-            clock = gc_clock.now
-        self._clock = clock
+        if clock is None:  # wall and thread-processor time, less collections (agent._clocks)
+            clocks.install()
+            clock = clocks.now
+            work_clock = work_clock or clocks.busy
+        self._clock = clock  # the step's wall time
+        self._work = work_clock or clock  # the agent's own work (one injected clock: both)
         self._base = dict(profile.cadences)
         self._cadence = dict(profile.cadences)
         self._active: tuple[tuple[str, int], ...] = ()  # (probe, cadence) with cadence > 0
@@ -162,16 +168,17 @@ class Scheduler:
 
     # --- timing -----------------------------------------------------------------------------
     def now(self) -> float:
-        return self._clock()
+        """The work clock: time agent work as `now()` after minus `now()` before."""
+        return self._work()
 
     @contextmanager
     def measure(self, probe: str | None) -> Iterator[None]:
         """Time a block of agent work; `probe=None` is un-attributed (hooks, drain)."""
-        t0 = self._clock()
+        t0 = self._work()
         try:
             yield
         finally:
-            self.add(probe, self._clock() - t0)
+            self.add(probe, self._work() - t0)
 
     def add(self, probe: str | None, seconds: float, *, follow: bool = False) -> None:
         """Account agent time. A probe's runs within one step (pre, post, forward hooks) form one

@@ -103,18 +103,9 @@ def _operator(views: Sequence[ParamView], hvp: HVP, include_current_grad: bool) 
     first = views[0].hyper
     if first.lr <= 0.0:
         raise ValueError(f"learning rate must be positive to define a stability ratio: {first.lr}")
-    return _Operator(
-        params=[v.param for v in views],
-        c_over_d=c_over_d,
-        sqrt_p=sqrt_p,
-        eta=eta,
-        decay=decay,
-        l2=l2,
-        sign=sign,
-        grad=grad,
-        eta_ref=first.lr,
-        w_ref=first.weight_decay if first.decoupled_wd else 0.0,
-    )
+    return _Operator(params=[v.param for v in views], c_over_d=c_over_d, sqrt_p=sqrt_p, eta=eta,
+                     decay=decay, l2=l2, sign=sign, grad=grad, eta_ref=first.lr,
+                     w_ref=first.weight_decay if first.decoupled_wd else 0.0)
 
 
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:

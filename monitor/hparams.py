@@ -284,17 +284,9 @@ class HparamWatch:
             needs = abs(ratio - advised) > self.rescale_tol * advised
         else:  # touched, not measured (Adam, advised 1): any rescale is one too many
             rescaled = needs = touched
-        data = dict(
-            common,
-            hparam="beta1",
-            old=b_old,
-            new=b_new,
-            buffer_ratio=ratio,
-            rescaled=rescaled,
-            note_factor=note,
-            advised_factor=advised,
-            needs_rescale=needs,
-        )
+        data = dict(common, hparam="beta1", old=b_old, new=b_new, buffer_ratio=ratio,
+                    rescaled=rescaled, note_factor=note, advised_factor=advised,
+                    needs_rescale=needs)
         return HparamEvent(EventType.MOMENTUM_JUMP, step, data)
 
 

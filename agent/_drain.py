@@ -6,13 +6,15 @@ events, the five-phase label, the rise of the run's last instability, fed the dr
 step order), joined by the agent's own record (overhead, cadences, transport and
 guard counters, a `prediction_degraded` event when the predictor's cadence changes) and handed to
 the transport, which never blocks, then to the user's trackers (`agent._trackers`: the same host
-floats, written again). `urgent` decides when a page may be due before the regular
-drain cadence.
+floats, written again). The alerts the server told this run of since the last drain (replies the
+transport's thread received) are logged, written to the trackers and kept in `firing`.
+`urgent` decides when a page may be due before the regular drain cadence.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -29,6 +31,7 @@ from spikewatch.protocol import names as nm
 from spikewatch.protocol import wire
 from spikewatch.protocol.names import EventType
 
+log = logging.getLogger("spikewatch.agent")
 RECORDS_PER_SUBMIT = 64
 URGENT_RISE = 1.2  # near the edge after an instability at least this large: send at once
 URGENT_EVERY = 4  # steps between such urgent drains
@@ -49,6 +52,7 @@ class Drain:
     overhead_budget: float
     failed: set[str]  # the probes that reported a failure (the monitor's set)
     trackers: Trackers | None = None  # where the records are also written
+    firing: dict[str, wire.Alert] = dataclasses.field(default_factory=dict)  # server's, by rule
     last_report: Report | None = None  # the scheduler's last overhead measurement
     _prediction_cadence: int | None = None  # as last reported
     _urgent_at: int = -URGENT_EVERY  # the step of the last urgent drain
@@ -77,6 +81,23 @@ class Drain:
             self.transport.submit(records[i:i + RECORDS_PER_SUBMIT])
         if self.trackers:
             self.trackers.write(records)
+        self._alerts()
+
+    def _alerts(self) -> None:
+        """Take the server's alert replies: log them, keep `firing`, write them to trackers."""
+        take = getattr(self.transport, "take_alerts", None)  # a user's transport may have none
+        alerts: list[wire.Alert] = take() if take is not None else []
+        for a in alerts:
+            if a.state == "firing":
+                self.firing[a.rule] = a
+                log.log(logging.WARNING if a.severity == "page" else logging.INFO,
+                        "spikewatch: %s %s firing on run %s at step %d: %s", a.severity, a.rule,
+                        a.run, a.step, a.summary)
+            else:
+                self.firing.pop(a.rule, None)
+                log.info("spikewatch: %s resolved on run %s at step %d", a.rule, a.run, a.step)
+        if alerts and self.trackers:
+            self.trackers.alerts(alerts)
 
     def urgent(self, step: int) -> str | None:
         """Why to send now, if so: "hparams", a hyper-parameter change past the edge (its event

@@ -29,6 +29,9 @@ class NullTransport:
     def counters(self) -> Any:
         return None
 
+    def take_alerts(self) -> list[wire.Alert]:
+        return []
+
     def flush(self, timeout: float) -> bool:
         return True
 

@@ -210,6 +210,12 @@ class Monitor:
         """The scheduler's last overhead measurement (None before the first drain)."""
         return self._sender.last_report if self.enabled else None
 
+    @property
+    def firing(self) -> dict[str, wire.Alert]:
+        """The server's alerts on this run firing as of the last drain, by rule name (the server
+        tells each agent of its run's alerts; empty without a server or before any)."""
+        return dict(self._sender.firing) if self.enabled else {}
+
     # --- hooks ------------------------------------------------------------------------------
     @untraced
     def _pre_hook(self, opt: torch.optim.Optimizer, args: tuple[Any, ...],

@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from spikewatch.agent._trackers import EVENT_PREFIX, LAYER_PREFIX, PREFIX, Tracker, metrics
+from spikewatch.agent._trackers import (
+    ALERT_PREFIX,
+    EVENT_PREFIX,
+    LAYER_PREFIX,
+    PREFIX,
+    Tracker,
+    alert_metrics,
+    metrics,
+)
 from spikewatch.protocol import wire
 
 __all__ = ["MLflow", "TensorBoard", "WandB"]
@@ -52,6 +61,14 @@ class TensorBoard(Tracker):
             for k, v in metrics(r, layers=self.layers).items():
                 w.add_scalar(k, v, global_step=r.step, walltime=r.time)
 
+    def alerts(self, alerts: Sequence[wire.Alert]) -> None:
+        w = self.writer
+        for a in alerts:
+            for k, v in alert_metrics(a).items():
+                w.add_scalar(k, v, global_step=a.step)
+                w.add_text(k, f"{a.severity} {a.state} at step {a.step}: {a.summary}",
+                           global_step=a.step)
+
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
@@ -89,11 +106,15 @@ class WandB(Tracker):
     def write(self, records: Sequence[wire.Record]) -> None:
         if not self._axis:
             self.run.define_metric(self.STEP)
-            for prefix in (PREFIX, LAYER_PREFIX, EVENT_PREFIX):
+            for prefix in (PREFIX, LAYER_PREFIX, EVENT_PREFIX, ALERT_PREFIX):
                 self.run.define_metric(prefix + "*", step_metric=self.STEP)
             self._axis = True
         for r in records:
             self.run.log({**metrics(r, layers=self.layers), self.STEP: r.step})
+
+    def alerts(self, alerts: Sequence[wire.Alert]) -> None:
+        for a in alerts:
+            self.run.log({**alert_metrics(a), self.STEP: a.step})
 
 
 _MLFLOW_BAD = re.compile(r"[^/\w.\- :]")  # what MLflow refuses in a metric name
@@ -125,11 +146,18 @@ class MLflow(Tracker):
         self._pending: list[Any] = []
 
     def write(self, records: Sequence[wire.Record]) -> None:
+        self._log([(r.step, r.time, metrics(r, layers=self.layers)) for r in records])
+
+    def alerts(self, alerts: Sequence[wire.Alert]) -> None:
+        now = time.time()
+        self._log([(a.step, now, alert_metrics(a)) for a in alerts])
+
+    def _log(self, rows: list[tuple[int, float, dict[str, float]]]) -> None:
         from mlflow.entities import Metric
 
         self.flush()
-        batch = [Metric(_MLFLOW_BAD.sub("_", k), v, int(r.time * 1000), r.step)
-                 for r in records for k, v in metrics(r, layers=self.layers).items()]
+        batch = [Metric(_MLFLOW_BAD.sub("_", k), v, int(t * 1000), step)
+                 for step, t, values in rows for k, v in values.items()]
         for i in range(0, len(batch), self.BATCH):
             self._pending.append(self._client.log_batch(
                 self.run_id, metrics=batch[i:i + self.BATCH], synchronous=False))

@@ -11,6 +11,10 @@ for per-layer values, `spikewatch_event/<type>` = how many events of that type t
 (loss_spike, nonfinite, prediction_degraded, guard_action, ...). Layer values have a section of
 their own because some metrics are both a scalar and a per-layer value (agent_overhead), which a
 path-like store (MLflow's file store) cannot hold under one name.
+
+Alerts (`alert_metrics`): when the server tells the run that one of its alerts started or stopped
+firing, `spikewatch_alert/<rule>` is written at the alert's step: 1 firing, 0 resolved (the
+TensorBoard tracker adds the summary as text), so a page shows on the tracker's own step axis.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from collections.abc import Callable, Iterable, Sequence
 from spikewatch.protocol import wire
 from spikewatch.protocol.names import EventType
 
-__all__ = ["Callback", "LogMetrics", "Tracker", "Trackers", "as_tracker", "metrics"]
+__all__ = ["Callback", "LogMetrics", "Tracker", "Trackers", "alert_metrics", "as_tracker",
+           "metrics"]
 
 log = logging.getLogger("spikewatch.agent")
 PREFIX = "spikewatch/"
 LAYER_PREFIX = "spikewatch_layer/"
 EVENT_PREFIX = "spikewatch_event/"
+ALERT_PREFIX = "spikewatch_alert/"
 _ERR_LEN = 300
 
 
@@ -44,16 +50,25 @@ def metrics(record: wire.Record, *, layers: bool = True) -> dict[str, float]:
     return out
 
 
+def alert_metrics(alert: wire.Alert) -> dict[str, float]:
+    """An alert transition under the trackers' names: 1 firing, 0 resolved."""
+    return {ALERT_PREFIX + alert.rule: 1.0 if alert.state == "firing" else 0.0}
+
+
 class Tracker:
-    """Something the drained records are also written to. Subclass it and override `write`;
-    `flush` and `close` are called at `Monitor.close()` (`close` flushes unless the tracker
-    owns what it writes to)."""
+    """Something the drained records are also written to. Subclass it and override `write`
+    (and `alerts` to hear of the server's alerts); `flush` and `close` are called at
+    `Monitor.close()` (`close` flushes unless the tracker owns what it writes to)."""
 
     name = "tracker"
 
     def write(self, records: Sequence[wire.Record]) -> None:
         """Write one drain's records (in step order; a step may come in more than one)."""
         raise NotImplementedError
+
+    def alerts(self, alerts: Sequence[wire.Alert]) -> None:
+        """Write the server's alerts on this run that started or stopped firing (default:
+        nothing)."""
 
     def flush(self) -> None:
         """Make what was written durable (default: nothing to do)."""
@@ -64,17 +79,28 @@ class Tracker:
 
 
 class Callback(Tracker):
-    """Calls `fn(records)` with each drain's `spikewatch.protocol.wire.Record`s."""
+    """Calls `fn(records)` with each drain's `spikewatch.protocol.wire.Record`s, and
+    `on_alert(alerts)` with the server's `wire.Alert`s when one of the run's alerts starts or
+    stops firing."""
 
     name = "callback"
 
-    def __init__(self, fn: Callable[[Sequence[wire.Record]], object]) -> None:
+    def __init__(self, fn: Callable[[Sequence[wire.Record]], object], *,
+                 on_alert: Callable[[Sequence[wire.Alert]], object] | None = None) -> None:
         if not callable(fn):
             raise TypeError(f"Callback(): fn must be callable, got {type(fn).__name__}")
+        if on_alert is not None and not callable(on_alert):
+            raise TypeError(f"Callback(): on_alert must be callable, got "
+                            f"{type(on_alert).__name__}")
         self.fn = fn
+        self.on_alert = on_alert
 
     def write(self, records: Sequence[wire.Record]) -> None:
         self.fn(records)
+
+    def alerts(self, alerts: Sequence[wire.Alert]) -> None:
+        if self.on_alert is not None:
+            self.on_alert(alerts)
 
 
 class LogMetrics(Tracker):
@@ -95,6 +121,10 @@ class LogMetrics(Tracker):
     def write(self, records: Sequence[wire.Record]) -> None:
         for r in records:
             self.log_metrics(metrics(r, layers=self.layers), r.step)
+
+    def alerts(self, alerts: Sequence[wire.Alert]) -> None:
+        for a in alerts:
+            self.log_metrics(alert_metrics(a), a.step)
 
 
 def _instance(obj: object, module: str, cls: str) -> bool:
@@ -144,11 +174,18 @@ class Trackers:
 
     def write(self, records: Sequence[wire.Record]) -> None:
         """Write `records` to each tracker; one that raises is reported and disabled."""
-        if not records:
-            return
+        if records:
+            self._each(lambda t: t.write(records))
+
+    def alerts(self, alerts: Sequence[wire.Alert]) -> None:
+        """Write the server's alert transitions to each tracker, like `write`."""
+        if alerts:
+            self._each(lambda t: t.alerts(alerts))
+
+    def _each(self, call: Callable[[Tracker], object]) -> None:
         for t in list(self.live):
             try:
-                t.write(records)
+                call(t)
             except Exception as e:
                 self.live.remove(t)
                 log.warning("spikewatch: tracker %s failed and is disabled: %s: %s", t.name,

@@ -153,6 +153,11 @@ class Transport:
             shared.wake()
         return accepted and not evicted
 
+    def take_alerts(self) -> list[wire.Alert]:
+        """The server's alerts on this run that started or stopped firing since the last call
+        (training thread; never blocks)."""
+        return self._shared.take_alerts()
+
     def counters(self) -> TransportCounters:
         """A consistent snapshot of the counters (cheap; any thread)."""
         return self._shared.snapshot()

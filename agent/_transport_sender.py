@@ -286,11 +286,16 @@ class Sender:
             try:
                 reply = wire.decode_reply(raw)
             except wire.WireError as e:
-                log.warning("ignoring malformed reply from server: %s", e.reason)
+                if e.reason == "unknown_type":  # a newer server's: nothing to do with it
+                    log.debug("ignoring a reply this agent does not know: %s", e.detail)
+                else:
+                    log.warning("ignoring malformed reply from server: %s", e.reason)
                 continue
             self.online = True
             self.last_ack = now
-            if isinstance(reply, wire.Ack):
+            if isinstance(reply, wire.Alert):
+                self.shared.alerts.append(reply)
+            elif isinstance(reply, wire.Ack):
                 for seq in reply.seqs:
                     self.tally["acked"] += self._settle(reply.session, seq)
             else:

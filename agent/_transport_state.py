@@ -11,6 +11,7 @@ import contextlib
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,9 @@ class TransportOptions:
         return wire.Header(self.session, seq, self.run, self.rank, self.world_size, time.time())
 
 
+MAX_ALERTS = 256  # alert replies kept until the training thread takes them
+
+
 @dataclass(eq=False)
 class SharedState:
     """The hand-off between the training thread and the sender thread."""
@@ -71,6 +75,9 @@ class SharedState:
     closing_deadline: float | None = None  # set once by close(): the sender stops by then
     give_up_at: float = 0.0  # set with closing_deadline: stop waiting for acks here
     finished: threading.Event = field(default_factory=threading.Event)  # the sender has stopped
+    # the server's alert replies: appended by the sender, taken by the training thread (a deque's
+    # append and popleft are atomic; the oldest go first when nobody takes them)
+    alerts: deque[wire.Alert] = field(default_factory=lambda: deque(maxlen=MAX_ALERTS))
     wake_r: int = field(init=False)
     wake_w: int = field(init=False)
 
@@ -103,6 +110,13 @@ class SharedState:
             items = self.queue.take_all()
             self.wake_armed = not items  # idle: the next submit wakes us; busy: we come back
         return items
+
+    def take_alerts(self) -> list[wire.Alert]:
+        """Training thread: the alert replies received since the last call, oldest first."""
+        out = []
+        while self.alerts:
+            out.append(self.alerts.popleft())
+        return out
 
     def queue_is_empty(self) -> bool:
         with self.lock:

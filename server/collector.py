@@ -9,7 +9,8 @@ Threads:
 * the writer thread (`IngestWriter`) gathers messages into one transaction (up to
   `batch_max_messages`, or what arrives within `batch_max_wait_s`), commits, then acks each
   message (duplicates too: they are stored) and calls `on_commit` with the results (rules,
-  notifications).
+  notifications). The alerts that commit started or ended (`on_commit`'s return) go back to the
+  agents of their run in it as `alert` replies, so the job hears of its own pages.
 
 With CURVE on (`CurveConfig`, `server._collector_auth`) the socket is encrypted and only allowed
 agent keys are admitted.
@@ -46,6 +47,7 @@ from spikewatch.server._collector_auth import (
 )
 from spikewatch.server._stats import Stats
 from spikewatch.server.store import Store, WriteResult
+from spikewatch.server.types import AlertState, Transition
 
 __all__ = ["Collector", "CurveConfig", "wait_until"]
 
@@ -77,13 +79,16 @@ class Item:
     msg: wire.Hello | wire.Batch
 
 
+OnCommit = Callable[[Sequence[WriteResult]], Sequence[Transition] | None]
+
+
 class IngestWriter:
     """Writes what the I/O thread queues and sends the replies to `reply_endpoint` (inproc)."""
 
     def __init__(self, store: Store, stats: Stats, items: queue.Queue[Any], *,
                  ctx: zmq.Context[zmq.Socket[bytes]], reply_endpoint: str,
                  batch_max_messages: int, batch_max_wait_s: float,
-                 on_commit: Callable[[Sequence[WriteResult]], None] | None) -> None:
+                 on_commit: OnCommit | None) -> None:
         self.store, self.stats = store, stats
         self._q = items
         self._ctx, self._reply_endpoint = ctx, reply_endpoint
@@ -169,9 +174,32 @@ class IngestWriter:
                 push.send_multipart([*envelope, wire.encode(ack)])
         if self._on_commit is not None:
             try:
-                self._on_commit([res for _, res in done])
+                transitions = self._on_commit([res for _, res in done])
             except Exception:
                 log.exception("post-commit hook failed (data is stored and acknowledged)")
+                return
+            _tell_agents(transitions or (), [it for it, _ in done], push)
+
+
+def _tell_agents(transitions: Sequence[Transition], items: Sequence[Item],
+                 push: zmq.Socket[bytes]) -> None:
+    """Send each alert that started or stopped firing to every session of its run among the
+    messages that decided it (each rank of the run hears of it)."""
+    told = {AlertState.FIRING, AlertState.RESOLVED}
+    to: dict[str, dict[str, tuple[bytes, ...]]] = defaultdict(dict)  # run → session → envelope
+    for it in items:
+        h = it.msg.header
+        to[h.run][h.session] = tuple(it.envelope)
+    for t in transitions:
+        if t.state not in told:
+            continue
+        for session, envelope in to.get(t.run, {}).items():
+            alert = wire.Alert(session, t.run, t.rule, t.severity.value, t.state.value, t.step,
+                               t.value, t.annotations.get("summary", ""))
+            try:
+                push.send_multipart([*envelope, wire.encode(alert)])
+            except (ValueError, zmq.ZMQError):
+                log.warning("could not tell run %s of alert %s", t.run, t.rule, exc_info=True)
 
 
 class Collector:
@@ -180,7 +208,7 @@ class Collector:
     def __init__(self, store: Store, stats: Stats, endpoint: str, *,
                  queue_size: int = 10000, batch_max_messages: int = 512,
                  batch_max_wait_s: float = 0.005, max_frame_bytes: int = wire.MAX_FRAME_BYTES,
-                 on_commit: Callable[[Sequence[WriteResult]], None] | None = None,
+                 on_commit: OnCommit | None = None,
                  curve: CurveConfig | None = None, limits: Limits | None = None) -> None:
         self.store, self.stats = store, stats
         self._limits = limits or Limits()

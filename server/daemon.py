@@ -107,16 +107,18 @@ class Daemon:
             for t in transitions:
                 self.dispatcher.submit(t)
 
-    def on_commit(self, results: Sequence[WriteResult]) -> None:
-        """After a commit and its acks: evaluate rules on the observations, persist and notify."""
+    def on_commit(self, results: Sequence[WriteResult]) -> list[Transition]:
+        """After a commit and its acks: evaluate rules on the observations, persist and notify;
+        the transitions (the collector tells the runs' agents)."""
         if self.engine is None:
-            return
+            return []
         out: list[Transition] = []
         with self._rules_lock:
             for res in results:
                 for obs in res.observations:
                     out.extend(self.engine.observe(obs, res.step_events.get(obs.step, ())))
         self._publish(out)
+        return out
 
     def _housekeeping(self) -> None:
         """Retention and idle-run sweeps on a timer."""

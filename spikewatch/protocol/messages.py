@@ -90,5 +90,21 @@ class Nack:
     type: Literal["nack"] = "nack"
 
 
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An alert on the agent's run started or stopped firing on the server: sent with the acks of
+    the commit whose observations decided it, to every session of the run in that commit."""
+
+    session: str
+    run: str
+    rule: str
+    severity: str  # "page" | "warning" | "info"
+    state: str  # "firing" | "resolved"
+    step: int
+    value: float  # the value that decided it (may be non-finite)
+    summary: str = ""
+    type: Literal["alert"] = "alert"
+
+
 Message: TypeAlias = Hello | Batch
-Reply: TypeAlias = Ack | Nack
+Reply: TypeAlias = Ack | Nack | Alert

@@ -12,7 +12,9 @@ floats: a blow-up is data, never silently lost.
 Messages (agent → server): ``hello`` (run metadata) and ``batch`` (records), both carrying the agent
 session id and a per-session sequence number starting at 1, so the server can deduplicate resent
 messages and acknowledge each one after a durable write. Replies (server → agent): ``ack`` for
-stored messages and ``nack`` for messages that will never be accepted (the agent must drop them).
+stored messages, ``nack`` for messages that will never be accepted (the agent must drop them) and
+``alert`` when an alert on the agent's run starts or stops firing. A reply of a type the agent
+does not know fails with reason ``unknown_type``, which an agent skips (a newer server's).
 
 `decode` validates everything against fixed limits and raises `WireError` with a short, bounded
 `reason` code (usable as a metric label); nothing unvalidated reaches the store.
@@ -28,6 +30,7 @@ from typing import Any, Final
 
 from spikewatch.protocol.messages import (
     Ack,
+    Alert,
     Batch,
     Event,
     Header,
@@ -43,8 +46,8 @@ from spikewatch.protocol.messages import (
 from spikewatch.protocol.names import Combine
 from spikewatch.protocol.nonfinite import WIRE_NAMES, from_wire, to_wire
 
-__all__ = ["Ack", "Batch", "Event", "Header", "Hello", "Histogram", "Message", "Nack", "Partial",
-           "Record", "Reply", "Scalar", "WireError", "decode", "decode_reply", "encode",
+__all__ = ["Ack", "Alert", "Batch", "Event", "Header", "Hello", "Histogram", "Message", "Nack",
+           "Partial", "Record", "Reply", "Scalar", "WireError", "decode", "decode_reply", "encode",
            "message_id"]
 
 VERSION: Final = 1
@@ -70,6 +73,9 @@ LAYER_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/\-\[\]]{0,127}$")
 RUN_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}$")
 SESSION_RE: Final = re.compile(r"^[0-9a-f]{32}$")
 KEY_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+RULE_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+ALERT_SEVERITIES: Final = frozenset({"page", "warning", "info"})
+ALERT_STATES: Final = frozenset({"firing", "resolved"})
 
 
 
@@ -78,7 +84,7 @@ class WireError(ValueError):
 
     REASONS: Final = frozenset(
         {"bad_header", "bad_version", "oversize", "bad_compression", "bad_json", "too_deep",
-         "bad_schema", "bad_name", "too_many", "bad_value"}
+         "bad_schema", "bad_name", "too_many", "bad_value", "unknown_type"}
     )
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -145,6 +151,10 @@ def encode(msg: Message | Reply) -> bytes:
                "records": [_record_out(r) for r in msg.records]}
     elif isinstance(msg, Ack):
         doc = {"type": "ack", "session": msg.session, "seqs": list(msg.seqs)}
+    elif isinstance(msg, Alert):
+        doc = {"type": "alert", "session": msg.session, "run": msg.run, "rule": msg.rule,
+               "severity": msg.severity, "state": msg.state, "step": msg.step,
+               "value": _num(msg.value), "summary": msg.summary[:MAX_STR_LEN]}
     else:
         doc = {"type": "nack", "session": msg.session, "seq": msg.seq, "reason": msg.reason}
     frame = _frame(doc)
@@ -369,7 +379,17 @@ def decode_reply(frame: bytes) -> Reply:
         reason = d["reason"] if isinstance(d["reason"], str) else "unknown"
         return Nack(_name(d["session"], SESSION_RE, "session"), _int(d["seq"], "seq", lo=1),
                     reason[:200])
-    raise WireError("bad_schema", "expected an ack or nack")
+    if doc.get("type") == "alert":
+        d = _obj(doc, "alert", set(Alert.__dataclass_fields__))
+        if d["severity"] not in ALERT_SEVERITIES or d["state"] not in ALERT_STATES:
+            raise WireError("bad_value", "alert severity or state out of its set")
+        if not isinstance(d["summary"], str):
+            raise WireError("bad_value", "alert.summary must be a string")
+        return Alert(_name(d["session"], SESSION_RE, "session"), _name(d["run"], RUN_RE, "run"),
+                     _name(d["rule"], RULE_RE, "rule"), d["severity"], d["state"],
+                     _int(d["step"], "step"), _float(d["value"], "value"),
+                     d["summary"][:MAX_STR_LEN])
+    raise WireError("unknown_type", f"reply type {str(doc.get('type'))[:40]!r}")
 
 
 def message_id(frame: bytes) -> tuple[str, int] | None:

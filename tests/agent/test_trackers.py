@@ -27,6 +27,11 @@ from tests.agent._peer import Peer
 STEPS = 40
 NAN_AT = 17  # the step whose logged loss is NaN: a nonfinite event the trackers mark
 RATIO = nm.STABILITY_RATIO_TWO_SECANT
+SESSION = "0" * 32
+ALERTS = (wire.Alert(SESSION, "trackers", "predicted_loss_spike", "page", "firing", 21, 1.01,
+                     "loss spike predicted"),
+          wire.Alert(SESSION, "trackers", "predicted_loss_spike", "page", "resolved", 33, 0.7))
+ALERT_KEY = "spikewatch_alert/predicted_loss_spike"
 
 
 def _train(peer: Peer, trackers: Sequence[object], steps: int = STEPS) -> Monitor:
@@ -109,6 +114,7 @@ def test_wandb_offline_run_history(peer: Peer, tmp_path: Path,
     try:
         run.log({"user/metric": 1.0})  # the user's own logging is left alone
         _train(peer, [run])  # detected as a wandb run
+        spikewatch.trackers.WandB(run).alerts(ALERTS)  # what the drain hands on from the server
         run.log({"user/metric": 2.0})
     finally:
         run.finish()
@@ -123,6 +129,8 @@ def test_wandb_offline_run_history(peer: Peer, tmp_path: Path,
     _nan_marked(peer)
     assert [r["spikewatch/step"] for r in ours if "spikewatch_event/nonfinite" in r] == [NAN_AT]
     assert [r["user/metric"] for r in rows if "user/metric" in r] == [1.0, 2.0]
+    assert [(r["spikewatch/step"], r[ALERT_KEY]) for r in ours if ALERT_KEY in r] == [
+        (21, 1.0), (33, 0.0)]
 
 
 @pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -136,6 +144,9 @@ def test_mlflow_active_run_and_run_id(peer: Peer, tmp_path: Path,
     with mlflow.start_run() as run:
         run_id = run.info.run_id
         _train(peer, [run])  # detected as an MLflow run
+        tracker = spikewatch.trackers.MLflow(run)
+        tracker.alerts(ALERTS)  # what the drain hands on from the server
+        tracker.flush()
         assert mlflow.active_run() is not None  # still the user's run
     client = MlflowClient()
     for metric in (nm.LOSS, RATIO):
@@ -145,6 +156,8 @@ def test_mlflow_active_run_and_run_id(peer: Peer, tmp_path: Path,
     _nan_marked(peer)
     marks = client.get_metric_history(run_id, "spikewatch_event/nonfinite")
     assert [(m.step, m.value) for m in marks] == [(NAN_AT, 1.0)]
+    alerts = client.get_metric_history(run_id, ALERT_KEY)
+    assert sorted((m.step, m.value) for m in alerts) == [(21, 1.0), (33, 0.0)]
     assert any(k.startswith("spikewatch_layer/") for k in client.get_run(run_id).data.metrics)
 
     other = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id

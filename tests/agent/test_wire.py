@@ -106,6 +106,40 @@ def test_replies_round_trip() -> None:
     assert wire.decode_reply(wire.encode(ack)) == ack
     nack = wire.Nack(SESSION, 4, "bad_schema")
     assert wire.decode_reply(wire.encode(nack)) == nack
+    alert = wire.Alert(SESSION, "run-1", "predicted_loss_spike", "page", "firing", 812, 1.02,
+                       "Run run-1: loss spike predicted")
+    assert wire.decode_reply(wire.encode(alert)) == alert
+    blown = wire.decode_reply(wire.encode(wire.Alert(SESSION, "r", "nonfinite_loss", "page",
+                                                     "firing", 3, math.nan)))
+    assert isinstance(blown, wire.Alert)
+    assert math.isnan(blown.value)
+
+
+def _reply(doc: dict[str, object]) -> bytes:
+    return wire.MAGIC + bytes((wire.VERSION, 0)) + json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"severity": "critical"}, "bad_value"),
+    ({"state": "pending"}, "bad_value"),
+    ({"rule": "no spaces"}, "bad_name"),
+    ({"step": -1}, "bad_value"),
+    ({"summary": 3}, "bad_value"),
+    ({"extra": 1}, "bad_schema"),
+])
+def test_a_malformed_alert_is_refused(change: dict[str, object], reason: str) -> None:
+    doc = {"type": "alert", "session": SESSION, "run": "r", "rule": "loss_spike",
+           "severity": "page", "state": "firing", "step": 3, "value": 1.0, "summary": ""}
+    with pytest.raises(wire.WireError) as e:
+        wire.decode_reply(_reply({**doc, **change}))
+    assert e.value.reason == reason
+
+
+def test_a_reply_of_an_unknown_type_says_so() -> None:
+    """A newer server's reply: the agent skips what `unknown_type` names, quietly."""
+    with pytest.raises(wire.WireError) as e:
+        wire.decode_reply(_reply({"type": "advice", "session": SESSION}))
+    assert e.value.reason == "unknown_type"
 
 
 def test_bare_json_nan_is_rejected() -> None:

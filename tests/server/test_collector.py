@@ -42,7 +42,9 @@ class Agent:
         self.sock.send(wire.encode(msg))
 
     def reply(self) -> wire.Ack | wire.Nack:
-        return wire.decode_reply(self.sock.recv())
+        r = wire.decode_reply(self.sock.recv())
+        assert not isinstance(r, wire.Alert), "no rules run here: no alert replies"
+        return r
 
     def acked(self, n: int) -> set[int]:
         """Seqs acknowledged in the next replies until `n` seqs were seen."""

@@ -43,6 +43,7 @@ import torch
 from benchmarks.early_warning._train import Arm, first_mismatch
 from benchmarks.early_warning.scenarios import SCENARIOS, Scenario, by_name
 from spikewatch.agent._guard import Guard
+from spikewatch.server._cli_progress import track
 from spikewatch.server.backtest import spike_onsets
 
 ARMS = ("none", "guard", "skip", "zclip", "eps0.1")
@@ -233,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futs = {job: pool.submit(run_one, *job, args.pace_ms / 1e3, policy) for job in mine}
-            results |= {job: f.result() for job, f in futs.items()}
+            for job, f in track(futs.items(), f"training ({', '.join(phase)})", total=len(futs)):
+                results[job] = f.result()
     ordered = [results[job] for job in jobs]
     mark_identical(ordered)
     print(report(ordered))

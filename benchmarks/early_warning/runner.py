@@ -47,10 +47,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+from rich.console import Console
 
 from benchmarks.early_warning._configs import PRESETS, Config, from_options, parse
 from benchmarks.early_warning._train import Trained, train_pair
 from spikewatch.protocol.names import AGENT_OVERHEAD, AGENT_PREDICTION_CADENCE
+from spikewatch.server._cli_progress import track
 from spikewatch.server.backtest import Episode, Report, score_episodes
 from spikewatch.server.process import ServerProcess
 from spikewatch.server.rules import load_rules
@@ -271,22 +273,23 @@ def run_suite(scenarios: Sequence[Scenario], configs_: Sequence[str | Config] = 
                 for sc, cfg in work]
         results = (pool.map(train_pair, *zip(*args, strict=True)) if pool is not None
                    else (train_pair(*a) for a in args))
-        for (sc, cfg), tr in zip(work, results, strict=True):
+        err = Console(stderr=True, soft_wrap=True, highlight=False)
+        for (sc, cfg), tr in track(zip(work, results, strict=True), "training", total=len(work),
+                                   console=err):
             run = f"{sc.name}.{cfg.name}"
             eps, truth = collect(client, run, sc.steps - 1, tr.truth)
             rows.append(row(sc, cfg, score_episodes(run, pack, eps, truth), eps, tr, pace,
                             agent_cost(client, run)))
             r = rows[-1]
             for n in r.notes:
-                print(f"!! {run}: {n}", file=sys.stderr, flush=True)
+                err.print(f"!! {run}: {n}", markup=False)
             if echo:
-                print(f"  {run}: {tr.wall:.1f} s, onsets {r.onsets}, leads {r.page_leads}, "
+                err.print(f"  {run}: {tr.wall:.1f} s, onsets {r.onsets}, leads {r.page_leads}, "
                       f"pages {r.pages}, warnings {r.warnings}, step ratio {r.ratio:.3f} "
                       f"[{r.ratio_q1:.3f}-{r.ratio_q3:.3f}]"
                       + f", agent's own overhead {100 * r.agent_overhead:.2f} %, predictor "
                       f"every step in {100 * r.predictor_held:.0f} % of reports"
-                      + f" (config: {r.config_label})",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                      + f" (config: {r.config_label})", markup=False)  # fmt: skip
     return rows
 
 

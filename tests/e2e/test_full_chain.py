@@ -168,6 +168,8 @@ class RawAgent:
         while answered < expect and time.monotonic() < deadline:
             if self.sock.poll(100):
                 r = wire.decode_reply(self.sock.recv())
+                if isinstance(r, wire.Alert):  # a rule's verdict, not an answer to a frame
+                    continue
                 out.append(r)
                 answered += len(r.seqs) if isinstance(r, wire.Ack) else 1
         return out

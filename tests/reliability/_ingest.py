@@ -45,9 +45,15 @@ class RawAgent:
     def send(self, *parts: bytes) -> None:
         self.sock.send_multipart(list(parts))
 
-    def reply(self, timeout: float = 10.0) -> wire.Reply:
-        assert self.sock.poll(int(timeout * 1000)), "no reply from the collector"
-        return wire.decode_reply(self.sock.recv())
+    def reply(self, timeout: float = 10.0) -> wire.Ack | wire.Nack:
+        """The next answer to a frame (alert replies, a rule's verdict, are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            assert self.sock.poll(int(left * 1000)), "no reply from the collector"
+            r = wire.decode_reply(self.sock.recv())
+            if not isinstance(r, wire.Alert):
+                return r
 
     def call(self, *parts: bytes, timeout: float = 10.0) -> wire.Reply:
         self.send(*parts)

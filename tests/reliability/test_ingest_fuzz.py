@@ -336,8 +336,6 @@ def _pipeline(agent: RawAgent, frames: list[bytes]) -> dict[tuple[str, int], wir
     out: dict[tuple[str, int], wire.Reply] = {}
     while len(out) < len(frames):
         r = agent.reply(timeout=30)
-        if isinstance(r, wire.Alert):  # a rule fired on what was stored: not a reply to a frame
-            continue
         for seq in (r.seqs if isinstance(r, wire.Ack) else (r.seq,)):
             out[(r.session, seq)] = r
     assert len(out) == len(frames)

@@ -30,6 +30,16 @@ def test_policy_bounds_are_clear_errors(kw: dict[str, object], field: str) -> No
         Guard(**kw)  # type: ignore[arg-type]
 
 
+def test_the_default_acts_on_what_the_page_fires_on() -> None:
+    """ratio ≥ 0.99 and ρ < 0.2 for 2 readings, after an instability that moved the loss ≥ 30 %
+    (the `predicted_loss_spike` rule's condition)."""
+    g = Guard()
+    assert (g.action, g.ratio, g.rho, g.sustain, g.rise) == ("v", 0.99, 0.2, 2, 1.3)
+    m = GuardMachine(g)
+    assert feed(m, [(1.0, 0.15)] * 3, rise=1.2) == []  # no earlier instability that large
+    assert [k for _, k, _ in feed(m, [(1.0, 0.15)] * 2, rise=1.4, start=3)] == ["guard_action"]
+
+
 def feed(m: GuardMachine, readings: list[tuple[float, float]], rise: float = 1.0,
          start: int = 0) -> list[tuple[int, str, dict[str, object]]]:  # fmt: skip
     out = []
@@ -39,7 +49,8 @@ def feed(m: GuardMachine, readings: list[tuple[float, float]], rise: float = 1.0
 
 
 def test_acts_after_sustained_readings_holds_then_releases_linearly() -> None:
-    m = GuardMachine(Guard(action="lr", rho=0.2, factor=0.5, hold_steps=10, release_steps=4,
+    m = GuardMachine(Guard(action="lr", rho=0.2, rise=1.0, factor=0.5, hold_steps=10,
+                           release_steps=4,
                            sustain=2))
     assert feed(m, [HOT]) == []  # one reading is not enough
     assert m.multiplier(1) == 1.0
@@ -64,7 +75,7 @@ def test_acts_after_sustained_readings_holds_then_releases_linearly() -> None:
 
 
 def test_a_prediction_while_it_acts_extends_the_hold_without_a_new_action() -> None:
-    m = GuardMachine(Guard(action="lr", hold_steps=10, release_steps=0, sustain=1))
+    m = GuardMachine(Guard(action="lr", rise=1.0, hold_steps=10, release_steps=0, sustain=1))
     feed(m, [HOT])
     feed(m, [COLD] * 5 + [HOT], start=1)  # predicted again at step 6: hold to 16
     assert m.multiplier(16) == 0.5
@@ -85,7 +96,7 @@ def test_needs_a_decayed_preconditioner_finite_readings_and_the_rise() -> None:
 @pytest.mark.parametrize("impl", [{}, {"foreach": True}, {"fused": True}])
 def test_the_v_action_lifts_adam_second_moment_once_and_leaves_lr_alone(
         impl: dict[str, bool]) -> None:  # fmt: skip
-    m = GuardMachine(Guard(action="v", factor=0.5, sustain=1))
+    m = GuardMachine(Guard(action="v", rise=1.0, factor=0.5, sustain=1))
     feed(m, [HOT], start=9)
     assert m.lifts_v(10)
     assert not m.lifts_v(11)
@@ -173,7 +184,7 @@ def test_an_acting_guard_scales_the_update_streams_its_events_and_keeps_the_sche
         return real(self, step, 1.5 if 10 <= step < 12 else ratio, rho, rise)
 
     monkeypatch.setattr(GuardMachine, "observe", past_edge)
-    policy = Guard(action="lr", rho=10.0, sustain=2, hold_steps=5, release_steps=2)
+    policy = Guard(action="lr", rho=10.0, rise=1.0, sustain=2, hold_steps=5, release_steps=2)
     _plain, lr_plain, _ = _seed_run(40, False, None, **impl)
     _, lr_used, mon = _seed_run(40, policy, peer, **impl)
     assert mon is not None

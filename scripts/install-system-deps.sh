@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real programs the integration tests use (PostgreSQL, Prometheus, Alertmanager,
-# Chromium) when they are missing and this machine can install them. Says plainly when it cannot;
+# Chromium, a Compose that can validate deploy/compose) when they are missing and this machine can install them. Says plainly when it cannot;
 # the tests that need a missing program are then skipped with that reason.
 set -u
 need=()
@@ -8,8 +8,9 @@ need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
 if [ ${#need[@]} -eq 0 ]; then
-  echo "system-deps: postgresql, prometheus, alertmanager and chromium are present"
+  echo "system-deps: postgresql, prometheus, alertmanager, chromium and compose are present"
   exit 0
 fi
 echo "system-deps: missing ${need[*]}"

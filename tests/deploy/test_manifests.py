@@ -236,15 +236,30 @@ def test_compose_secrets_stay_out_of_git_and_the_image() -> None:
         assert (folder / ".gitignore").read_text().split() == ["*", "!.gitignore", "!README.md"]
 
 
+def _compose() -> list[str]:
+    """The Compose command: the v2 plugin (`docker compose`), else v1 (`docker-compose`, the
+    Debian package `make test` installs); `config` needs no Docker daemon."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, timeout=60,
+                                 check=False).returncode == 0:
+        return [docker, "compose"]
+    v1 = shutil.which("docker-compose")
+    if v1:
+        return [v1]
+    pytest.skip("neither docker compose (v2) nor docker-compose (v1) is installed")
+
+
 def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
-    docker = program("docker")
-    if subprocess.run([docker, "compose", "version"], capture_output=True, timeout=60,
-                      check=False).returncode != 0:
-        pytest.skip("docker compose (the Compose v2 plugin) is not installed")
-    r = subprocess.run([docker, "compose", "--env-file", str(DEPLOY / "compose" / "env.example"),
+    compose = _compose()
+    r = subprocess.run([*compose, "--env-file", str(DEPLOY / "compose" / "env.example"),
                         "-f", str(DEPLOY / "compose" / "docker-compose.yml"), "config",
                         "--quiet"], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
+    bad = tmp_path / "bad.yml"  # and it does refuse a wrong file
+    bad.write_text("services:\n  spikewatch:\n    image: x\n    bogus_key: 1\n")
+    r = subprocess.run([*compose, "-f", str(bad), "config", "--quiet"], capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode != 0
 
 
 def test_prometheus_targets_match_compose(compose: dict[str, Any]) -> None:

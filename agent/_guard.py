@@ -20,7 +20,7 @@ The defaults come from `python -m benchmarks.guard` (docs/guard.md): the guard a
 condition `predicted_loss_spike` pages on (ratio ≥ 0.99 and ρ < 0.2 for 2 readings, after an
 instability that moved the loss ≥ 30 %), and "v" prevented more spikes than "lr". The stricter
 ρ < 0.08 of the first default kept it off two near-edge controls but also off most of the CNN's
-crossings (their ρ is 0.08–0.2): CNN onsets 25 → 14 against 25 → 4 now. Under DDP every rank
+crossings (their ρ is 0.08–0.2): CNN onsets 25 → 14 against 25 → 3 now. Under DDP every rank
 reads the same ratio and ρ (all-reduced gradients, the same sampled coordinates) and so acts at
 the same step; `rise` reads the rank's own loss, which differs between ranks, so under DDP the
 guard leaves it out (acts at ρ and the ratio alone, logged). With a sharded optimizer (ZeRO/FSDP)

@@ -110,7 +110,7 @@ class Monitor:
                        curvature_backend(config.curvature, closure),
                        auto=config.curvature == "auto")
         self._reactive = Reactive()
-        if guard is not None and self.world.world_size > 1 and guard.rise > 1.0:
+        if guard is not None and watching and self.world.world_size > 1 and guard.rise > 1.0:
             log.info("spikewatch guard: under DDP it acts on the shared ratio and rho alone "
                      "(rise reads each rank's own loss, which differs between ranks)")
             guard = dataclasses.replace(guard, rise=1.0)

@@ -185,6 +185,8 @@ def _tell_agents(transitions: Sequence[Transition], items: Sequence[Item],
                  push: zmq.Socket[bytes]) -> None:
     """Send each alert that started or stopped firing to every session of its run among the
     messages that decided it (each rank of the run hears of it)."""
+    if not transitions:  # most commits change no alert
+        return
     told = {AlertState.FIRING, AlertState.RESOLVED}
     to: dict[str, dict[str, tuple[bytes, ...]]] = defaultdict(dict)  # run → session → envelope
     for it in items:

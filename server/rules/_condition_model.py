@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from spikewatch.protocol import wire
 from spikewatch.protocol.messages import Scalar
 from spikewatch.protocol.names import BY_NAME, EventType
 
@@ -40,7 +41,9 @@ Op: TypeAlias = Literal[">", ">=", "<", "<="]
 MAX_DEPTH: Final = 4  # nesting of all/any
 MAX_CHILDREN: Final = 16
 DEFAULT_STALE_STEPS: Final = 50
-NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"  # a rule, metric or label name
+# a rule, metric or label name; a rule's name travels to the agents in alert replies, so it is
+# the wire's definition
+NAME_PATTERN: Final = wire.RULE_RE.pattern
 KEY_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$"  # an event data key
 
 StaleSteps: TypeAlias = Annotated[int, Field(ge=0, le=1_000_000)]

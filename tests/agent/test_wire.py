@@ -135,6 +135,13 @@ def test_a_malformed_alert_is_refused(change: dict[str, object], reason: str) ->
     assert e.value.reason == reason
 
 
+def test_every_alert_the_server_tells_is_one_the_wire_carries() -> None:
+    from spikewatch.server.types import AlertState, Severity
+
+    assert {s.value for s in Severity} == wire.ALERT_SEVERITIES
+    assert {AlertState.FIRING.value, AlertState.RESOLVED.value} == wire.ALERT_STATES
+
+
 def test_a_reply_of_an_unknown_type_says_so() -> None:
     """A newer server's reply: the agent skips what `unknown_type` names, quietly."""
     with pytest.raises(wire.WireError) as e:

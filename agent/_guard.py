@@ -40,7 +40,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spikewatch.agent._ramp import Events, HparamChange, RampMachine
 
@@ -49,39 +51,51 @@ __all__ = ["Guard", "GuardHooks", "GuardMachine"]
 Action = Literal["lr", "v"]
 
 
-@dataclass(frozen=True)
-class Guard:
-    """The guard's policy (see the module docstring). Bounds: 0.05 ≤ factor < 1,
-    1 ≤ hold_steps ≤ 10000, 0 ≤ release_steps ≤ 10000."""
+Bounded = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Guard(BaseModel):
+    """The guard's policy (see the module docstring); a value out of its bounds is a ValueError
+    naming the knob, e.g. ``Guard(factor=1.0): Input should be less than 1``."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
 
     action: Action = "v"
-    factor: float = 0.5
-    hold_steps: int = 50
-    release_steps: int = 50
-    ratio: float = 0.99
-    rho: float = 0.2
-    sustain: int = 2
-    rise: float = 1.3  # only after a ≥ 30 % instability, as the page; 1.0: every crossing
-    ramp_steps: int = 0  # > 0: apply threshold-dropping hyper-parameter jumps over this many steps
-    ramp_factor: float = 2.0  # the threshold drop in one step that makes a change a jump
+    factor: Annotated[Bounded, Field(ge=0.05, lt=1.0)] = 0.5
+    hold_steps: Annotated[int, Field(ge=1, le=10000)] = 50
+    release_steps: Annotated[int, Field(ge=0, le=10000)] = 50
+    ratio: Annotated[Bounded, Field(ge=0.5, le=2.0)] = 0.99
+    rho: Annotated[Bounded, Field(gt=0.0, le=10.0)] = 0.2
+    sustain: Annotated[int, Field(ge=1, le=100)] = 2
+    # only after a ≥ 30 % instability, as the page; 1.0: every crossing
+    rise: Annotated[Bounded, Field(ge=1.0, le=100.0)] = 1.3
+    # > 0: apply threshold-dropping hyper-parameter jumps over this many steps (0 or 2..10000)
+    ramp_steps: Annotated[int, Field(ge=0, le=10000)] = 0
+    # the threshold drop in one step that makes a change a jump
+    ramp_factor: Annotated[Bounded, Field(gt=1.0, le=1000.0)] = 2.0
 
-    def __post_init__(self) -> None:
-        if self.action not in ("lr", "v"):
-            raise ValueError(f"Guard(action={self.action!r}): choose 'lr' or 'v'")
-        checks = (("factor", 0.05 <= self.factor < 1.0, "in [0.05, 1)"),
-                  ("hold_steps", 1 <= self.hold_steps <= 10000, "in [1, 10000]"),
-                  ("release_steps", 0 <= self.release_steps <= 10000, "in [0, 10000]"),
-                  ("ratio", 0.5 <= self.ratio <= 2.0, "in [0.5, 2]"),
-                  ("rho", 0.0 < self.rho <= 10.0, "in (0, 10]"),
-                  ("sustain", 1 <= self.sustain <= 100, "in [1, 100]"),
-                  ("rise", 1.0 <= self.rise <= 100.0, "in [1, 100]"),
-                  ("ramp_steps", self.ramp_steps == 0 or 2 <= self.ramp_steps <= 10000,
-                   "0 or in [2, 10000]"),
-                  ("ramp_factor", 1.0 < self.ramp_factor <= 1000.0, "in (1, 1000]"))  # fmt: skip
-        for name, ok, bound in checks:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not ok:  # NaN fails every bound
-                raise ValueError(f"Guard({name}={value!r}): must be {bound}")
+    if not TYPE_CHECKING:  # type checkers keep the knobs' signature from the fields
+
+        def __init__(self, **knobs: Any) -> None:
+            try:
+                super().__init__(**knobs)
+            except ValidationError as e:
+                err = e.errors()[0]
+                name = err["loc"][0] if err["loc"] else "?"
+                raise ValueError(f"Guard({name}={err['input']!r}): {err['msg']}") from None
+
+    @field_validator("ramp_steps")
+    @classmethod
+    def _ramp_needs_two_steps(cls, steps: int) -> int:
+        if steps == 1:
+            raise ValueError("must be 0 (off) or at least 2")
+        return steps
+
+    @field_validator("factor", "ratio", "rho", "rise", "ramp_factor", mode="before")
+    @classmethod
+    def _ints_are_floats(cls, value: object) -> object:
+        """Strict, but ``Guard(ratio=1)`` means 1.0 (a bool is still refused)."""
+        return float(value) if type(value) is int else value
 
 
 @dataclass

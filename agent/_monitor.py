@@ -11,7 +11,6 @@ checks the user's options and builds it.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -113,7 +112,7 @@ class Monitor:
         if guard is not None and watching and self.world.world_size > 1 and guard.rise > 1.0:
             log.info("spikewatch guard: under DDP it acts on the shared ratio and rho alone "
                      "(rise reads each rank's own loss, which differs between ranks)")
-            guard = dataclasses.replace(guard, rise=1.0)
+            guard = guard.model_copy(update={"rise": 1.0})
         self._guard = GuardHooks(guard) if guard is not None and watching else None
         if guard is not None and not watching:
             log.warning("spikewatch guard: off under a sharded optimizer (each rank holds part "

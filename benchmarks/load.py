@@ -33,6 +33,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,21 @@ class Result:
         return xs[min(len(xs) - 1, int(q * len(xs)))] * 1e3 if xs else float("nan")
 
 
+@contextmanager
+def _workers(procs: list[Any]) -> Iterator[list[Any]]:
+    """Start the worker processes; on leaving, give each 30 s to finish, then kill the rest."""
+    try:
+        for p in procs:
+            p.start()
+        yield procs
+        for p in procs:
+            p.join(30)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+
+
 def _collect(q: Any, n: int, timeout: float, procs: list[Any]) -> list[Any]:
     """`n` items from a multiprocessing queue; SystemExit if a worker died or time ran out."""
     items: list[Any] = []
@@ -98,35 +115,27 @@ def run_spikewatch(db: str, url: str, args: argparse.Namespace, wl: Workload, wo
 
     server = ServerProcess(url, workdir)
     server.start()
-    procs: list[Any] = []
     try:
         server.wait_ready()
         ready, out, start = _SPAWN.Queue(), _SPAWN.Queue(), _SPAWN.Event()
-        procs = [_SPAWN.Process(target=run_agent, daemon=True,
-                                args=(server.zmq, f"load-{db}-{i:03d}", wl, args.seconds,
-                                      args.window, args.interval, ready, start, out))
-                 for i in range(args.agents)]
-        for p in procs:
-            p.start()
-        _collect(ready, len(procs), 300, procs)
-        stop_sampling = threading.Event()
+        with _workers([_SPAWN.Process(target=run_agent, daemon=True,
+                                      args=(server.zmq, f"load-{db}-{i:03d}", wl, args.seconds,
+                                            args.window, args.interval, ready, start, out))
+                       for i in range(args.agents)]) as procs:
+            _collect(ready, len(procs), 300, procs)
+            stop_sampling = threading.Event()
 
-        def sample() -> None:
-            while not stop_sampling.wait(0.5):
-                server.sample_rss()
+            def sample() -> None:
+                while not stop_sampling.wait(0.5):
+                    server.sample_rss()
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        start.set()
-        results = _collect(out, len(procs), args.seconds + 240, procs)
-        stop_sampling.set()
-        sampler.join()
-        for p in procs:
-            p.join(30)
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            start.set()
+            results = _collect(out, len(procs), args.seconds + 240, procs)
+            stop_sampling.set()
+            sampler.join()
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
         server.stop()
     r = Result("spikewatch", db, rss=server.rss_peak, seconds=args.seconds)
     r.points = sum(x["acked"] for x in results) * wl.points_per_batch
@@ -262,23 +271,14 @@ def run_mlflow(db: str, uri: str, jobs: list[tuple[str, int]], args: argparse.Na
     nproc = max(1, min(args.mlflow_procs, len(jobs)))
     shares = [jobs[i::nproc] for i in range(nproc)]
     ready, out, start = _SPAWN.Queue(), _SPAWN.Queue(), _SPAWN.Event()
-    procs = [_SPAWN.Process(target=mlflow_worker, daemon=True,
-                            args=(uri, "load", share, wl, args.mlflow_max_seconds, ready, start,
-                                  out)) for share in shares]
-    try:
-        for p in procs:
-            p.start()
+    with _workers([_SPAWN.Process(target=mlflow_worker, daemon=True,
+                                  args=(uri, "load", share, wl, args.mlflow_max_seconds, ready,
+                                        start, out)) for share in shares]) as procs:
         _collect(ready, nproc, 300, procs)
         t0 = time.perf_counter()
         start.set()
         results = _collect(out, nproc, args.mlflow_max_seconds + 300, procs)
         wall = time.perf_counter() - t0
-        for p in procs:
-            p.join(30)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
     r = Result("mlflow", db, seconds=wall, rss=max(x["rss"] for x in results))
     r.points = sum(x["points"] for x in results)
     r.lat = [v for x in results for v in x["lat"]]

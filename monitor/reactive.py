@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import SupportsFloat
 
-__all__ = ["Detection", "Kind", "Preset", "ReactiveDetector", "Rule", "detect"]
+__all__ = ["Detection", "Kind", "Mode", "Preset", "ReactiveDetector", "Rule", "detect"]
 
 
 class Kind(StrEnum):
@@ -35,12 +35,20 @@ class Preset(StrEnum):
     OLMO_CORE = "olmo_core"
 
 
+class Mode(StrEnum):
+    """What a rule compares each value with (`Rule.factor` times it)."""
+
+    MAX_OF_FIRST = "max_of_first"  # the largest of the first `window` finite values
+    RUNNING_MEAN = "running_mean"  # the mean of the last `window` non-outliers, for > patience
+    ZSCORE = "zscore"  # mean + factor·σ of the last `window` non-outliers
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """A reactive rule. `mode` is "max_of_first", "running_mean" or "zscore"."""
+    """A reactive rule (a `Mode` or its string value)."""
 
     name: str
-    mode: str
+    mode: Mode | str
     factor: float  # multiple (max_of_first, running_mean) or number of σ (zscore)
     window: int  # first-N steps, running-mean window or z-score window
     patience: int = 0  # fire when more than `patience` consecutive steps exceed (running_mean)
@@ -49,9 +57,9 @@ class Rule:
 _REL_STD_FLOOR = 1e-6
 
 RULES: dict[Preset, Rule] = {
-    Preset.MEGATRON: Rule("megatron", "max_of_first", 10.0, 100),
-    Preset.LLM_FOUNDRY: Rule("llm_foundry", "running_mean", 2.0, 100, patience=4),
-    Preset.OLMO_CORE: Rule("olmo_core", "zscore", 6.0, 128),
+    Preset.MEGATRON: Rule("megatron", Mode.MAX_OF_FIRST, 10.0, 100),
+    Preset.LLM_FOUNDRY: Rule("llm_foundry", Mode.RUNNING_MEAN, 2.0, 100, patience=4),
+    Preset.OLMO_CORE: Rule("olmo_core", Mode.ZSCORE, 6.0, 128),
 }
 
 
@@ -77,8 +85,10 @@ class ReactiveDetector:
                 known = [p.value for p in Preset]
                 raise ValueError(f"unknown preset {rule!r}; one of {known}") from None
         self.rule = RULES[rule] if isinstance(rule, Preset) else rule
-        if self.rule.mode not in {"max_of_first", "running_mean", "zscore"}:
-            raise ValueError(f"unknown rule mode {self.rule.mode!r}")
+        try:
+            self._mode = Mode(self.rule.mode)
+        except ValueError:
+            raise ValueError(f"unknown rule mode {self.rule.mode!r}") from None
         if self.rule.window < 1 or self.rule.factor <= 0:
             raise ValueError("rule window must be >= 1 and factor > 0")
         self._first_max = -math.inf
@@ -100,10 +110,9 @@ class ReactiveDetector:
             raise TypeError(f"step {step}: value {value!r} is not a number") from exc
         if not math.isfinite(x):
             return Detection(step, Kind.NONFINITE, self.rule.name, x, math.nan)
-        mode = self.rule.mode
-        if mode == "max_of_first":
+        if self._mode is Mode.MAX_OF_FIRST:
             return self._max_of_first(step, x)
-        if mode == "running_mean":
+        if self._mode is Mode.RUNNING_MEAN:
             return self._running_mean(step, x)
         return self._zscore(step, x)
 

@@ -24,7 +24,10 @@ class AlertState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """Global values of one run at one step, as the store committed them (input of the rules)."""
+    """Global values of one run at one step, as the store committed them (input of the rules).
+
+    `time` is the step's own clock (Unix seconds when the agent recorded it), so a rule's
+    `for_seconds` means the same on replay as live."""
 
     run: str
     step: int

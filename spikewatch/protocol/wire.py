@@ -1,8 +1,7 @@
 """The wire format between agent and server, defined once. Importable without torch.
 
-A frame is a 4-byte header followed by a JSON document:
-
-    b"SW" | version (1 byte) | flags (1 byte, bit 0 = zlib-compressed body)
+A frame is a 4-byte header followed by a JSON document (`spikewatch.protocol.envelope`: header,
+compression, size and nesting limits; re-exported here).
 
 JSON was chosen over a binary codec so the format is inspectable and needs no extra dependency;
 there is no pickle anywhere. JSON has no NaN/Inf, so non-finite floats travel explicitly as the
@@ -22,12 +21,23 @@ does not know fails with reason ``unknown_type``, which an agent skips (a newer 
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import zlib
 from typing import Any, Final
 
+from spikewatch.protocol.envelope import (
+    COMPRESS_ABOVE,
+    FLAG_ZLIB,
+    HEADER_LEN,
+    MAGIC,
+    MAX_BODY_BYTES,
+    MAX_DEPTH,
+    MAX_FRAME_BYTES,
+    VERSION,
+    WireError,
+    pack,
+    unpack,
+)
 from spikewatch.protocol.messages import (
     Ack,
     Alert,
@@ -46,20 +56,12 @@ from spikewatch.protocol.messages import (
 from spikewatch.protocol.names import Combine
 from spikewatch.protocol.nonfinite import WIRE_NAMES, from_wire, to_wire
 
-__all__ = ["Ack", "Alert", "Batch", "Event", "Header", "Hello", "Histogram", "Message", "Nack",
-           "Partial", "Record", "Reply", "Scalar", "WireError", "decode", "decode_reply", "encode",
-           "message_id"]
+__all__ = ["COMPRESS_ABOVE", "FLAG_ZLIB", "HEADER_LEN", "MAGIC", "MAX_BODY_BYTES", "MAX_DEPTH",
+           "MAX_FRAME_BYTES", "VERSION", "Ack", "Alert", "Batch", "Event", "Header", "Hello",
+           "Histogram", "Message", "Nack", "Partial", "Record", "Reply", "Scalar", "WireError",
+           "decode", "decode_reply", "encode", "message_id"]
 
-VERSION: Final = 1
-MAGIC: Final = b"SW"
-FLAG_ZLIB: Final = 0x01
-HEADER_LEN: Final = 4
-COMPRESS_ABOVE: Final = 4096  # bytes of JSON above which the agent compresses
-
-# Limits: anything beyond them is rejected whole (reason codes in parentheses).
-MAX_FRAME_BYTES: Final = 1 << 20  # compressed frame ("oversize")
-MAX_BODY_BYTES: Final = 8 << 20  # decompressed body ("oversize")
-MAX_DEPTH: Final = 8  # JSON nesting ("too_deep")
+# Limits of the document: anything beyond them is rejected whole (the frame's: `envelope`).
 MAX_RECORDS: Final = 1024
 MAX_METRICS_PER_RECORD: Final = 256
 MAX_LAYERS_PER_METRIC: Final = 4096
@@ -76,22 +78,6 @@ KEY_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 RULE_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 ALERT_SEVERITIES: Final = frozenset({"page", "warning", "info"})
 ALERT_STATES: Final = frozenset({"firing", "resolved"})
-
-
-
-class WireError(ValueError):
-    """A frame that cannot be accepted. `reason` is a short code from a fixed set."""
-
-    REASONS: Final = frozenset(
-        {"bad_header", "bad_version", "oversize", "bad_compression", "bad_json", "too_deep",
-         "bad_schema", "bad_name", "too_many", "bad_value", "unknown_type"}
-    )
-
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in self.REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 # --- encoding ----------------------------------------------------------------------------------
@@ -133,13 +119,6 @@ def _record_out(r: Record) -> dict[str, Any]:
     return out
 
 
-def _frame(doc: dict[str, Any]) -> bytes:
-    body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-    if len(body) > COMPRESS_ABOVE:
-        return MAGIC + bytes((VERSION, FLAG_ZLIB)) + zlib.compress(body, 1)
-    return MAGIC + bytes((VERSION, 0)) + body
-
-
 def encode(msg: Message | Reply) -> bytes:
     """Serialise a message or reply to one frame. Raises ValueError if it would exceed limits."""
     doc: dict[str, Any]
@@ -157,67 +136,13 @@ def encode(msg: Message | Reply) -> bytes:
                "value": _num(msg.value), "summary": msg.summary[:MAX_STR_LEN]}
     else:
         doc = {"type": "nack", "session": msg.session, "seq": msg.seq, "reason": msg.reason}
-    frame = _frame(doc)
+    frame = pack(doc)
     if len(frame) > MAX_FRAME_BYTES:
         raise ValueError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
     return frame
 
 
 # --- decoding and validation -------------------------------------------------------------------
-
-
-def _reject_constant(name: str) -> float:
-    raise WireError("bad_value", f"bare {name} is not allowed; use the string form")
-
-
-def _body(frame: bytes) -> Any:
-    if len(frame) > MAX_FRAME_BYTES:
-        raise WireError("oversize", f"frame of {len(frame)} bytes")
-    if len(frame) < HEADER_LEN or frame[:2] != MAGIC:
-        raise WireError("bad_header", "missing SW magic")
-    if frame[2] != VERSION:
-        raise WireError("bad_version", f"version {frame[2]} (this side speaks {VERSION})")
-    flags, raw = frame[3], frame[HEADER_LEN:]
-    if flags & ~FLAG_ZLIB:
-        raise WireError("bad_header", f"unknown flags {flags:#x}")
-    if flags & FLAG_ZLIB:
-        d = zlib.decompressobj()
-        try:
-            raw = d.decompress(raw, MAX_BODY_BYTES)
-        except zlib.error as e:
-            raise WireError("bad_compression", str(e)) from None
-        if d.unconsumed_tail or not d.eof:
-            raise WireError("oversize" if d.unconsumed_tail else "bad_compression",
-                            "body too large or truncated")
-    if len(raw) > MAX_BODY_BYTES:
-        raise WireError("oversize", f"body of {len(raw)} bytes")
-    _check_depth(raw)
-    try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise WireError("bad_json", str(e)[:200]) from None
-
-
-def _check_depth(raw: bytes) -> None:
-    """Reject deep nesting before the JSON parser recurses into it."""
-    depth = 0
-    in_str = esc = False
-    for b in raw:
-        if in_str:
-            if esc:
-                esc = False
-            elif b == 0x5C:
-                esc = True
-            elif b == 0x22:
-                in_str = False
-        elif b == 0x22:
-            in_str = True
-        elif b in (0x5B, 0x7B):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise WireError("too_deep", f"nesting deeper than {MAX_DEPTH}")
-        elif b in (0x5D, 0x7D):
-            depth -= 1
 
 
 def _obj(
@@ -348,7 +273,7 @@ _HEADER_KEYS = {"type", "session", "seq", "run", "rank", "world_size", "sent_at"
 
 def decode(frame: bytes) -> Message:
     """Validate and parse an agent → server frame. Raises `WireError`."""
-    doc = _body(frame)
+    doc = unpack(frame)
     if not isinstance(doc, dict) or doc.get("type") not in ("hello", "batch"):
         raise WireError("bad_schema", "expected a hello or batch object")
     if doc["type"] == "hello":
@@ -365,7 +290,7 @@ def decode(frame: bytes) -> Message:
 
 def decode_reply(frame: bytes) -> Reply:
     """Parse a server → agent reply. Raises `WireError`."""
-    doc = _body(frame)
+    doc = unpack(frame)
     if not isinstance(doc, dict):
         raise WireError("bad_schema", "reply must be an object")
     if doc.get("type") == "ack":
@@ -396,7 +321,7 @@ def message_id(frame: bytes) -> tuple[str, int] | None:
     """Best-effort (session, seq) of a frame that failed validation, for its nack; None when
     the frame does not carry a readable one."""
     try:
-        doc = _body(frame)
+        doc = unpack(frame)
         session, seq = doc["session"], doc["seq"]
     except (WireError, TypeError, KeyError, IndexError):
         return None

@@ -3,7 +3,7 @@ with the baselines that act after the fact, in the same run.
 
     python -m benchmarks.guard [--scenarios A,B] [--family F] [--arms none,guard,...]
                                [--guard-action lr|v] [--guard-rise R] [--guard-rho R]
-                               [--guard-ramp-steps N]
+                               [--guard-factor F] [--guard-rearm] [--guard-ramp-steps N]
                                [--pace-ms 50] [--jobs 12] [--json FILE]
 
 Arms (each trains the scenario from the same seed):
@@ -206,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: Guard's)")
     ap.add_argument("--guard-rho", type=float, default=None,
                     help="the guard acts only while rho is below this (default: Guard's)")
+    ap.add_argument("--guard-factor", type=float, default=None,
+                    help="how far the action shrinks the step (default: Guard's)")
+    ap.add_argument("--guard-rearm", action=argparse.BooleanOptionalAction, default=None,
+                    help="after a first action, act on the ratio and rho alone (default: Guard's)")
     ap.add_argument("--guard-ramp-steps", type=int, default=None,
                     help="steps over which a threshold-dropping hyper-parameter jump is applied "
                          "(0: at once; default: Guard's)")
@@ -222,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     jobs = [(n, a) for n in names for a in arms]
     knobs = {"action": args.guard_action, "rise": args.guard_rise, "rho": args.guard_rho,
-             "ramp_steps": args.guard_ramp_steps}
+             "ramp_steps": args.guard_ramp_steps, "factor": args.guard_factor,
+             "rearm": args.guard_rearm}
     policy = Guard(**{k: v for k, v in knobs.items() if v is not None})
     t0 = time.perf_counter()
     # the paced guarded runs first, on their own: an unpaced baseline keeps a core busy, and the

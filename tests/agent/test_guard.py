@@ -35,6 +35,7 @@ def test_the_default_acts_on_what_the_page_fires_on() -> None:
     (the `predicted_loss_spike` rule's condition)."""
     g = Guard()
     assert (g.action, g.ratio, g.rho, g.sustain, g.rise) == ("v", 0.99, 0.2, 2, 1.3)
+    assert (g.factor, g.rearm) == (0.7, True)  # chosen on the guard benchmark (docs/guard.md)
     m = GuardMachine(g)
     assert feed(m, [(1.0, 0.15)] * 3, rise=1.2) == []  # no earlier instability that large
     assert [k for _, k, _ in feed(m, [(1.0, 0.15)] * 2, rise=1.4, start=3)] == ["guard_action"]
@@ -75,7 +76,8 @@ def test_acts_after_sustained_readings_holds_then_releases_linearly() -> None:
 
 
 def test_a_prediction_while_it_acts_extends_the_hold_without_a_new_action() -> None:
-    m = GuardMachine(Guard(action="lr", rise=1.0, hold_steps=10, release_steps=0, sustain=1))
+    m = GuardMachine(Guard(action="lr", rise=1.0, factor=0.5, hold_steps=10, release_steps=0,
+                           sustain=1))
     feed(m, [HOT])
     feed(m, [COLD] * 5 + [HOT], start=1)  # predicted again at step 6: hold to 16
     assert m.multiplier(16) == 0.5
@@ -86,11 +88,25 @@ def test_a_prediction_while_it_acts_extends_the_hold_without_a_new_action() -> N
 
 
 def test_needs_a_decayed_preconditioner_finite_readings_and_the_rise() -> None:
-    m = GuardMachine(Guard(action="lr", sustain=1, rise=1.3))
+    m = GuardMachine(Guard(action="lr", sustain=1, rise=1.3, factor=0.5))
     assert feed(m, [(1.5, 0.3), (math.nan, 0.05), (1.5, math.inf)]) == []
     assert feed(m, [HOT], rise=1.2, start=3) == []
     assert [k for _, k, _ in feed(m, [HOT], rise=1.4, start=4)] == ["guard_action"]
     assert m.multiplier(5) == 0.5
+
+
+@pytest.mark.parametrize("rearm", [False, True])
+def test_rearm_acts_again_without_a_new_rise_only_after_a_first_action(rearm: bool) -> None:
+    m = GuardMachine(Guard(action="lr", sustain=1, rise=1.3, hold_steps=5, release_steps=0,
+                           rearm=rearm))
+    assert feed(m, [HOT], rise=1.1) == []  # before any action the rise still gates
+    assert [k for _, k, _ in feed(m, [HOT], rise=1.4, start=1)] == ["guard_action"]
+    feed(m, [COLD] * 10, rise=1.05, start=2)  # released; the prevented instability rose 5 %
+    again = feed(m, [HOT], rise=1.05, start=12)
+    assert [k for _, k, _ in again] == (["guard_action"] if rearm else [])
+    if rearm:
+        assert "re-armed by its earlier action" in str(again[0][2]["why"])
+    assert m.actions == (2 if rearm else 1)
 
 
 @pytest.mark.parametrize("impl", [{}, {"foreach": True}, {"fused": True}])
@@ -184,7 +200,8 @@ def test_an_acting_guard_scales_the_update_streams_its_events_and_keeps_the_sche
         return real(self, step, 1.5 if 10 <= step < 12 else ratio, rho, rise)
 
     monkeypatch.setattr(GuardMachine, "observe", past_edge)
-    policy = Guard(action="lr", rho=10.0, rise=1.0, sustain=2, hold_steps=5, release_steps=2)
+    policy = Guard(action="lr", rho=10.0, rise=1.0, factor=0.5, sustain=2, hold_steps=5,
+                   release_steps=2)
     _plain, lr_plain, _ = _seed_run(40, False, None, **impl)
     _, lr_used, mon = _seed_run(40, policy, peer, **impl)
     assert mon is not None

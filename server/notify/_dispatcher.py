@@ -2,7 +2,7 @@
 
 Each notifier gets its own worker thread and bounded queue, so a dead webhook cannot delay
 Alertmanager. A delivery that fails is retried in place (order per notifier is kept, so a resolve
-never overtakes its firing) with exponential backoff, up to `max_attempts`; a full queue drops the
+never overtakes its firing) with exponential backoff (the `Retry` policy); a full queue drops the
 transition and counts it as failed. Outcome counters (sent / failed / retried per notifier) are
 read with `snapshot()`. `close()` delivers what is queued (one attempt each) within its timeout.
 """
@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from spikewatch.server.types import Transition
@@ -49,6 +50,24 @@ class _Counters:
             return dict(self._c)
 
 
+@dataclass(frozen=True)
+class Retry:
+    """How a failed delivery is retried: up to `attempts` in all, waiting `backoff` seconds
+    after the first failure and twice as long after each next one, at most `max_backoff`."""
+
+    attempts: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or not 0 <= self.backoff <= self.max_backoff:
+            raise ValueError("Retry needs attempts ≥ 1 and 0 ≤ backoff ≤ max_backoff")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        return min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
+
+
 _STOP = object()
 
 
@@ -58,17 +77,13 @@ class _Worker:
         notifier: Notifier,
         counters: _Counters,
         queue_size: int,
-        max_attempts: int,
-        backoff: float,
-        max_backoff: float,
+        retry: Retry,
         tick: float,
     ) -> None:
         self.notifier = notifier
         self.queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._counters = counters
-        self._max_attempts = max_attempts
-        self._backoff = backoff
-        self._max_backoff = max_backoff
+        self._retry = retry
         self._tick = tick
         self.closing = threading.Event()
         self.thread = threading.Thread(
@@ -99,13 +114,13 @@ class _Worker:
 
     def _deliver(self, t: Transition) -> None:
         name = self.notifier.name
-        for attempt in range(1, self._max_attempts + 1):
+        for attempt in range(1, self._retry.attempts + 1):
             try:
                 if self.notifier.send(t):
                     self._counters.add(name, "sent")
                 return
             except Exception as e:
-                last = attempt >= self._max_attempts or self.closing.is_set()
+                last = attempt >= self._retry.attempts or self.closing.is_set()
                 log.warning(
                     "notifier %s: %s/%s %s attempt %d failed: %s",
                     name,
@@ -119,8 +134,7 @@ class _Worker:
                     self._counters.add(name, "failed")
                     return
                 self._counters.add(name, "retried")
-                delay = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
-                self.closing.wait(delay)
+                self.closing.wait(self._retry.delay(attempt))
 
 
 class Dispatcher:
@@ -130,20 +144,18 @@ class Dispatcher:
         self,
         notifiers: Sequence[Notifier],
         *,
+        retry: Retry = Retry(),  # frozen: one shared default is safe
         queue_size: int = 1000,
-        max_attempts: int = 5,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
         tick: float = 1.0,
     ) -> None:
         names = [n.name for n in notifiers]
         if len(set(names)) != len(names):
             raise ValueError(f"notifier names must be unique: {names}")
-        if queue_size < 1 or max_attempts < 1 or backoff < 0 or tick <= 0:
-            raise ValueError("queue_size and max_attempts must be ≥ 1, backoff ≥ 0, tick > 0")
+        if queue_size < 1 or tick <= 0:
+            raise ValueError("queue_size must be ≥ 1 and tick > 0")
         self._counters = _Counters(names)
         self._workers = [
-            _Worker(n, self._counters, queue_size, max_attempts, backoff, max_backoff, tick)
+            _Worker(n, self._counters, queue_size, retry, tick)
             for n in notifiers
         ]
         self._closed = False

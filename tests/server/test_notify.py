@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from spikewatch.server.notify import AlertmanagerNotifier, Dispatcher, WebhookNotifier
+from spikewatch.server.notify import AlertmanagerNotifier, Dispatcher, Retry, WebhookNotifier
 from spikewatch.server.types import AlertState, Severity, Transition
 from tests._net import free_port
 
@@ -196,7 +196,7 @@ def test_retries_until_alertmanager_comes_up_and_keeps_order(tmp_path: Path) -> 
         pytest.skip("prometheus-alertmanager binary not installed")
     am = Alertmanager(tmp_path)  # not started yet: nothing listens on its port
     n = AlertmanagerNotifier(am.url, resend_interval=3600, timeout=1.0)
-    d = Dispatcher([n], max_attempts=100, backoff=0.05, max_backoff=0.2, tick=0.05)
+    d = Dispatcher([n], retry=Retry(attempts=100, backoff=0.05, max_backoff=0.2), tick=0.05)
     try:
         d.submit(transition(AlertState.FIRING, run="a"))
         d.submit(transition(AlertState.RESOLVED, run="a"))
@@ -286,7 +286,7 @@ def test_webhook_default_states_skip_pending(hook: Hook) -> None:
 
 def test_dispatcher_retries_a_failing_webhook_with_backoff() -> None:
     hook = Hook(fail_first=3)
-    d = Dispatcher([WebhookNotifier(hook.url)], backoff=0.01, tick=0.05)
+    d = Dispatcher([WebhookNotifier(hook.url)], retry=Retry(backoff=0.01), tick=0.05)
     try:
         d.submit(transition(AlertState.FIRING))
         wait_for(lambda: len(hook.bodies) == 1, what="delivery after 3 failures")
@@ -299,7 +299,8 @@ def test_dispatcher_retries_a_failing_webhook_with_backoff() -> None:
 
 def test_dispatcher_gives_up_after_max_attempts_and_counts_failed() -> None:
     url = f"http://127.0.0.1:{free_port()}/nobody-home"
-    d = Dispatcher([WebhookNotifier(url, timeout=1.0)], max_attempts=3, backoff=0.01, tick=0.05)
+    d = Dispatcher([WebhookNotifier(url, timeout=1.0)], retry=Retry(attempts=3, backoff=0.01),
+                   tick=0.05)
     try:
         d.submit(transition(AlertState.FIRING))
         wait_for(lambda: d.snapshot()[("webhook", "failed")] == 1, what="give up")

@@ -288,5 +288,11 @@ EDGES: dict[str, EdgeSweep] = {
                   lambda lr, s: transformer_pool(lr, s, batch=32)),
         EdgeSweep(HP, "sgd-m0.9", 1000, (0.003, 0.004, 0.005, 0.006, 0.007), (0, 1, 2),
                   lambda lr, s: mlp_sgd(1000, lr, s, momentum=0.9)),
+        # threshold-lowering jumps at step 1000 of a run at `lr`: which spike (the agent's
+        # gradient-direction ratio is far below 1 before them; docs/early-warning.md)
+        EdgeSweep(HP, "adam-b1-0.97-0.90", 1100, (0.0005, 0.001, 0.002, 0.005), (3, 4),
+                  lambda lr, s: mlp(1000, lr, s, beta1=0.97, schedule=at(1000, beta1=0.9))),
+        EdgeSweep(HP, "adam-lr-x1.5", 1100, (0.0003, 0.0005, 0.001, 0.002), (0, 1),
+                  lambda lr, s: mlp(1000, lr, s, schedule=at(1000, lr=1.5 * lr))),
     )
 }  # fmt: skip

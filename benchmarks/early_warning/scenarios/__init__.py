@@ -290,9 +290,9 @@ EDGES: dict[str, EdgeSweep] = {
                   lambda lr, s: mlp_sgd(1000, lr, s, momentum=0.9)),
         # threshold-lowering jumps at step 1000 of a run at `lr`: which spike (the agent's
         # gradient-direction ratio is far below 1 before them; docs/early-warning.md)
-        EdgeSweep(HP, "adam-b1-0.97-0.90", 1100, (0.0005, 0.001, 0.002, 0.005), (3, 4),
+        EdgeSweep(HP, "adam-b1-0.97-0.90", 1100, (0.0005, 0.001, 0.002, 0.005), (3, 4, 5),
                   lambda lr, s: mlp(1000, lr, s, beta1=0.97, schedule=at(1000, beta1=0.9))),
-        EdgeSweep(HP, "adam-lr-x1.5", 1100, (0.0003, 0.0005, 0.001, 0.002), (0, 1),
+        EdgeSweep(HP, "adam-lr-x1.5", 1100, (0.0003, 0.0005, 0.001, 0.002), (0, 1, 2),
                   lambda lr, s: mlp(1000, lr, s, schedule=at(1000, lr=1.5 * lr))),
     )
 }  # fmt: skip

@@ -16,21 +16,19 @@ temporary mitigation:
   optimizer's pre-step hook and undone in its post-step hook, so a learning-rate scheduler that
   sets ``group["lr"]`` keeps working and a checkpoint never saves the scaled value.
 
-The defaults come from `python -m benchmarks.guard` (docs/guard.md): the guard acts on the
-predictor's crossing that `predicted_loss_spike` pages on (ratio ≥ 0.99 and ρ < 0.2 for 2
-readings), but only after an instability that moved the loss ≥ 50 % (a minor spike; the page
-waits for 30 %): at 30 % it acted on two near-edge stable controls, whose wobbles reach 1.36–1.40×,
-and at 50 % on none, for one more CNN onset (25 → 2 instead of 25 → 1). "v" prevented more spikes
-than "lr". After its
-first action it is re-armed (`rearm`): it acts on the ratio and ρ alone, because the instability
-it prevented moved the loss little while the next crossing is as dangerous (MLP onsets 9 → 5,
-CNN 3 → 1). `factor` 0.7 prevented as many spikes as 0.5 at a smaller cost to the loss; 0.9 was
-too weak. The stricter ρ < 0.08 of the first default kept it off two near-edge controls but also
-off most of the CNN's crossings (their ρ is 0.08–0.2). Under DDP every rank
-reads the same ratio and ρ (all-reduced gradients, the same sampled coordinates) and so acts at
-the same step; `rise` reads the rank's own loss, which differs between ranks, so under DDP the
-guard leaves it out (acts at ρ and the ratio alone, logged). With a sharded optimizer (ZeRO/FSDP)
-the reading is partial on each rank and the guard stays off.
+The defaults come from `python -m benchmarks.guard` (docs/guard.md). The guard acts on the
+crossing `predicted_loss_spike` pages on (ratio ≥ 0.99 and ρ < 0.2 for 2 readings), but only
+after an instability that moved the loss ≥ 50 % (a minor spike; the page waits for 30 %): at 30 %
+it acted on two near-edge stable controls, whose wobbles reach 1.36–1.40×, at 50 % on none, for
+one more CNN onset. After its first action it is re-armed (`rearm`) and acts on the ratio and ρ
+alone: the instability it prevented moved the loss little, while the next crossing is as
+dangerous (MLP onsets 9 → 5, CNN 3 → 1). "v" prevented more spikes than "lr"; `factor` 0.7 as many
+as 0.5 at a smaller cost to the loss, 0.9 too few; ρ < 0.08 (the first default) missed most of the
+CNN's crossings (their ρ is 0.08–0.2). Under DDP every rank reads the same ratio and ρ
+(all-reduced gradients, the same sampled coordinates) and so acts at the same step; `rise` reads
+the rank's own loss, which differs between ranks, so under DDP the guard leaves it out (acts at ρ
+and the ratio alone, logged). With a sharded optimizer (ZeRO/FSDP) the reading is partial on each
+rank and the guard stays off.
 
 With `ramp_steps` > 0, whatever the action, a hyper-parameter change that lowers the stability
 threshold by `ramp_factor` or more in one step (a 10× lr jump, β1 0.9 → 0.5) is applied gradually

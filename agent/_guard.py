@@ -55,7 +55,7 @@ __all__ = ["Guard", "GuardHooks", "GuardMachine"]
 Action = Literal["lr", "v"]
 
 
-Bounded = Annotated[float, Field(allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # strict: an int is taken, a bool refused
 
 
 class Guard(BaseModel):
@@ -65,18 +65,18 @@ class Guard(BaseModel):
     model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
 
     action: Action = "v"
-    factor: Annotated[Bounded, Field(ge=0.05, lt=1.0)] = 0.7
+    factor: Annotated[Finite, Field(ge=0.05, lt=1.0)] = 0.7
     hold_steps: Annotated[int, Field(ge=1, le=10000)] = 50
     release_steps: Annotated[int, Field(ge=0, le=10000)] = 50
-    ratio: Annotated[Bounded, Field(ge=0.5, le=2.0)] = 0.99
-    rho: Annotated[Bounded, Field(gt=0.0, le=10.0)] = 0.2
+    ratio: Annotated[Finite, Field(ge=0.5, le=2.0)] = 0.99
+    rho: Annotated[Finite, Field(gt=0.0, le=10.0)] = 0.2
     sustain: Annotated[int, Field(ge=1, le=100)] = 2
     # only after a ≥ 50 % instability (the page: 30 %); 1.0: every crossing
-    rise: Annotated[Bounded, Field(ge=1.0, le=100.0)] = 1.5
+    rise: Annotated[Finite, Field(ge=1.0, le=100.0)] = 1.5
     # > 0: apply threshold-dropping hyper-parameter jumps over this many steps (0 or 2..10000)
     ramp_steps: Annotated[int, Field(ge=0, le=10000)] = 0
     # the threshold drop in one step that makes a change a jump
-    ramp_factor: Annotated[Bounded, Field(gt=1.0, le=1000.0)] = 2.0
+    ramp_factor: Annotated[Finite, Field(gt=1.0, le=1000.0)] = 2.0
     # after its first action the guard acts on the ratio and rho alone: an instability it
     # prevented moved the loss little, yet the next crossing is as dangerous
     rearm: bool = True
@@ -97,12 +97,6 @@ class Guard(BaseModel):
         if steps == 1:
             raise ValueError("must be 0 (off) or at least 2")
         return steps
-
-    @field_validator("factor", "ratio", "rho", "rise", "ramp_factor", mode="before")
-    @classmethod
-    def _ints_are_floats(cls, value: object) -> object:
-        """Strict, but ``Guard(ratio=1)`` means 1.0 (a bool is still refused)."""
-        return float(value) if type(value) is int else value
 
 
 @dataclass

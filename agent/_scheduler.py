@@ -44,13 +44,12 @@ Who yields first. The fixed part (hooks, drains, the every-step probes in `FIXED
 stretched. The predictor in `PREDICTIVE` (the two-secant curvature and ρ the default rules page
 on) yields only to the budget itself: it is stretched only when the fixed part and it, both at
 face value (what the clock sees), exceed the whole budget, without the headroom, in
-`PREDICTIVE_PATIENCE` consecutive windows (one
-window's burst, a collection pause or a busy neighbour, does not silence it for the many windows
-relaxing takes); a stretched predictor is reported (`degraded()`;
-the monitor streams a `prediction_degraded` event), never silent. The other probes share what is
-left below the planning line (at least a quarter of it: a costly fixed part does not stretch them to
-nothing); the one with the largest load (cost per run / cadence) is doubled first, and relaxing
-brings the predictor back first.
+`PREDICTIVE_PATIENCE` consecutive windows (one window's burst, a collection pause or a busy
+neighbour, does not silence it for the many windows relaxing takes); a stretched predictor is
+reported (`degraded()`; the monitor streams a `prediction_degraded` event), never silent. The
+other probes share what is left below the planning line (at least a quarter of it: a costly
+fixed part does not stretch them to nothing); the one with the largest load (cost per run /
+cadence) is doubled first, and relaxing brings the predictor back first.
 """
 
 from __future__ import annotations

@@ -89,7 +89,8 @@ class Guard(BaseModel):
             except ValidationError as e:
                 err = e.errors()[0]
                 name = err["loc"][0] if err["loc"] else "?"
-                raise ValueError(f"Guard({name}={err['input']!r}): {err['msg']}") from None
+                why = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+                raise ValueError(f"Guard({name}={err['input']!r}): {why}") from None
 
     @field_validator("ramp_steps")
     @classmethod

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real programs the integration tests use (PostgreSQL, Prometheus, Alertmanager,
-# Chromium, a Compose that can validate deploy/compose) when they are missing and this machine can install them. Says plainly when it cannot;
-# the tests that need a missing program are then skipped with that reason.
+# Chromium, a Compose that can validate deploy/compose) when they are missing and this machine
+# can install them. Says plainly when it cannot; the tests that need a missing program are then
+# skipped with that reason.
 set -u
 need=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)

@@ -103,7 +103,7 @@ def test_score_on_a_replayed_run() -> None:
     rep = bt.score("job", rules, log, [(s, v["loss"]) for s, v, _ in rows])
     assert rep.onsets == [230]
     by = {s.rule: s for s in rep.rules}
-    # predicted_loss_spike needs 2 observations (ratio ≥ 0.99, ρ < 0.2, an earlier rise ≥ 1.3)
+    # predicted_loss_spike needs 2 observations (ratio ≥ 0.99, ρ < 0.5, an earlier rise ≥ 1.5)
     assert [e.fired_step for e in by["predicted_loss_spike"].alerts] == [201, 321]
     assert by["predicted_loss_spike"].leads == [29]
     assert by["predicted_loss_spike"].grades == ["true", "false"]

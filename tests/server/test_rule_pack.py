@@ -81,7 +81,7 @@ def test_default_pack_loads_and_documents_every_rule() -> None:
 
 def test_recorded_spiking_run_pages_before_every_onset() -> None:
     """The seed problem at lr 0.01 with the predictor's defaults: its first instabilities only
-    warn; once one has moved the loss by 30 %, each later one pages well before the spike."""
+    warn; once one has moved the loss by 50 %, each later one pages well before the spike."""
     trace = _trace("seed_fnn_lr0.01.json")
     ts = run_pack(trace)
     loss = [(s, v["loss"]) for s, v in trace]
@@ -206,6 +206,26 @@ def test_nonfinite_loss_pages_immediately() -> None:
     assert fired(by_event, Severity.PAGE) == [("nonfinite_loss", 3)]
 
 
+def _page_threshold(metric: str) -> float:
+    """The value predicted_loss_spike compares `metric` with (the pack's, not a copy of it)."""
+    rule = next(r for r in load_rules() if r.name == "predicted_loss_spike")
+    found: list[float] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("metric") == metric:
+                found.append(float(node["value"]))
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(rule.to_dict()["condition"])
+    assert len(set(found)) == 1, (metric, found)
+    return found[0]
+
+
 def _ratio_bound_page(trace: list[tuple[int, dict[str, float]]]) -> tuple[int, int]:
     """(first step of the readings ≥ 0.99 that made a page, the page's step), for the first page
     whose last missing condition was the ratio (the run's instability rise held before)."""
@@ -214,7 +234,7 @@ def _ratio_bound_page(trace: list[tuple[int, dict[str, float]]]) -> tuple[int, i
         start = step
         while values.get(start - 1, {}).get("stability_ratio_two_secant", 0.0) >= 0.99:
             start -= 1
-        if values[start - 1]["instability_rise"] >= 1.3:
+        if values[start - 1]["instability_rise"] >= _page_threshold("instability_rise"):
             return start, step
     raise AssertionError("no page where the ratio was the last condition to hold")
 
@@ -235,7 +255,7 @@ def test_page_resolves_keep_firing_steps_after_the_condition_clears() -> None:
     values = dict(trace)
     last = step
     while (values[last + 1].get("stability_ratio_two_secant", 0.0) >= 0.99
-           and values[last + 1].get("rho_sampled", 1.0) < 0.2):
+           and values[last + 1].get("rho_sampled", 1.0) < _page_threshold("rho_sampled")):
         last += 1
     ep = next(e for e in episodes(run_pack(trace))
               if e.rule == "predicted_loss_spike" and e.fired_step == step)

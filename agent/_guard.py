@@ -17,10 +17,11 @@ temporary mitigation:
   sets ``group["lr"]`` keeps working and a checkpoint never saves the scaled value.
 
 The defaults come from `python -m benchmarks.guard` (docs/guard.md). The guard acts on the
-crossing `predicted_loss_spike` pages on (ratio ≥ 0.99 and ρ < 0.2 for 2 readings), but only
-after an instability that moved the loss ≥ 50 % (a minor spike; the page waits for 30 %): at 30 %
-it acted on two near-edge stable controls, whose wobbles reach 1.36–1.40×, at 50 % on none, for
-one more CNN onset. After its first action it is re-armed (`rearm`) and acts on the ratio and ρ
+crossing `predicted_loss_spike` pages on (ratio ≥ 0.99 for 2 readings, after an instability that
+moved the loss ≥ 50 %, a minor spike) with a stricter ρ < 0.2 than the page's 0.5, since it
+changes training (ρ < 0.5 measured the same on the benchmark). The 50 %: at 30 % it acted on two
+near-edge stable controls, whose wobbles reach 1.36–1.40×, at 50 % on none, for one more CNN
+onset. After its first action it is re-armed (`rearm`) and acts on the ratio and ρ
 alone: the instability it prevented moved the loss little, while the next crossing is as
 dangerous (MLP onsets 9 → 5, CNN 3 → 1). "v" prevented more spikes than "lr"; `factor` 0.7 as many
 as 0.5 at a smaller cost to the loss, 0.9 too few; ρ < 0.08 (the first default) missed most of the
@@ -71,7 +72,7 @@ class Guard(BaseModel):
     ratio: Annotated[Finite, Field(ge=0.5, le=2.0)] = 0.99
     rho: Annotated[Finite, Field(gt=0.0, le=10.0)] = 0.2
     sustain: Annotated[int, Field(ge=1, le=100)] = 2
-    # only after a ≥ 50 % instability (the page: 30 %); 1.0: every crossing
+    # only after a ≥ 50 % instability (a minor spike, as the page); 1.0: every crossing
     rise: Annotated[Finite, Field(ge=1.0, le=100.0)] = 1.5
     # > 0: apply threshold-dropping hyper-parameter jumps over this many steps (0 or 2..10000)
     ramp_steps: Annotated[int, Field(ge=0, le=10000)] = 0

@@ -7,8 +7,8 @@ the `horizon` steps from its start, divided by the smallest loss of the `window`
 moves the loss further than the last as the loss falls: on the regression-MLP family the first
 ones rise 1.01–1.3×, the later ones 1.5× and then 2× and more (docs/early-warning.md). Nothing
 measured at a crossing tells how far this one will go (its size scales with a model-dependent
-constant), but the run's own last instability does: a new crossing after one that rose ≥ 30 %
-is the one worth a page, the first crossings of a run are warnings.
+constant), but the run's own last instability does: a new crossing after one that was itself a
+minor spike (≥ 1.5×) is the one worth a page, the first crossings of a run are warnings.
 
 `InstabilityTracker.update` takes the drained per-step loss and ratio in step order and returns
 `rise`: the rise of the last instability (the running one's rise so far once it is `horizon`

@@ -3,6 +3,7 @@
     spikewatch serve [--db URL] [--zmq ENDPOINT] [--http-host H] [--http-port P]
                      [--config FILE] [--rules FILE]
     spikewatch db upgrade [REV] | downgrade REV | current    [--db URL] [--config FILE]
+    spikewatch bench early-warning|guard [--checkout DIR] [ARGS ...]
     spikewatch --version
 
 Other subcommands register themselves from their own modules (see `_register_optional`); those
@@ -81,6 +82,7 @@ def _register_optional(sub: Any) -> None:
     importlib.import_module("spikewatch.server.rules._cli").register(sub)  # `spikewatch rules`
     importlib.import_module("spikewatch.server.report").register(sub)  # `spikewatch report`
     importlib.import_module("spikewatch.server._cli_keygen").register(sub)  # `spikewatch keygen`
+    importlib.import_module("spikewatch.server._cli_bench").register(sub)  # `spikewatch bench`
 
 
 def parser() -> argparse.ArgumentParser:
@@ -117,7 +119,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `spikewatch` console script."""
-    args = parser().parse_args(argv)
+    ap = parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra and not getattr(args, "forwards", False):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.forwarded = extra  # a command that runs another program hands these on (bench)
     try:
         return int(args.func(args))
     except ConfigError as e:

@@ -24,9 +24,11 @@ def _help(path: tuple[str, ...]) -> str:
 
 
 def _subcommands(text: str) -> list[str]:
-    """The subcommands a --help lists, indented under its COMMAND or ACTION positional."""
-    m = re.search(r"^  (?:COMMAND|ACTION)\n((?:    [a-z].*\n)+)", text, re.M)
-    return [line.split()[0] for line in m.group(1).splitlines()] if m else []
+    """The subcommands a --help lists, indented under its COMMAND or ACTION positional (a long
+    name's help goes on the next line, indented further)."""
+    m = re.search(r"^  (?:COMMAND|ACTION)\n((?:    .*\n)+)", text, re.M)
+    return [line.split()[0] for line in m.group(1).splitlines()
+            if re.match(r"    [a-z]", line)] if m else []
 
 
 def _options(text: str) -> set[str]:

@@ -2,7 +2,8 @@
 # Install spikewatch into fresh virtualenvs as a user would and check the two installs:
 #   pip install .            -> `import spikewatch` works, no FastAPI/uvicorn/SQLAlchemy/Alembic,
 #                               no generic top-level name (`import agent` fails)
-#   pip install '.[server]'  -> `spikewatch serve` starts and answers /readyz without torch
+#   pip install '.[server]'  -> `spikewatch bench` says the benchmarks need a source checkout,
+#                               `spikewatch serve` starts and answers /readyz without torch
 # Needs a package index (PyPI or a mirror). Usage: scripts/check-install.sh [PYTHON]
 set -euo pipefail
 PYTHON=${1:-python3}
@@ -26,6 +27,13 @@ echo "agent install: import agent/server/monitor/migrations all fail"
 "$PYTHON" -m venv server-env
 server-env/bin/pip install -q "$ROOT[server]"
 if server-env/bin/python -c "import torch" >/dev/null 2>&1; then echo "FAIL: torch installed"; exit 1; fi
+set +e
+BENCH=$(server-env/bin/spikewatch bench guard 2>&1); STATUS=$?
+set -e
+if [ "$STATUS" -ne 2 ] || ! grep -q "source checkout" <<<"$BENCH"; then
+  echo "FAIL: spikewatch bench from a wheel: status $STATUS: $BENCH"; exit 1
+fi
+echo "server install: spikewatch bench says it needs a source checkout (status 2)"
 port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 HTTP=$(port); ZMQ=$(port)
 server-env/bin/spikewatch serve --db "sqlite:///$WORK/sw.db" --zmq "tcp://127.0.0.1:$ZMQ" \

@@ -14,7 +14,12 @@ temporary mitigation:
 - ``"lr"``: the learning rate of every param group is multiplied by `factor` for `hold_steps`
   steps, then brought back linearly over `release_steps`. The scaling is applied in the
   optimizer's pre-step hook and undone in its post-step hook, so a learning-rate scheduler that
-  sets ``group["lr"]`` keeps working and a checkpoint never saves the scaled value.
+  sets ``group["lr"]`` keeps working and a checkpoint never saves the scaled value;
+- ``"eps"``: Adam's ε of every group is raised for `hold_steps` steps, then brought back
+  linearly over `release_steps` (set and undone around each step, as "lr"), to
+  (1/factor − 1)·RMS(√v̂) read from the optimizer state when the action starts (one reduction,
+  the only host-device sync the guard makes, at that step): a coordinate at the RMS of √v̂ steps
+  `factor` as far, one whose √v̂ has decayed far less than that (where the instability grows).
 
 The defaults come from `python -m benchmarks.guard` (docs/guard.md). The guard acts on the
 crossing `predicted_loss_spike` pages on (ratio ≥ 0.99 for 2 readings, after an instability that
@@ -37,7 +42,8 @@ over that many steps (`agent._ramp`). It is off by default: on the suite's hpara
 not prevent the spikes (docs/guard.md).
 
 `GuardMachine` is the pure state machine (readings in, the multiplier and events out), with no
-torch in it; `apply_lr`, `apply_ramps`, `restore_user_values` and `lift_v` touch the optimizer.
+torch in it; `apply_lr`, `apply_eps`, `apply_ramps`, `restore_user_values`, `raised_eps` and
+`lift_v` touch the optimizer.
 """
 
 from __future__ import annotations
@@ -47,13 +53,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spikewatch.agent._ramp import Events, HparamChange, RampMachine
 
 __all__ = ["Guard", "GuardHooks", "GuardMachine"]
 
-Action = Literal["lr", "v"]
+Action = Literal["lr", "v", "eps"]
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]  # strict: an int is taken, a bool refused
@@ -147,15 +154,25 @@ class GuardMachine:
             self.act = None
         return events
 
+    def strength(self, step: int) -> float:
+        """How much of the action is in force at `step`: 1 through the hold, then down to 0
+        linearly over `release_steps`; 0 when not acting."""
+        if self.act is None:
+            return 0.0
+        if step <= self._until:
+            return 1.0
+        k = self.policy.release_steps
+        return max(0.0, 1.0 - (step - self._until) / k) if k > 0 else 0.0
+
     def multiplier(self, step: int) -> float:
         """The learning-rate multiplier at `step` (1.0 when not acting)."""
-        if self.act is None or self.policy.action != "lr":
+        if self.policy.action != "lr":
             return 1.0
-        if step <= self._until:
-            return self.policy.factor
-        k = self.policy.release_steps
-        done = min(1.0, (step - self._until) / k) if k > 0 else 1.0
-        return self.policy.factor + (1.0 - self.policy.factor) * done
+        return 1.0 - (1.0 - self.policy.factor) * self.strength(step)
+
+    def eps_weight(self, step: int) -> float:
+        """The share of the raised ε at `step` (0: the user's ε; the "eps" action only)."""
+        return self.strength(step) if self.policy.action == "eps" else 0.0
 
     def lifts_v(self, step: int) -> bool:
         """Whether the "v" action is to be applied at `step` (its first step)."""
@@ -183,6 +200,41 @@ def apply_lr(optimizer: Any, multiplier: float) -> Saved:
         lr = g["lr"]
         saved.append((g, "lr", lr))
         g["lr"] = lr * multiplier  # a tensor lr stays a tensor on its device (no sync)
+    return saved
+
+
+def raised_eps(optimizer: Any, factor: float) -> float:
+    """(1/factor − 1)·RMS(√v̂) over every coordinate with Adam state: the ε that makes a
+    coordinate at that RMS step `factor` as far (0.0 without Adam state). One float64 reduction
+    per device, read once: on an accelerator a sync, made only at the step an action starts."""
+    sums: dict[Any, list[Any]] = {}
+    count = 0
+    for g in optimizer.param_groups:
+        beta2 = float(g["betas"][1]) if "betas" in g else 0.999
+        for p in g["params"]:
+            state = optimizer.state.get(p)
+            v = state.get("exp_avg_sq") if isinstance(state, dict) else None
+            if v is None or "step" not in state:
+                continue
+            done = float(state["step"])
+            correction = 1.0 - beta2**done if done > 0 else 1.0
+            sums.setdefault(v.device, []).append(v.detach().sum(dtype=torch.float64) / correction)
+            count += v.numel()
+    total = sum(float(torch.stack(parts).sum()) for parts in sums.values())
+    if count == 0 or not math.isfinite(total) or total <= 0.0:
+        return 0.0
+    return (1.0 / factor - 1.0) * math.sqrt(total / count)
+
+
+def apply_eps(optimizer: Any, raised: float, weight: float) -> Saved:
+    """Raise every group's ε toward `raised` by `weight` for this step (never lower it); what
+    `restore_user_values` needs to undo it."""
+    saved: Saved = []
+    for g in optimizer.param_groups:
+        eps = g.get("eps")
+        if isinstance(eps, float) and raised > eps:
+            saved.append((g, "eps", eps))
+            g["eps"] = eps + (raised - eps) * weight
     return saved
 
 
@@ -232,6 +284,8 @@ class GuardHooks:
         self.ramps = RampMachine(policy.ramp_steps, policy.ramp_factor)
         self._saved: Saved = []  # the values set for this step, to put back after it
         self._pending: Events = []  # events decided in the pre-step hook, streamed after it
+        self._optimizer: Any = None  # seen at the last pre-step hook
+        self._eps = 0.0  # the raised ε of the current "eps" action
 
     @property
     def actions(self) -> int:
@@ -246,6 +300,7 @@ class GuardHooks:
     def before(self, step: int, optimizer: Any, changes: list[HparamChange]) -> None:
         """The pre-step hook, after the hyper-parameter watch (`changes`: what it saw)."""
         m = self.machine
+        self._optimizer = optimizer
         if changes:
             self._pending += self.ramps.start(step, changes)
         if self.ramps.ramps:
@@ -255,6 +310,9 @@ class GuardHooks:
         mult = m.multiplier(step)
         if mult != 1.0:
             self._saved += apply_lr(optimizer, mult)
+        weight = m.eps_weight(step)
+        if weight > 0.0:
+            self._saved += apply_eps(optimizer, self._eps, weight)
 
     def after(self, step: int, predictor: Any, rise: float,
               emit: Callable[..., None]) -> None:  # fmt: skip
@@ -270,4 +328,7 @@ class GuardHooks:
             values = reading[1]
             events += self.machine.observe(step, values[1], values[2], rise)
         for kind, data in events:
+            if kind == "guard_action" and data["action"] == "eps":  # read v once, at the start
+                self._eps = raised_eps(self._optimizer, self.machine.policy.factor)
+                data["eps"] = self._eps
             emit(step, kind, **data)

@@ -2,7 +2,7 @@
 with the baselines that act after the fact, in the same run.
 
     python -m benchmarks.guard [--scenarios A,B] [--family F] [--arms none,guard,...]
-                               [--guard-action lr|v] [--guard-rise R] [--guard-rho R]
+                               [--guard-action lr|v|eps] [--guard-rise R] [--guard-rho R]
                                [--guard-factor F] [--guard-rearm] [--guard-ramp-steps N]
                                [--pace-ms 50] [--jobs 12] [--json FILE]
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", default=None, metavar="A,B")
     ap.add_argument("--family", default=None, help="only this family's scenarios")
     ap.add_argument("--arms", default=",".join(ARMS), metavar="A,B")
-    ap.add_argument("--guard-action", default=None, choices=("lr", "v"),
+    ap.add_argument("--guard-action", default=None, choices=("lr", "v", "eps"),
                     help="the guard's action (default: Guard's, what guard=True gives)")
     ap.add_argument("--guard-rise", type=float, default=None,
                     help="the guard acts only after an instability that moved the loss this much "

@@ -4,13 +4,22 @@ optimizer, the events it streams, and that it changes nothing where it does not 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 import spikewatch
-from spikewatch.agent._guard import Guard, GuardMachine, apply_lr, lift_v, restore_user_values
+from spikewatch.agent._guard import (
+    Guard,
+    GuardMachine,
+    apply_eps,
+    apply_lr,
+    lift_v,
+    raised_eps,
+    restore_user_values,
+)
 from spikewatch.monitor.seed_fnn import make_seed_problem
 from spikewatch.protocol.names import EventType
 from tests.agent import _delivered as dl
@@ -24,7 +33,7 @@ COLD = (0.5, 0.05)
     ({"factor": 1.0}, "factor"), ({"factor": 0.01}, "factor"), ({"hold_steps": 0}, "hold_steps"),
     ({"release_steps": -1}, "release_steps"), ({"rise": 0.5}, "rise"),
     ({"ratio": math.nan}, "ratio"), ({"sustain": 0}, "sustain"),
-    ({"action": "eps"}, "action")])  # fmt: skip
+    ({"action": "clip"}, "action")])  # fmt: skip
 def test_policy_bounds_are_clear_errors(kw: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=f"Guard\\({field}="):
         Guard(**kw)  # type: ignore[arg-type]
@@ -150,18 +159,54 @@ def test_lr_is_scaled_for_one_step_and_restored_float_and_tensor() -> None:
     assert opt.param_groups[1]["lr"] is lr
 
 
-def _seed_run(steps: int, guard: Guard | bool, peer: Peer | None, **adam: object
+def test_the_eps_action_holds_a_raised_eps_then_releases_it_linearly() -> None:
+    m = GuardMachine(Guard(action="eps", rise=1.0, factor=0.5, hold_steps=3, release_steps=4,
+                           sustain=1))
+    assert m.eps_weight(0) == 0.0
+    [(_, kind, data)] = feed(m, [HOT])
+    assert (kind, data["action"], data["from_step"]) == ("guard_action", "eps", 1)
+    assert [m.eps_weight(s) for s in range(1, 9)] == pytest.approx(
+        [1.0] * 3 + [0.75, 0.5, 0.25, 0.0, 0.0])
+    assert m.multiplier(1) == 1.0  # the learning rate is left alone
+    assert not m.lifts_v(1)
+
+
+def test_raised_eps_is_the_rms_of_the_bias_corrected_second_moment_scaled_by_the_factor() -> None:
+    a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(1))
+    groups: list[dict[str, Any]] = [{"params": [a]}, {"params": [b], "betas": (0.9, 0.99)}]
+    opt = torch.optim.Adam(groups)
+    assert raised_eps(opt, 0.5) == 0.0  # no state yet
+    a.grad = torch.full((3,), 2.0)
+    b.grad = torch.full((1,), 6.0)
+    opt.step()  # after one step the bias-corrected v is g² in each group, whatever its β2
+    rms = math.sqrt((3 * 4.0 + 36.0) / 4)
+    assert raised_eps(opt, 0.5) == pytest.approx(rms)  # (1/0.5 − 1)·RMS(√v̂)
+    assert raised_eps(opt, 0.8) == pytest.approx(0.25 * rms)
+
+
+def test_eps_is_raised_for_one_step_never_lowered_and_restored() -> None:
+    p = nn.Parameter(torch.ones(2))
+    opt = torch.optim.Adam([{"params": [p], "eps": 1e-8}, {"params": [], "eps": 1e-2}])
+    saved = apply_eps(opt, 1e-3, 0.5)
+    assert opt.param_groups[0]["eps"] == pytest.approx(1e-8 + 0.5 * (1e-3 - 1e-8))
+    assert opt.param_groups[1]["eps"] == 1e-2  # already above the raised value: left alone
+    restore_user_values(saved)
+    assert [g["eps"] for g in opt.param_groups] == [1e-8, 1e-2]
+
+
+def _seed_run(steps: int, guard: Guard | bool, peer: Peer | None, record: str = "lr",
+              adam: dict[str, bool] | None = None
               ) -> tuple[list[float], list[float], spikewatch.Monitor | None]:  # fmt: skip
     torch.manual_seed(0)
     model, x, y = make_seed_problem(seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01, **adam)  # type: ignore[arg-type]
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, **(adam or {}))  # type: ignore[arg-type]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + 1e-4 * t))
     mon = None
     if peer is not None:
         mon = spikewatch.attach(model, opt, run="guarded", endpoint=peer.endpoint, guard=guard,
                                 overhead_budget=math.inf)  # a behaviour test: no stretching
     used: list[float] = []
-    opt.register_step_pre_hook(lambda o, a, k: used.append(float(o.param_groups[0]["lr"])))
+    opt.register_step_pre_hook(lambda o, a, k: used.append(float(o.param_groups[0][record])))
     losses = []
     for _ in range(steps):
         opt.zero_grad()
@@ -202,8 +247,8 @@ def test_an_acting_guard_scales_the_update_streams_its_events_and_keeps_the_sche
     monkeypatch.setattr(GuardMachine, "observe", past_edge)
     policy = Guard(action="lr", rho=10.0, rise=1.0, factor=0.5, sustain=2, hold_steps=5,
                    release_steps=2)
-    _plain, lr_plain, _ = _seed_run(40, False, None, **impl)
-    _, lr_used, mon = _seed_run(40, policy, peer, **impl)
+    _plain, lr_plain, _ = _seed_run(40, False, None, adam=impl)
+    _, lr_used, mon = _seed_run(40, policy, peer, adam=impl)
     assert mon is not None
     assert mon._guard is not None
     acts = dl.events(peer, EventType.GUARD_ACTION.value)
@@ -225,3 +270,34 @@ def test_an_acting_guard_scales_the_update_streams_its_events_and_keeps_the_sche
     assert release.data["steps"] == 7
     # after the run the group holds the scheduler's lr, not a scaled one
     assert mon.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / (1.0 + 1e-4 * 40))
+
+
+@pytest.mark.parametrize("impl", [{}, {"foreach": True}, {"fused": True}])
+def test_an_acting_eps_guard_raises_eps_streams_it_and_gives_it_back(
+        peer: Peer, impl: dict[str, bool], monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    real = GuardMachine.observe
+
+    def past_edge(self: GuardMachine, step: int, ratio: float, rho: float, rise: float
+                  ) -> list[tuple[str, dict[str, object]]]:  # fmt: skip
+        return real(self, step, 1.5 if 10 <= step < 12 else ratio, rho, rise)
+
+    monkeypatch.setattr(GuardMachine, "observe", past_edge)
+    policy = Guard(action="eps", rho=10.0, rise=1.0, factor=0.5, sustain=2, hold_steps=5,
+                   release_steps=2)
+    plain, eps_plain, _ = _seed_run(40, False, None, "eps", impl)
+    guarded, eps_used, mon = _seed_run(40, policy, peer, "eps", impl)
+    assert mon is not None
+    [(step, event)] = dl.events(peer, EventType.GUARD_ACTION.value)
+    assert (step, event.data["from_step"], event.data["action"]) == (11, 12, "eps")
+    raised = event.data["eps"]
+    assert isinstance(raised, float)
+    assert raised > 1e3 * 1e-8  # well above Adam's default: it damps the decayed coordinates
+    assert eps_used[:12] == eps_plain[:12] == [1e-8] * 12
+    assert guarded[:13] == plain[:13]  # the first raised update shows in the loss of step 13
+    assert eps_used[12:17] == pytest.approx([raised] * 5)  # the hold: steps 12..16
+    assert eps_used[17] == pytest.approx(1e-8 + 0.5 * (raised - 1e-8))  # half-way back
+    assert eps_used[18:] == [1e-8] * 22
+    assert guarded[13] != plain[13]
+    [(at, release)] = dl.events(peer, EventType.GUARD_RELEASE.value)
+    assert (at, release.data["started_at_step"], release.data["action"]) == (18, 12, "eps")
+    assert mon.optimizer.param_groups[0]["eps"] == 1e-8  # never saved raised

@@ -17,9 +17,10 @@ temporary mitigation:
   sets ``group["lr"]`` keeps working and a checkpoint never saves the scaled value;
 - ``"eps"``: Adam's ε of every group is raised for `hold_steps` steps, then brought back
   linearly over `release_steps` (set and undone around each step, as "lr"), to
-  (1/factor − 1)·RMS(√v̂) read from the optimizer state when the action starts (one reduction,
-  the only host-device sync the guard makes, at that step): a coordinate at the RMS of √v̂ steps
-  `factor` as far, one whose √v̂ has decayed far less than that (where the instability grows).
+  (1/factor − 1)·RMS(√v̂) read from the optimizer state when the action starts (one reduction
+  per device, the only host-device sync the guard makes, at that step): a coordinate at the RMS
+  of √v̂ steps `factor` as far, one whose √v̂ has decayed far below it much less far (those are
+  where the instability grows); the lift of v prevented twice as many spikes (docs/guard.md).
 
 The defaults come from `python -m benchmarks.guard` (docs/guard.md). The guard acts on the
 crossing `predicted_loss_spike` pages on (ratio ≥ 0.99 for 2 readings, after an instability that

@@ -12,6 +12,7 @@ from torch import nn
 
 import spikewatch
 from spikewatch.agent._guard import (
+    Action,
     Guard,
     GuardMachine,
     apply_eps,
@@ -233,11 +234,11 @@ def test_a_guard_that_never_acts_changes_nothing(peer: Peer) -> None:
     assert dl.events(peer, EventType.GUARD_ACTION.value) == []
 
 
-@pytest.mark.parametrize("impl", [{}, {"foreach": True}, {"fused": True}])
-def test_an_acting_guard_scales_the_update_streams_its_events_and_keeps_the_schedule(
-        peer: Peer, impl: dict[str, bool], monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    # this healthy run is far from the edge: the predictor's readings are made to say it is past
-    # it (ratio 1.5) at steps 10 and 11, so that the guard acts on a real optimizer
+def _past_the_edge_at_steps_10_and_11(monkeypatch: pytest.MonkeyPatch,
+                                      action: Action) -> Guard:
+    """The seed run is far from the edge this early: the predictor's readings are made to say it
+    is past it (ratio 1.5) at steps 10 and 11, so that the guard acts on a real optimizer (from
+    step 12, holding 5 steps and releasing over 2, with `action`)."""
     real = GuardMachine.observe
 
     def past_edge(self: GuardMachine, step: int, ratio: float, rho: float, rise: float
@@ -245,8 +246,14 @@ def test_an_acting_guard_scales_the_update_streams_its_events_and_keeps_the_sche
         return real(self, step, 1.5 if 10 <= step < 12 else ratio, rho, rise)
 
     monkeypatch.setattr(GuardMachine, "observe", past_edge)
-    policy = Guard(action="lr", rho=10.0, rise=1.0, factor=0.5, sustain=2, hold_steps=5,
-                   release_steps=2)
+    return Guard(action=action, rho=10.0, rise=1.0, factor=0.5, sustain=2, hold_steps=5,
+                 release_steps=2)
+
+
+@pytest.mark.parametrize("impl", [{}, {"foreach": True}, {"fused": True}])
+def test_an_acting_guard_scales_the_update_streams_its_events_and_keeps_the_schedule(
+        peer: Peer, impl: dict[str, bool], monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    policy = _past_the_edge_at_steps_10_and_11(monkeypatch, "lr")
     _plain, lr_plain, _ = _seed_run(40, False, None, adam=impl)
     _, lr_used, mon = _seed_run(40, policy, peer, adam=impl)
     assert mon is not None
@@ -275,15 +282,7 @@ def test_an_acting_guard_scales_the_update_streams_its_events_and_keeps_the_sche
 @pytest.mark.parametrize("impl", [{}, {"foreach": True}, {"fused": True}])
 def test_an_acting_eps_guard_raises_eps_streams_it_and_gives_it_back(
         peer: Peer, impl: dict[str, bool], monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    real = GuardMachine.observe
-
-    def past_edge(self: GuardMachine, step: int, ratio: float, rho: float, rise: float
-                  ) -> list[tuple[str, dict[str, object]]]:  # fmt: skip
-        return real(self, step, 1.5 if 10 <= step < 12 else ratio, rho, rise)
-
-    monkeypatch.setattr(GuardMachine, "observe", past_edge)
-    policy = Guard(action="eps", rho=10.0, rise=1.0, factor=0.5, sustain=2, hold_steps=5,
-                   release_steps=2)
+    policy = _past_the_edge_at_steps_10_and_11(monkeypatch, "eps")
     plain, eps_plain, _ = _seed_run(40, False, None, "eps", impl)
     guarded, eps_used, mon = _seed_run(40, policy, peer, "eps", impl)
     assert mon is not None

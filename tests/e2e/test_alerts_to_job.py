@@ -23,7 +23,6 @@ from tests.e2e._procs import Procs, start_daemon
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 RUN = "alerts-to-job"
-HIGH_UNTIL = 30  # the logged loss is high for the first steps, then low
 RULES = {"rules": [{
     "name": "loss_high", "severity": "page",
     "condition": {"metric": "loss", "op": ">", "value": 1.0, "stale_steps": 5},
@@ -49,18 +48,20 @@ def test_the_job_hears_its_alerts_fire_and_resolve(procs: Procs, tmp_path: Path,
     monitor = spikewatch.attach(model, opt, run=RUN, endpoint=daemon.zmq, trackers=[
         spikewatch.trackers.TensorBoard(tmp_path / "tb"), logger,
         spikewatch.trackers.Callback(lambda records: None, on_alert=heard.extend)])
-    firing_seen = False
+    lowered_at: int | None = None  # the step from which the logged loss is low
     deadline = time.monotonic() + 60
     step = 0
     with caplog.at_level(logging.INFO, logger="spikewatch.agent"):
-        # train until the alert has come back firing and then resolved (bounded)
-        while not (firing_seen and heard and heard[-1].state == "resolved"):
+        # log a high loss until the job holds the alert as firing, then a low one until it hears
+        # it resolved (bounded): however slow the server's replies, the job sees both states
+        while not (lowered_at is not None and heard and heard[-1].state == "resolved"):
             assert time.monotonic() < deadline, f"alerts heard so far: {heard}"
             opt.zero_grad()
             model(x).square().mean().backward()
             opt.step()
-            monitor.log(loss=2.0 if step < HIGH_UNTIL else 0.1)
-            firing_seen = firing_seen or "loss_high" in monitor.firing
+            monitor.log(loss=2.0 if lowered_at is None else 0.1)
+            if lowered_at is None and "loss_high" in monitor.firing:
+                lowered_at = step + 1
             step += 1
             time.sleep(0.01)  # give the server's reply time to come while steps go on
     assert "loss_high" not in monitor.firing
@@ -73,7 +74,8 @@ def test_the_job_hears_its_alerts_fire_and_resolve(procs: Procs, tmp_path: Path,
     assert [a.state for a in heard] == ["firing", "resolved"]
     fired_at, resolved_at = heard[0].step, heard[1].step
     assert (episode["fired_step"], episode["resolved_step"]) == (fired_at, resolved_at)
-    assert fired_at < HIGH_UNTIL <= resolved_at
+    assert lowered_at is not None
+    assert fired_at < lowered_at <= resolved_at
     assert heard[0].severity == "page"
     assert heard[0].summary == f"loss above 1 on {RUN} at step {fired_at}"
     assert any("page loss_high firing" in m for m in caplog.messages)

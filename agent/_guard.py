@@ -58,6 +58,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spikewatch.agent._ramp import Events, HparamChange, RampMachine
+from spikewatch.monitor.adam_state import UnsupportedOptimizer, adam_view
 
 __all__ = ["Guard", "GuardHooks", "GuardMachine"]
 
@@ -205,22 +206,23 @@ def apply_lr(optimizer: Any, multiplier: float) -> Saved:
 
 
 def raised_eps(optimizer: Any, factor: float) -> float:
-    """(1/factor − 1)·RMS(√v̂) over every coordinate with Adam state: the ε that makes a
-    coordinate at that RMS step `factor` as far (0.0 without Adam state). One float64 reduction
-    per device, read once: on an accelerator a sync, made only at the step an action starts."""
+    """(1/factor − 1)·RMS(√v̂) over every coordinate with Adam state (v̂ what Adam divides by,
+    bias-corrected): the ε that makes a coordinate at that RMS step `factor` as far (0.0 for
+    another optimizer or without state). One float64 reduction per device, read once: on an
+    accelerator a sync, made only at the step an action starts."""
+    try:
+        views = adam_view(optimizer)  # the state walk, steps read once per device
+    except UnsupportedOptimizer:
+        return 0.0
     sums: dict[Any, list[Any]] = {}
     count = 0
-    for g in optimizer.param_groups:
-        beta2 = float(g["betas"][1]) if "betas" in g else 0.999
-        for p in g["params"]:
-            state = optimizer.state.get(p)
-            v = state.get("exp_avg_sq") if isinstance(state, dict) else None
-            if v is None or "step" not in state:
-                continue
-            done = float(state["step"])
-            correction = 1.0 - beta2**done if done > 0 else 1.0
-            sums.setdefault(v.device, []).append(v.detach().sum(dtype=torch.float64) / correction)
-            count += v.numel()
+    for view in views:
+        v = view.exp_avg_sq
+        if v is None or view.step < 1:
+            continue
+        correction = 1.0 - view.hyper.beta2**view.step
+        sums.setdefault(v.device, []).append(v.detach().sum(dtype=torch.float64) / correction)
+        count += v.numel()
     total = sum(float(torch.stack(parts).sum()) for parts in sums.values())
     if count == 0 or not math.isfinite(total) or total <= 0.0:
         return 0.0
@@ -285,7 +287,6 @@ class GuardHooks:
         self.ramps = RampMachine(policy.ramp_steps, policy.ramp_factor)
         self._saved: Saved = []  # the values set for this step, to put back after it
         self._pending: Events = []  # events decided in the pre-step hook, streamed after it
-        self._optimizer: Any = None  # seen at the last pre-step hook
         self._eps = 0.0  # the raised ε of the current "eps" action
 
     @property
@@ -301,7 +302,6 @@ class GuardHooks:
     def before(self, step: int, optimizer: Any, changes: list[HparamChange]) -> None:
         """The pre-step hook, after the hyper-parameter watch (`changes`: what it saw)."""
         m = self.machine
-        self._optimizer = optimizer
         if changes:
             self._pending += self.ramps.start(step, changes)
         if self.ramps.ramps:
@@ -315,7 +315,7 @@ class GuardHooks:
         if weight > 0.0:
             self._saved += apply_eps(optimizer, self._eps, weight)
 
-    def after(self, step: int, predictor: Any, rise: float,
+    def after(self, step: int, optimizer: Any, predictor: Any, rise: float,
               emit: Callable[..., None]) -> None:  # fmt: skip
         if self._saved:
             restore_user_values(self._saved)
@@ -330,6 +330,6 @@ class GuardHooks:
             events += self.machine.observe(step, values[1], values[2], rise)
         for kind, data in events:
             if kind == "guard_action" and data["action"] == "eps":  # read v once, at the start
-                self._eps = raised_eps(self._optimizer, self.machine.policy.factor)
+                self._eps = raised_eps(optimizer, self.machine.policy.factor)
                 data["eps"] = self._eps
             emit(step, kind, **data)

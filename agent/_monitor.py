@@ -325,8 +325,8 @@ class Monitor:
             self._fail("agent", e, disable=False)
         if self._guard is not None:  # the probes read the lr the update used; then it goes back,
             try:  # whatever happened above
-                self._guard.after(step, self.ctx.predictor, self._reactive.instability.rise,
-                                  self._event)
+                self._guard.after(step, self.ctx.optimizer, self.ctx.predictor,
+                                  self._reactive.instability.rise, self._event)
             except Exception as e:
                 self._fail("guard", e, disable=False)
         if self._hparams is not None:  # after the guard: the lr it records is the user's

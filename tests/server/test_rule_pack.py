@@ -13,6 +13,7 @@ from spikewatch.monitor.instability import InstabilityTracker
 from spikewatch.protocol.wire import Scalar
 from spikewatch.server.backtest import episodes, score_episodes, spike_onsets
 from spikewatch.server.rules import RuleEngine, load_rules
+from spikewatch.server.rules._condition_model import Threshold, leaves
 from spikewatch.server.types import AlertState, Observation, Severity, Transition
 
 TRACES = Path(__file__).parent / "traces"
@@ -209,21 +210,10 @@ def test_nonfinite_loss_pages_immediately() -> None:
 def _page_threshold(metric: str) -> float:
     """The value predicted_loss_spike compares `metric` with (the pack's, not a copy of it)."""
     rule = next(r for r in load_rules() if r.name == "predicted_loss_spike")
-    found: list[float] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if node.get("metric") == metric:
-                found.append(float(node["value"]))
-            for child in node.values():
-                walk(child)
-        elif isinstance(node, list):
-            for child in node:
-                walk(child)
-
-    walk(rule.to_dict()["condition"])
-    assert len(set(found)) == 1, (metric, found)
-    return found[0]
+    found = {c.value for c in leaves(rule.condition)
+             if isinstance(c, Threshold) and c.metric == metric}
+    assert len(found) == 1, (metric, found)
+    return found.pop()
 
 
 def _ratio_bound_page(trace: list[tuple[int, dict[str, float]]]) -> tuple[int, int]:

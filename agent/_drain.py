@@ -2,12 +2,13 @@
 
 At a drain the pending steps are copied to the host in one transfer (`Collector.drain`), labelled
 on the host with the signal library's detectors (`Reactive`: reactive loss-spike and non-finite
-events, the five-phase label, the rise of the run's last instability, fed the drained floats in
-step order), joined by the agent's own record (overhead, cadences, transport and
-guard counters, a `prediction_degraded` event when the predictor's cadence changes) and handed to
-the transport, which never blocks, then to the user's trackers (`agent._trackers`: the same host
-floats, written again). The alerts the server told this run of since the last drain (replies the
-transport's thread received) are logged, written to the trackers and kept in `firing`.
+events, the five-phase label, the rise of the run's last instability and the swings of a logged
+`eval_loss`, fed the drained floats in step order), joined by the agent's own record (overhead,
+cadences, transport and guard counters, a `prediction_degraded` event when the predictor's
+cadence changes) and handed to the transport, which never blocks, then to the user's trackers
+(`agent._trackers`: the same host floats, written again). The alerts the server told this run of
+since the last drain (replies the transport's thread received) are logged, written to the
+trackers and kept in `firing`.
 `urgent` decides when a page may be due before the regular drain cadence.
 """
 
@@ -174,17 +175,20 @@ def _merge(a: wire.Record, b: wire.Record) -> wire.Record:
 
 
 class Reactive:
-    """Reactive loss-spike / non-finite detection, the phase label and the last instability's
-    loss rise, on drained records."""
+    """Reactive loss-spike / non-finite detection, the phase label, the last instability's
+    loss rise and the swings of the clean loss (`eval_loss`, where logged), on drained records."""
 
     def __init__(self) -> None:
         from spikewatch.monitor.instability import InstabilityTracker
+        from spikewatch.monitor.loss_swings import SwingCounter
         from spikewatch.monitor.reactive import ReactiveDetector
 
         self.loss = ReactiveDetector("olmo_core")
         self.grad = ReactiveDetector("olmo_core")
         self.phases: Any = None
         self.instability = InstabilityTracker()
+        self.swings = SwingCounter()
+        self._swings_sent: int | None = None  # None: no eval_loss logged yet
 
     def observe(self, records: list[wire.Record], beta2: float) -> list[wire.Record]:
         from spikewatch.monitor.reactive import Kind
@@ -197,6 +201,7 @@ class Reactive:
             rise = self.instability.update(r.step, r.scalars.get(nm.LOSS), record_ratio(r.scalars))
             if rise != before or i == len(records) - 1:
                 scalars[nm.INSTABILITY_RISE] = rise
+            self._count_swings(r, scalars, last=i == len(records) - 1)
             for series, det in ((nm.LOSS, self.loss), (nm.GRAD_NORM, self.grad)):
                 v = r.scalars.get(series)
                 if v is None:
@@ -227,6 +232,20 @@ class Reactive:
                 r = dataclasses.replace(r, scalars=scalars, events=(*r.events, *events))
             out.append(r)
         return out
+
+    def _count_swings(self, r: wire.Record, scalars: dict[str, float], *, last: bool) -> None:
+        """Feed a logged eval_loss to the swing counter; stream the count when it changes and
+        with a drain's last record (once any eval_loss was logged)."""
+        value = r.scalars.get(nm.EVAL_LOSS)
+        if value is not None:
+            count = self.swings.update(r.step, value)
+        elif self._swings_sent is not None:
+            count = self.swings.count(r.step)
+        else:
+            return
+        if count != self._swings_sent or last:
+            scalars[nm.EVAL_LOSS_SWINGS] = float(count)
+            self._swings_sent = count
 
 
 def record_ratio(scalars: Mapping[str, float]) -> float | None:

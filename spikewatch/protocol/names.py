@@ -54,6 +54,9 @@ SQRT_V_NORM = "sqrt_v_norm"
 SQRT_V_DECAY = "sqrt_v_decay"
 PHASE = "phase"
 INSTABILITY_RISE = "instability_rise"
+# --- clean-loss swings (minibatch) ---------------------------------------------------------------
+EVAL_LOSS = "eval_loss"
+EVAL_LOSS_SWINGS = "eval_loss_swings"
 # --- spectral alignment (seed 003) --------------------------------------------------------------
 SA_MEAN = "sa_mean"
 SA_SIGN_DIVERSITY = "sa_sign_diversity"
@@ -116,6 +119,11 @@ CATALOGUE: tuple[Metric, ...] = (
            _S0, export=True),
     Metric(INSTABILITY_RISE, "1", "loss rise (max / min of the 50 steps before) of the run's last "
            "instability (stability ratio ≥ 1 for 3 readings); 1 before any", _S0, export=True),
+    Metric(EVAL_LOSS, "1", "a clean loss the user logs (full data, held-out set or fixed batch)",
+           "user"),
+    Metric(EVAL_LOSS_SWINGS, "count", "completed 1.5× swings of eval_loss over its 50-step minimum "
+           "in the last 300 steps, since its last 2× spike",
+           "docs/early-warning.md (minibatch study)"),
     Metric(SA_MEAN, "1", "mean spectral alignment cos(x, v₁) over sampled rows", _S3),
     Metric(SA_SIGN_DIVERSITY, "1", "1 − |p₊ − p₋| of alignment signs (min over layers)", _S3,
            export=True, combine=Combine.MIN),

@@ -78,6 +78,7 @@ def test_default_pack_loads_and_documents_every_rule() -> None:
     assert sev["unrescaled_momentum_jump"] is Severity.WARNING
     assert sev["prediction_degraded"] is Severity.WARNING
     assert sev["stability_edge_crossing"] is Severity.WARNING
+    assert sev["clean_loss_swings"] is Severity.WARNING
 
 
 def test_recorded_spiking_run_pages_before_every_onset() -> None:
@@ -191,6 +192,17 @@ def test_a_predictor_that_cannot_run_every_step_warns() -> None:
         trace = [(s, {"loss": 1.0, "agent_prediction_cadence": 1.0 if s < 10 else cadence})
                  for s in range(1, 20)]
         assert fired(run_pack(trace)) == [("prediction_degraded", 10)]
+
+
+def test_swings_of_the_clean_loss_warn_and_never_page() -> None:
+    """A completed swing of eval_loss is a warning: near the edge of minibatch training it came
+    before most onsets but also on half the runs that never spiked (swing_study)."""
+    trace = [(s, {"loss": 1.0, "eval_loss_swings": 0.0 if s < 10 else 2.0 if s < 30 else 0.0})
+             for s in range(1, 40)]  # fmt: skip
+    ts = run_pack(trace)
+    assert fired(ts) == [("clean_loss_swings", 10)]
+    assert fired(ts, Severity.PAGE) == []
+    assert any(t.rule == "clean_loss_swings" and t.state is AlertState.RESOLVED for t in ts)
 
 
 def test_a_guard_action_raises_an_info_alert_and_no_page() -> None:

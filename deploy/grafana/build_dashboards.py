@@ -140,11 +140,12 @@ def _step_axis() -> list[Panel | Row]:
     """The run read from the SQL store against the training step."""
     return [
         Row("By training step (SQL store)"),
-        _by_step("Loss by step", [("loss", "loss")],
+        _by_step("Loss by step", [("loss", "loss"), ("eval loss", "eval_loss")],
                  [("loss spike (event)", "loss", "loss_spike")], w=12, h=9, log_scale=True,
                  description="The stored loss per step (rank 0 or combined, as the API returns "
-                 "it); red points: steps with a loss_spike event. Non-finite values are gaps, "
-                 "listed in the table below."),
+                 "it) and, where the job logs one, its clean eval_loss (whose 1.5× swings the "
+                 "clean_loss_swings warning counts); red points: steps with a loss_spike event. "
+                 "Non-finite values are gaps, listed in the table below."),
         _by_step("Stability ratios by step", [
             ("two-secant", "stability_ratio_two_secant"), ("λ_grad", "stability_ratio"),
             ("λ_max", "stability_ratio_max"), ("secant", "stability_ratio_secant")],

@@ -39,7 +39,7 @@ READER, PASSWORD = "spikewatch_grafana", "reader-secret"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "run-detail.json"
 # Each SQL query of the dashboard: the columns it returns (a new query must be listed here).
 COLUMNS = {
-    "panel Loss by step [A]": ["step", "loss", "loss spike (event)"],
+    "panel Loss by step [A]": ["step", "loss", "eval loss", "loss spike (event)"],
     "panel Stability ratios by step [A]": ["step", "two-secant", "λ_grad", "λ_max", "secant"],
     "panel ρ (sampled) by step [A]": ["step", "ρ sampled", "ρ"],
     "panel Sign diversity by step [A]": ["step", "sign diversity"],
@@ -94,7 +94,8 @@ def _train(endpoint: str) -> None:
             torch.autograd.backward(loss)
             opt.step()
             logged = loss.detach() * (1e4 if i == SPIKE else 1.0)
-            monitor.log(math.nan if i == NAN else logged, logits=logits.detach())
+            monitor.log(math.nan if i == NAN else logged, logits=logits.detach(),
+                        eval_loss=loss.detach())
     finally:
         monitor.close(timeout=10.0)
 
@@ -232,8 +233,11 @@ def test_the_nan_loss_is_a_gap_and_a_table_row(store: Store) -> None:
     assert all(v is not None and math.isfinite(v) for s, v in loss.items() if s != NAN)
     events = _run(store, _queries()["panel Events, alerts and non-finite values by step [A]"])[1]
     assert (NAN, "non-finite loss", 0, "NaN") in events
-    spikes = {r[0]: r[2] for r in rows if r[2] is not None}
+    spikes = {r[0]: r[3] for r in rows if r[3] is not None}
     assert spikes == {SPIKE: loss[SPIKE]}  # the loss_spike event's point sits on the loss line
+    clean = {r[0]: r[2] for r in rows}  # the eval_loss line: every step, the spike not on it
+    assert all(v is not None and math.isfinite(v) for v in clean.values())
+    assert clean[SPIKE] < loss[SPIKE] / 100
 
 
 def test_events_and_alerts_are_annotations(store: Store) -> None:

@@ -86,17 +86,18 @@ def _series(src: StoreReads, run: str, metric: str) -> list[Point]:
 
 
 def load_run(
-    src: StoreReads, run: str, metrics: Iterable[str]
+    src: StoreReads, run: str, metrics: Iterable[str], *, truth: str = "loss"
 ) -> tuple[list[tuple[Observation, list[EventLike]]], list[tuple[int, float]]]:
-    """A stored run as observations (one per step, the given metrics) and its loss series."""
+    """A stored run as observations (one per step, the given metrics) and its ground-truth
+    series (`truth`: the loss, or e.g. the `eval_loss` of a minibatch job)."""
     values: dict[int, dict[str, float]] = defaultdict(dict)
     times: dict[int, float] = {}
     loss: list[tuple[int, float]] = []
-    for metric in sorted(set(metrics) | {"loss"}):
+    for metric in sorted(set(metrics) | {"loss", truth}):
         for p in _series(src, run, metric):
             values[p.step][metric] = p.value
             times.setdefault(p.step, p.time)
-            if metric == "loss":
+            if metric == truth:
                 loss.append((p.step, p.value))
     events: dict[int, list[EventLike]] = defaultdict(list)
     for e in _read_all(lambda s: src.events(run, step_min=s, limit=PAGE)):
@@ -110,11 +111,11 @@ def load_run(
     return obs, loss
 
 
-def backtest(src: StoreReads, run: str, rules: Sequence[Rule], *,
+def backtest(src: StoreReads, run: str, rules: Sequence[Rule], *, truth: str = "loss",
              progress: bool = False) -> Report:
-    """Replay a stored run through `rules` and score it (`progress`: a bar on stderr while
-    replaying, when stderr is a terminal)."""
-    obs, loss = load_run(src, run, {m for r in rules for m in r.metrics()})
+    """Replay a stored run through `rules` and score it against the spikes of its `truth`
+    series (`progress`: a bar on stderr while replaying, when stderr is a terminal)."""
+    obs, loss = load_run(src, run, {m for r in rules for m in r.metrics()}, truth=truth)
     steps = track(obs, f"replaying {run}", enabled=progress)
     return score(run, rules, replay(rules, steps), loss)
 
@@ -126,9 +127,9 @@ def _fmt_value(x: float) -> str:
     return f"{x:.4g}" if math.isfinite(x) else str(x)
 
 
-def format_report(rep: Report) -> str:
-    """A readable per-rule table and a summary."""
-    lines = [f"run {rep.run}: {rep.steps} loss points, {len(rep.onsets)} loss spike onset(s)"
+def format_report(rep: Report, truth: str = "loss") -> str:
+    """A readable per-rule table and a summary (`truth`: the series the spikes were read on)."""
+    lines = [f"run {rep.run}: {rep.steps} {truth} points, {len(rep.onsets)} {truth} spike onset(s)"
              + (f" at step {', '.join(map(str, rep.onsets))}" if rep.onsets else "")]  # fmt: skip
     name_w = max([len("rule"), *(len(s.rule) for s in rep.rules)])
     lines.append(f"{'rule':<{name_w}}  {'severity':<8}  {'alerts':>6}  {'led':>5}  "
@@ -176,6 +177,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rules", default=None, metavar="FILE",
                    help="rule file (YAML); default: the built-in rule pack")  # fmt: skip
     p.add_argument("--run", required=True, metavar="NAME", help="the stored run to replay")
+    p.add_argument("--truth", default="loss", metavar="METRIC",
+                   help="the series whose spikes are the ground truth (default: loss; e.g. "
+                   "eval_loss for a minibatch job that logs a clean loss)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_source_options(p, main, default="db", http=False)
 
@@ -194,8 +198,12 @@ def main(args: argparse.Namespace) -> int:
         if store.get_run(args.run) is None:
             print(f"spikewatch backtest: no run named {args.run!r} in {args.db}", file=sys.stderr)
             return 2
-        rep = backtest(store, args.run, rules, progress=not args.json)
-        print(report_json(rep) if args.json else format_report(rep))
+        rep = backtest(store, args.run, rules, truth=args.truth, progress=not args.json)
+        if not rep.steps and args.truth != "loss":
+            print(f"spikewatch backtest: run {args.run!r} has no {args.truth!r} series",
+                  file=sys.stderr)
+            return 2
+        print(report_json(rep) if args.json else format_report(rep, args.truth))
     finally:
         store.close()
     return 0

@@ -185,3 +185,25 @@ def test_backtest_command_with_a_custom_rule_file_and_bad_input(
     assert "rule 'early': condition.metric: unknown metric 'rh0'" in capsys.readouterr().err
     assert cli(["backtest", "--run", "nope", "--db", url]) == 2
     assert "no run named 'nope'" in capsys.readouterr().err
+
+
+def test_backtest_scores_a_minibatch_job_on_its_clean_loss(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--truth eval_loss: the spikes are read on the clean loss the job logged, not on the
+    batch loss (here flat: no onset there)."""
+    url = f"sqlite:///{tmp_path / 'sw.db'}"
+    store = Store(url)
+    store.upgrade()
+    session = "cd" * 16
+    store.write(wire.Hello(wire.Header(session, 1, "mb"), {"optimizer": "Adam"}))
+    recs = tuple(wire.Record(s, 1.7e9 + s, {"loss": 1.0, "eval_loss": 3.0 if s == 300 else 1.0})
+                 for s in range(400))  # fmt: skip
+    store.write(wire.Batch(wire.Header(session, 2, "mb"), recs))
+    store.close()
+    assert cli(["backtest", "--run", "mb", "--db", url]) == 0
+    assert "400 loss points, 0 loss spike onset(s)" in capsys.readouterr().out
+    assert cli(["backtest", "--run", "mb", "--db", url, "--truth", "eval_loss"]) == 0
+    assert "400 eval_loss points, 1 eval_loss spike onset(s) at step 300" in capsys.readouterr().out
+    assert cli(["backtest", "--run", "mb", "--db", url, "--truth", "val_loss"]) == 2
+    assert "has no 'val_loss' series" in capsys.readouterr().err

@@ -254,7 +254,7 @@ def test_near_the_edge_after_an_instability_the_readings_are_sent_at_once(peer: 
             fresh[i] = peer.wait_for(lambda: newest() >= i - 5, timeout=0.3)
         if i == 60:
             edge["on"] = True
-            monitor._reactive.instability.rise = 1.5  # as after an instability of +50 %
+            monitor._reactive.instability.finished_rise = 1.5  # as after an instability of +50 %
 
     train_on(monitor, opt, lambda: nn.functional.mse_loss(model(x), y), 80, before)
     dl.closed_and_delivered(peer, monitor)

@@ -20,15 +20,18 @@ def test_no_crossing_no_instability() -> None:
     assert set(out) == {1.0}
 
 
-def test_rise_is_known_once_the_horizon_has_passed() -> None:
-    tr = InstabilityTracker(sustain=3, window=50, horizon=100)
+def test_a_running_instability_counts_once_it_has_settled_and_is_final_at_the_horizon() -> None:
+    tr = InstabilityTracker(sustain=3, window=50, horizon=100, settle=10)
     rows: list[tuple[float | None, float | None]] = [(1.0, 0.5)] * 60  # flat loss, min 1.0
     rows += [(1.0, 1.01)] * 3  # the third reading ≥ 1 starts the instability at step 62
     rows += [(1.0 + 0.02 * i, 0.95) for i in range(40)]  # the loss climbs to 1.78 ...
     rows += [(1.2, 0.9)] * 80  # ... and settles
     out = _feed(tr, rows)
-    assert out[161] == 1.0  # 99 steps after the start: still watching
-    assert out[162] == pytest.approx(1.78)  # 100 steps after: 1.78 / 1.0
+    assert out[71] == 1.0  # 9 steps old: not settled, the (absent) previous one counts
+    assert out[72] == pytest.approx(1.18)  # 10 steps old: its rise so far (peak 1.18 at 72)
+    assert out[161] == pytest.approx(1.78)  # still watched, the peak reached
+    assert out[162] == pytest.approx(1.78)  # 100 steps after the start: finished
+    assert tr.finished_rise == pytest.approx(1.78)
     assert tr.rise == pytest.approx(1.78)
 
 
@@ -39,9 +42,27 @@ def test_a_new_crossing_ends_the_last_watch_and_a_run_of_readings_counts_once() 
     rows += [(2.6, 0.97)] * 10  # the loss rose 1.3×
     rows += [(2.0, 0.97)] * 20
     rows += [(2.0, 1.01)] * 3  # a second instability at step 112, before the horizon
+    rows += [(2.0, 0.9)] * 20  # ... which moves the loss by nothing
     out = _feed(tr, rows)
-    assert out[111] == 1.0
-    assert out[112] == pytest.approx(1.3)
+    assert out[79] == 1.0  # the long crossing is one instability, not yet moving the loss
+    assert out[80] == pytest.approx(1.3)
+    assert out[112] == pytest.approx(1.3)  # the first one finished at the second's start
+    assert tr.finished_rise == pytest.approx(1.3)
+    assert out[121] == pytest.approx(1.3)  # the second one not yet settled
+    assert out[122] == 1.0  # settled: the latest instability moved the loss 1.0×
+
+
+def test_a_wobble_after_a_spike_closes_the_gate_before_its_horizon() -> None:
+    """A spike (2×), then, within the watch of the next instability, a crossing: the latest
+    instability's small rise counts, not the older spike's."""
+    tr = InstabilityTracker()
+    rows: list[tuple[float | None, float | None]] = [(1.0, 0.5)] * 60
+    rows += [(1.0, 1.01)] * 3 + [(2.5, 0.9)] * 5 + [(1.0, 0.9)] * 100  # a 2.5× spike at 63
+    rows += [(1.0, 1.01)] * 3 + [(1.1, 0.9)] * 40  # a 1.1× wobble, starting at 170
+    out = _feed(tr, rows)
+    assert out[169] == pytest.approx(2.5)
+    assert out[179] == pytest.approx(2.5)  # the wobble is 9 steps old
+    assert out[180] == pytest.approx(1.1)  # 10: the latest instability counts
 
 
 def test_missing_and_nonfinite_values_are_skipped() -> None:
@@ -52,7 +73,7 @@ def test_missing_and_nonfinite_values_are_skipped() -> None:
     assert out[-1] == pytest.approx(1.5)  # the non-finite loss is not the peak
 
 
-@pytest.mark.parametrize("bad", [{"sustain": 0}, {"window": 0}, {"horizon": 0}])
+@pytest.mark.parametrize("bad", [{"sustain": 0}, {"window": 0}, {"horizon": 0}, {"settle": -1}])
 def test_bad_configuration(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=">= 1"):
         InstabilityTracker(**bad)

@@ -117,8 +117,9 @@ CATALOGUE: tuple[Metric, ...] = (
            export=True),
     Metric(PHASE, "1", "five-phase label: 1 stable, 2 v-decay, 3 onset, 4 v-growth, 5 recovery",
            _S0, export=True),
-    Metric(INSTABILITY_RISE, "1", "loss rise (max / min of the 50 steps before) of the run's last "
-           "instability (stability ratio ≥ 1 for 3 readings); 1 before any", _S0, export=True),
+    Metric(INSTABILITY_RISE, "1", "loss rise (max / min of the 50 steps before) of the run's "
+           "latest instability (stability ratio ≥ 1 for 3 readings; the running one's rise so far "
+           "once its crossing is over and it is 10 steps old); 1 before any", _S0, export=True),
     Metric(EVAL_LOSS, "1", "a clean loss the user logs (full data, held-out set or fixed batch)",
            "user"),
     Metric(EVAL_LOSS_SWINGS, "count", "completed 1.5× swings of eval_loss over its 50-step minimum "

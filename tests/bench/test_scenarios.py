@@ -25,6 +25,7 @@ from benchmarks.early_warning.scenarios import (
 )
 from benchmarks.early_warning.scenarios._base import at
 from benchmarks.early_warning.scenarios._mlp import mlp, mlp_sgd
+from benchmarks.early_warning.scenarios._variants import variant
 from benchmarks.early_warning.survey import peak_rise, survey
 from spikewatch.protocol.wire import METRIC_RE, RUN_RE
 
@@ -92,6 +93,33 @@ def test_every_scenario_builds_and_takes_steps_deterministically(sc: Scenario) -
         assert ev is not None
         assert len(ev) == 3
         assert ev != loss
+
+
+@pytest.mark.parametrize("name", ["mlp-w1000-lr0.01-s0", "cnn-lr0.02-s0", "tf-L2-lr0.03-s0",
+                                  "mb-mlp-lr0.002-s0", "mb-tf-pool-lr0.03-s0"])
+def test_a_variant_named_like_a_suite_scenario_trains_the_same(name: str) -> None:
+    """The held-out grammar builds what the suite's registry builds for the suite's own names,
+    so a variant (another seed or lr) is the same problem."""
+    suite = next(s for s in SCENARIOS if s.name == name)
+    held_out = variant(name)
+    assert held_out is not None
+    assert (held_out.family, held_out.steps, held_out.minibatch) == (
+        suite.family, suite.steps, suite.minibatch)
+    a, b = Arm(suite.build()), Arm(held_out.build())
+    a.run(3)
+    b.run(3)
+    assert first_mismatch(a.losses, b.losses) is None
+    assert first_mismatch(a.evals, b.evals) is None
+
+
+def test_held_out_variants_by_name() -> None:
+    got = by_name(["mlp-w500-lr0.004-s7", "tf-L1-lr0.025-s5", "mb-mlp-lr1e-3-s9"])
+    assert [(s.family, s.control, s.minibatch) for s in got] == [
+        ("regression-mlp", False, False), ("transformer", False, False),
+        ("minibatch", False, True)]
+    assert variant("mlp-w1000-lr0.01") is None  # no seed
+    with pytest.raises(KeyError, match="or a variant such as"):
+        by_name(["mlp-x-lr0.01-s0"])
 
 
 def test_a_minibatch_scenario_changes_batches_but_not_its_ground_truth_data() -> None:

@@ -25,6 +25,7 @@ from benchmarks.early_warning.scenarios._cnn import cnn
 from benchmarks.early_warning.scenarios._mlp import mlp, mlp_deep, mlp_minibatch, mlp_sgd
 from benchmarks.early_warning.scenarios._quadratic import quadratic
 from benchmarks.early_warning.scenarios._transformer import transformer_pool, transformer_stream
+from benchmarks.early_warning.scenarios._variants import variant
 
 __all__ = ["EDGES", "FAMILIES", "QUICK", "SCENARIOS", "EdgeSweep", "Scenario", "Task", "by_name"]
 
@@ -247,12 +248,16 @@ QUICK: tuple[str, ...] = ("quad-b2-0.99", "quad-b2-0.99-eps0.1")
 
 
 def by_name(names: tuple[str, ...] | list[str]) -> list[Scenario]:
-    """The scenarios with these names, in order; KeyError naming an unknown one."""
+    """The scenarios with these names, in order: the suite's, else a held-out variant of one of
+    its families named in the same grammar (`_variants`); KeyError naming an unknown one."""
     table = {s.name: s for s in SCENARIOS}
-    unknown = [n for n in names if n not in table]
+    found = {n: table.get(n) or variant(n) for n in names}
+    unknown = [n for n, sc in found.items() if sc is None]
     if unknown:
-        raise KeyError(f"unknown scenario(s) {unknown}; known: {sorted(table)}")
-    return [table[n] for n in names]
+        raise KeyError(f"unknown scenario(s) {unknown}; known: {sorted(table)}, or a variant "
+                       "such as mlp-w1000-lr0.005-s5, cnn-lr0.02-s4, tf-L1-lr0.03-s3, "
+                       "mb-mlp-lr0.002-s4, mb-tf-pool-lr0.03-s2")
+    return [sc for n in names if (sc := found[n]) is not None]
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,11 @@ def keygen(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def printed_settings(stdout: str) -> dict[str, str]:
-    """The VAR=value lines keygen printed, read as the shell would (the $(cat) one left out)."""
+    """The VAR=value lines keygen printed, read as the shell would (the $(cat) one left out;
+    only by its value's start: a Z85 key may itself hold "$(")."""
     out = {}
     for line in stdout.splitlines():
-        if line.startswith("  SPIKEWATCH_") and "$(" not in line:
+        if line.startswith("  SPIKEWATCH_") and not line.split("=", 1)[1].startswith('"$('):
             [word] = shlex.split(line)
             key, value = word.split("=", 1)
             out[key] = value

@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from spikewatch.monitor.loss_swings import SwingCounter
-from spikewatch.server.scoring import Episode, grade, lead
-from spikewatch.server.spikes import max_rise_after, spike_onsets
-from spikewatch.server.types import Severity
+from spikewatch.protocol.names import EVAL_LOSS_SWINGS
+from spikewatch.server.backtest import replay, score
+from spikewatch.server.rules import Rule, load_rules
+from spikewatch.server.types import Observation
 
 MLP_LRS = (0.0003, 0.0004, 0.0005, 0.0006, 0.0008, 0.001, 0.0015, 0.002, 0.003)
 MLP_SEEDS = (0, 1, 2, 3, 4, 5, 6)
@@ -49,45 +50,32 @@ class Row:
 def _train(spec: tuple[str, float, int]) -> tuple[str, str, list[float]]:
     import torch
 
-    from benchmarks.early_warning.scenarios._mlp import mlp_minibatch
-    from benchmarks.early_warning.scenarios._transformer import transformer_pool
+    from benchmarks.early_warning.scenarios._variants import variant
     from benchmarks.early_warning.survey import train_unattached
 
     torch.set_num_threads(1)
     family, lr, seed = spec
-    if family == "mb-mlp":
-        build, steps = mlp_minibatch(1000, lr, seed), 3000
-    else:
-        build, steps = transformer_pool(lr, seed, batch=32), 1500
-    _, xs, _, _ = train_unattached(build, steps)
-    return f"{family}-lr{lr:g}-s{seed}", f"{family} lr {lr:g}", xs
+    name = f"{family}-lr{lr:g}-s{seed}"
+    sc = variant(name)
+    assert sc is not None, name
+    _, xs, _, _ = train_unattached(sc.build, sc.steps)
+    return name, f"{family} lr {lr:g}", xs
 
 
-def firings(xs: Sequence[float]) -> list[Episode]:
-    """The episodes of an alert that fires while the swing count is ≥ 1."""
+def _rule() -> Rule:
+    return next(r for r in load_rules() if r.name == "clean_loss_swings")
+
+
+def score_run(name: str, group: str, xs: Sequence[float]) -> Row:
+    """The run's swing counts, as the agent streams them, replayed through the default pack's
+    clean_loss_swings rule and scored as a page would be (`server.backtest`)."""
     counter = SwingCounter()
-    out: list[Episode] = []
-    start: int | None = None
-    for t, v in enumerate(xs):
-        n = counter.update(t, v)
-        if n >= 1 and start is None:
-            start = t
-        elif n == 0 and start is not None:
-            out.append(Episode("clean_loss_swings", Severity.WARNING, start, start, t, 0.0))
-            start = None
-    if start is not None:
-        out.append(Episode("clean_loss_swings", Severity.WARNING, start, start, None, 0.0))
-    return out
-
-
-def score(name: str, group: str, xs: Sequence[float]) -> Row:
-    points = list(enumerate(xs))
-    onsets = spike_onsets(points)
-    eps = firings(xs)
-    leads = [x for i, o in enumerate(onsets)
-             if (x := lead(eps, o, onsets[i - 1] if i else None)) is not None]  # fmt: skip
-    return Row(name, group, onsets, leads,
-               [grade(max_rise_after(points, e.fired_step)) for e in eps])
+    obs = [(Observation(name, t, float(t), {EVAL_LOSS_SWINGS: float(counter.update(t, v))}), ())
+           for t, v in enumerate(xs)]  # fmt: skip
+    rule = _rule()
+    rep = score(name, [rule], replay([rule], obs), list(enumerate(xs)))
+    (s,) = rep.rules
+    return Row(name, group, rep.onsets, [x for x in s.leads if x is not None], s.grades)
 
 
 def summary(rows: Sequence[Row]) -> str:
@@ -121,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              + [("mb-tf-pool", lr, s) for lr in TF_LRS for s in TF_SEEDS])  # fmt: skip
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        rows = [score(*r) for r in pool.map(_train, specs)]
+        rows = [score_run(*r) for r in pool.map(_train, specs)]
     print(summary(rows))
     print(f"\n{len(rows)} runs trained unattached in {time.perf_counter() - t0:.0f} s "
           f"({args.jobs} processes); onset = full-data loss > 2× its 50-step minimum; the alert "

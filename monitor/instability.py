@@ -15,9 +15,9 @@ The *latest* instability counts: once a running one's crossing is over (a readin
 of the one before. A new crossing that comes while the last instability is still being watched
 (within `horizon` steps of its start) is judged by how far that one has moved the loss, not by an
 older spike, while a crossing still in progress is judged by the instability before it (its own
-spike has not come yet): on the benchmark's transformers, whose crossings after a
-spike come every 50–100 steps and end in wobbles, this took the false pages from 17 to 10 (the
-same 15 onsets missed), and an instability already past 1.5× opens the gate before its horizon
+spike has not come yet): on the benchmark's transformers, whose crossings after a spike come
+every 50–250 steps and end in wobbles, this took the false pages from 17 to 10 (the same 13 of
+their 15 onsets missed), and an instability already past 1.5× opens the gate before its horizon
 ends (2 more onsets paged on the MLP and the quadratic; docs/early-warning.md).
 
 `InstabilityTracker.update` takes the drained per-step loss and ratio in step order and returns

@@ -9,8 +9,10 @@ temporary mitigation:
 - ``"v"`` (default): Adam's second moment is multiplied by ``1 / factor**2`` once, lifting the
   decayed √v̂ that lets the step grow past the edge (seed 000): the effective step shrinks by
   `factor` on every coordinate and grows back as v follows the gradient or decays with β2 (for
-  β2 = 0.999 the default lift, 1/0.7² ≈ 2, fades over ~700 steps); a new action can come after
-  `hold_steps` + `release_steps`;
+  β2 = 0.999 the default lift, 1/0.7² ≈ 2, fades over ~700 steps, for β2 = 0.99 over ~70); if
+  the crossing is predicted again while the action holds, v is lifted again, at most once per
+  `hold_steps` (readings of gradients from before a lift do not count), and the predictor is
+  told to read the lifted v at once;
 - ``"lr"``: the learning rate of every param group is multiplied by `factor` for `hold_steps`
   steps, then brought back linearly over `release_steps`. The scaling is applied in the
   optimizer's pre-step hook and undone in its post-step hook, so a learning-rate scheduler that
@@ -63,6 +65,9 @@ from spikewatch.monitor.adam_state import UnsupportedOptimizer, adam_view
 __all__ = ["Guard", "GuardHooks", "GuardMachine"]
 
 Action = Literal["lr", "v", "eps"]
+# A reading is of the gradient before last (`monitor.two_secant`): the first one the lift of v at
+# step s shapes throughout is made at the end of step s + 2.
+READING_LAG = 3
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]  # strict: an int is taken, a bool refused
@@ -119,6 +124,8 @@ class Act:
     rho: float
     rise: float
     extended: int = 0  # re-triggers while it held
+    lifted_at: int = -1  # the "v" action: the step of its last lift
+    lifts: int = 0
 
 
 class GuardMachine:
@@ -136,23 +143,41 @@ class GuardMachine:
         """Take the reading made at the end of `step`; events to stream. The decision applies
         from `step + 1` on."""
         p = self.policy
+        act = self.act
+        if act is not None and act.lifts and step < act.lifted_at + READING_LAG:
+            return []  # a reading of a gradient the lift has not reached yet: not evidence
         hot = (math.isfinite(ratio) and ratio >= p.ratio and math.isfinite(rho) and rho < p.rho
                and (rise >= p.rise or (p.rearm and self.actions > 0)))  # fmt: skip
         self._above = self._above + 1 if hot else 0
         events: list[tuple[str, dict[str, Any]]] = []
         if self._above >= p.sustain:
-            if self.act is None:
+            if act is None:
                 self.actions += 1
-                self.act = Act(step + 1, ratio, rho, rise)
-                events.append(("guard_action", self._describe(self.act, step)))
+                self.act = act = Act(step + 1, ratio, rho, rise)
+                if p.action == "v":
+                    act.lifted_at, act.lifts = step + 1, 1
+                events.append(("guard_action", self._describe(act, step)))
             else:  # still predicted while it acts: hold again from here
-                self.act.extended += 1
+                act.extended += 1
+                if p.action == "v" and step + 1 >= act.lifted_at + p.hold_steps:
+                    # the crossing is back although v was lifted (it decayed again, or the
+                    # sharpness grew): lift once more, at most once per hold
+                    last, act.lifted_at = act.lifted_at, step + 1
+                    act.lifts += 1
+                    self.actions += 1
+                    again = self._describe(act, step)
+                    again.update(stability_ratio=ratio, rho=rho, lift=act.lifts, why=(
+                        f"stability ratio {ratio:.3f} >= {p.ratio} with rho {rho:.3f} < {p.rho} "
+                        f"for {p.sustain} readings again, {step + 1 - last} steps after the "
+                        f"last lift of v (lift {act.lifts} of this action)"))
+                    events.append(("guard_action", again))
             self._until = step + p.hold_steps
             self._above = 0
         elif self.act is not None and step >= self._until + p.release_steps:
             events.append(("guard_release", {
                 "action": p.action, "started_at_step": self.act.start, "released_at_step": step,
-                "steps": step - self.act.start + 1, "extended": self.act.extended}))
+                "steps": step - self.act.start + 1, "extended": self.act.extended,
+                **({"lifts": self.act.lifts} if p.action == "v" else {})}))
             self.act = None
         return events
 
@@ -178,7 +203,7 @@ class GuardMachine:
 
     def lifts_v(self, step: int) -> bool:
         """Whether the "v" action is to be applied at `step` (its first step)."""
-        return self.act is not None and self.policy.action == "v" and self.act.start == step
+        return self.act is not None and self.policy.action == "v" and self.act.lifted_at == step
 
     def _describe(self, act: Act, step: int) -> dict[str, Any]:
         p = self.policy
@@ -299,7 +324,8 @@ class GuardHooks:
         """Whether an action or a ramp is in force."""
         return self.machine.act is not None or bool(self.ramps.ramps)
 
-    def before(self, step: int, optimizer: Any, changes: list[HparamChange]) -> None:
+    def before(self, step: int, optimizer: Any, changes: list[HparamChange],
+               predictor: Any = None) -> None:  # fmt: skip
         """The pre-step hook, after the hyper-parameter watch (`changes`: what it saw)."""
         m = self.machine
         if changes:
@@ -308,6 +334,9 @@ class GuardHooks:
             self._saved = apply_ramps(optimizer, self.ramps, step)
         if m.lifts_v(step):
             lift_v(optimizer, m.policy.factor)
+            v_changed = getattr(predictor, "v_changed", None)
+            if v_changed is not None:  # the predictor follows v by Adam's recurrence: re-read
+                v_changed()
         mult = m.multiplier(step)
         if mult != 1.0:
             self._saved += apply_lr(optimizer, mult)

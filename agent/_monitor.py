@@ -296,7 +296,8 @@ class Monitor:
             if self._hparams is not None:
                 self._run_hparams(self._hparams.pre, step)
             if self._guard is not None:  # after the hparams watch: a scaled lr is no change
-                self._guard.before(step, self.ctx.optimizer, self.ctx.changes)
+                self._guard.before(step, self.ctx.optimizer, self.ctx.changes,
+                                   self.ctx.predictor)
             off = self._disabled
             for p in self._steps.due:
                 if p.name not in off and p.has_pre:

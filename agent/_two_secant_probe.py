@@ -43,6 +43,10 @@ class TwoSecantProbe(Probe):
         self.mirror = HostMirror()  # its values on the host, when they are there to read
         self.reading: tuple[int, list[float]] | None = None  # (step, host values), for the guard
 
+    def v_changed(self) -> None:
+        """Adam's v was changed outside the optimizer (the guard's lift): read it afresh."""
+        self.est.resync_v()
+
     def post(self, step: int, out: Collector) -> None:
         r = self.est.update(step + 1)  # `step` is the index of the step that just completed
         self.follow = step + 1 if r is None else None

@@ -46,7 +46,8 @@ per-group sums: about twenty tensor operations in all, whatever the model's size
 proportional to the sample). v follows Adam's own recurrence v ← β2·v + (1−β2)·g² on the sample
 (g is known), re-read from the state every `V_RESYNC` steps: D must be current (before a spike the
 ratio sits within 1–2 % of 1 for tens of steps, and v moves by 0.05 % a step), and reading it
-would cost as much as reading θ and m together.
+would cost as much as reading θ and m together; whoever changes v outside the optimizer (the
+guard's lift) calls `resync_v` so the next update reads it.
 
 Readings start at the fourth consecutive step seen; a step the hook did not see restarts the
 history. A parameter the optimizer skipped at a step (no gradient) has Δθ = 0 and adds nothing to
@@ -205,6 +206,11 @@ class TwoSecant:
         self._hyper_last: tuple[Hyper, ...] | None = None
         self._v: Any = None  # v on the sample, after the last update's step
         self._v_age = 0
+
+    def resync_v(self) -> None:
+        """Read v from the optimizer state at the next update instead of following Adam's
+        recurrence: call it when something outside the optimizer changed v (the guard's lift)."""
+        self._v_age = V_RESYNC
 
     # --- reads -------------------------------------------------------------------------------
     def _refresh_views(self) -> None:

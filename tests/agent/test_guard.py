@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -117,6 +118,29 @@ def test_rearm_acts_again_without_a_new_rise_only_after_a_first_action(rearm: bo
     if rearm:
         assert "re-armed by its earlier action" in str(again[0][2]["why"])
     assert m.actions == (2 if rearm else 1)
+
+
+def test_the_v_action_lifts_again_when_the_crossing_comes_back_at_most_once_per_hold() -> None:
+    """A lift fades as v decays again (within ~70 steps at β2 = 0.99): a crossing predicted again
+    while the action holds lifts v once more, never sooner than `hold_steps` after the last lift,
+    and the readings of gradients the lift has not reached yet are not counted."""
+    m = GuardMachine(Guard(action="v", rise=1.0, sustain=1, hold_steps=10, release_steps=10))
+    [(_, kind, first)] = feed(m, [HOT])
+    assert (kind, first["from_step"]) == ("guard_action", 1)
+    assert m.lifts_v(1)
+    assert feed(m, [HOT] * 3, start=1) == []  # steps 1-3: readings from before the lift
+    assert feed(m, [HOT], start=4) == []  # predicted again, 4 steps after the lift: held
+    assert m.act is not None
+    assert (m.act.extended, m.act.lifts, m.actions) == (1, 1, 1)
+    assert not any(m.lifts_v(s) for s in range(2, 11))
+    [(step, kind, again)] = feed(m, [COLD] * 5 + [HOT], start=5)  # step 10: lift at 11
+    assert (step, kind, again["lift"], again["from_step"]) == (10, "guard_action", 2, 11)
+    assert "again, 10 steps after the last lift of v (lift 2" in str(again["why"])
+    assert m.lifts_v(11)
+    assert m.actions == 2
+    events = feed(m, [COLD] * 40, start=11)
+    [(at, kind, release)] = events
+    assert (at, kind, release["lifts"], release["started_at_step"]) == (30, "guard_release", 2, 1)
 
 
 @pytest.mark.parametrize("impl", [{}, {"foreach": True}, {"fused": True}])
@@ -300,3 +324,18 @@ def test_an_acting_eps_guard_raises_eps_streams_it_and_gives_it_back(
     [(at, release)] = dl.events(peer, EventType.GUARD_RELEASE.value)
     assert (at, release.data["started_at_step"], release.data["action"]) == (18, 12, "eps")
     assert mon.optimizer.param_groups[0]["eps"] == 1e-8  # never saved raised
+
+
+def test_a_lift_of_v_is_read_by_the_predictor_at_once(peer: Peer,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The predictor follows v by Adam's recurrence between reads of the state: a lift it did not
+    read would leave the stability ratio 1/factor too high (and the guard re-triggering) until
+    its next read. After the lift its v is the optimizer's own."""
+    policy = _past_the_edge_at_steps_10_and_11(monkeypatch, "v")
+    _, _, mon = _seed_run(40, policy, peer)
+    assert mon is not None
+    [(step, event)] = dl.events(peer, EventType.GUARD_ACTION.value)
+    assert (step, event.data["from_step"], event.data["action"]) == (11, 12, "v")
+    est = mon.ctx.predictor.est
+    state_v = est._arrays.gather(est._v_views)
+    assert np.allclose(est._v, state_v, rtol=1e-5)  # the CPU estimator works in numpy

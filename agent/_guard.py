@@ -166,7 +166,8 @@ class GuardMachine:
                     act.lifts += 1
                     self.actions += 1
                     again = self._describe(act, step)
-                    again.update(stability_ratio=ratio, rho=rho, lift=act.lifts, why=(
+                    again.update(stability_ratio=ratio, rho=rho, lift=act.lifts,
+                                 started_at_step=act.start, why=(
                         f"stability ratio {ratio:.3f} >= {p.ratio} with rho {rho:.3f} < {p.rho} "
                         f"for {p.sustain} readings again, {step + 1 - last} steps after the "
                         f"last lift of v (lift {act.lifts} of this action)"))

@@ -3,7 +3,9 @@ events (see docs/guard.md).
 
 A `guard_action` event says from which step the guard acts (`from_step`; the event's own step is
 the reading that decided it, one step earlier); the `guard_release` that follows says at which
-step it let go (`released_at_step`). An action with no release yet is still acting. With several
+step it let go (`released_at_step`). An action with no release yet is still acting. A `"v"`
+action that lifts v again while it holds streams another `guard_action` naming the action it
+belongs to (`started_at_step`, `lift` ≥ 2): part of that span, not a span of its own. With several
 ranks each rank streams the same events: one span per start step.
 """
 
@@ -43,6 +45,8 @@ def guard_spans(events: Iterable[tuple[int, str, Mapping[str, Any]]]) -> list[Gu
     open_starts: list[int] = []
     for step, kind, data in events:
         if kind == EventType.GUARD_ACTION.value:
+            if _int(data.get("started_at_step"), -1) in open_starts:
+                continue  # a renewed lift within an open action
             start = _int(data.get("from_step"), step + 1)
             if start not in spans:
                 spans[start] = GuardSpan(start, None, str(data.get("action", "")),

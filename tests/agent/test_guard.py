@@ -136,6 +136,7 @@ def test_the_v_action_lifts_again_when_the_crossing_comes_back_at_most_once_per_
     [(step, kind, again)] = feed(m, [COLD] * 5 + [HOT], start=5)  # step 10: lift at 11
     assert (step, kind, again["lift"], again["from_step"]) == (10, "guard_action", 2, 11)
     assert "again, 10 steps after the last lift of v (lift 2" in str(again["why"])
+    assert again["started_at_step"] == 1  # the action it belongs to (one span in the report)
     assert m.lifts_v(11)
     assert m.actions == 2
     events = feed(m, [COLD] * 40, start=11)

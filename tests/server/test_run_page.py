@@ -117,10 +117,10 @@ def test_guard_spans_pair_actions_with_releases_and_merge_per_column() -> None:
         (49, "guard_action", {"action": "v"})]  # no from_step: the next step
     assert guard_spans(events) == [GuardSpan(10, 30, "lr", "w"), GuardSpan(50, None, "v", "")]
     # a "v" action lifting again while it holds names its action: one span, closed by its release
-    lifted = [(9, "guard_action", {"from_step": 10, "action": "v", "why": "w"}),
-              (69, "guard_action", {"from_step": 70, "action": "v", "lift": 2,
-                                    "started_at_step": 10}),
-              (170, "guard_release", {"started_at_step": 10, "released_at_step": 170})]
+    lifted: list[tuple[int, str, dict[str, Any]]] = [
+        (9, "guard_action", {"from_step": 10, "action": "v", "why": "w"}),
+        (69, "guard_action", {"from_step": 70, "action": "v", "lift": 2, "started_at_step": 10}),
+        (170, "guard_release", {"started_at_step": 10, "released_at_step": 170})]
     assert guard_spans(lifted) == [GuardSpan(10, 170, "v", "w")]
     many = [GuardSpan(s, s + 1, "v", "") for s in range(0, 10_000, 3)]
     merged = merge_spans(many, 10_000, min_gap=10.0)

@@ -39,10 +39,13 @@ the rank's own loss, which differs between ranks, so under DDP the guard leaves 
 and the ratio alone, logged). With a sharded optimizer (ZeRO/FSDP) the reading is partial on each
 rank and the guard stays off.
 
-With `ramp_steps` > 0, whatever the action, a hyper-parameter change that lowers the stability
-threshold by `ramp_factor` or more in one step (a 10× lr jump, β1 0.9 → 0.5) is applied gradually
-over that many steps (`agent._ramp`). It is off by default: on the suite's hparam-jump runs it did
-not prevent the spikes (docs/guard.md).
+A hyper-parameter change that lowers the stability threshold by `ramp_factor` or more in one step
+(a 10× lr jump, β1 0.9 → 0.5) and that the last reading predicts past the edge (the hparam page's
+condition) is met, whatever the action, by a *jump lift* (`jump_lift`, default on): Adam's v of
+the changed group × the threshold drop² at the changed step, an action and its release at once,
+and the guard is re-armed by it (`agent._ramp.jump_lifts`). With `ramp_steps` > 0 such jumps are
+instead applied gradually over that many steps (`agent._ramp`); the ramp is off by default: on
+the suite's hparam-jump runs it did not prevent the spikes, the jump lift did (docs/guard.md).
 
 `GuardMachine` is the pure state machine (readings in, the multiplier and events out), with no
 torch in it; `apply_lr`, `apply_eps`, `apply_ramps`, `restore_user_values`, `raised_eps` and
@@ -59,7 +62,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from spikewatch.agent._ramp import Events, HparamChange, RampMachine
+from spikewatch.agent._ramp import Events, HparamChange, RampMachine, jump_lifts
 from spikewatch.monitor.adam_state import UnsupportedOptimizer, adam_view
 
 __all__ = ["Guard", "GuardHooks", "GuardMachine"]
@@ -92,6 +95,9 @@ class Guard(BaseModel):
     ramp_steps: Annotated[int, Field(ge=0, le=10000)] = 0
     # the threshold drop in one step that makes a change a jump
     ramp_factor: Annotated[Finite, Field(gt=1.0, le=1000.0)] = 2.0
+    # a jump predicted past the edge (ratio × drop ≥ `ratio`) lifts Adam's v by the drop² at the
+    # changed step (`agent._ramp.jump_lifts`; not with a ramp, which handles jumps its own way)
+    jump_lift: bool = True
     # after its first action the guard acts on the ratio and rho alone: an instability it
     # prevented moved the loss little, yet the next crossing is as dangerous
     rearm: bool = True
@@ -137,6 +143,7 @@ class GuardMachine:
         self._above = 0  # consecutive readings meeting the condition
         self._until = -1  # last step of the hold (inclusive)
         self.actions = 0
+        self.primed = False  # re-armed by a jump lift (a predicted instability it headed off)
 
     def observe(self, step: int, ratio: float, rho: float, rise: float
                 ) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
@@ -147,7 +154,7 @@ class GuardMachine:
         if act is not None and act.lifts and step < act.lifted_at + READING_LAG:
             return []  # a reading of a gradient the lift has not reached yet: not evidence
         hot = (math.isfinite(ratio) and ratio >= p.ratio and math.isfinite(rho) and rho < p.rho
-               and (rise >= p.rise or (p.rearm and self.actions > 0)))  # fmt: skip
+               and (rise >= p.rise or (p.rearm and (self.actions > 0 or self.primed))))
         self._above = self._above + 1 if hot else 0
         events: list[tuple[str, dict[str, Any]]] = []
         if self._above >= p.sustain:
@@ -292,15 +299,19 @@ def restore_user_values(saved: Saved) -> None:
         g[key] = value
 
 
-def lift_v(optimizer: Any, factor: float) -> int:
-    """Multiply Adam's exp_avg_sq by 1/factor² (the step shrinks by `factor`); tensors touched."""
+def lift_v(optimizer: Any, factor: float, group: int | None = None) -> int:
+    """Multiply Adam's exp_avg_sq by 1/factor² (the step shrinks by `factor`), of every param or
+    of param group `group`'s; tensors touched."""
     scale = 1.0 / (factor * factor)
+    groups = optimizer.param_groups if group is None else [optimizer.param_groups[group]]
     n = 0
-    for state in optimizer.state.values():
-        v = state.get("exp_avg_sq") if isinstance(state, dict) else None
-        if v is not None:
-            v.mul_(scale)
-            n += 1
+    for g in groups:
+        for p in g["params"]:
+            state = optimizer.state.get(p)
+            v = state.get("exp_avg_sq") if isinstance(state, dict) else None
+            if v is not None:
+                v.mul_(scale)
+                n += 1
     return n
 
 
@@ -314,11 +325,12 @@ class GuardHooks:
         self._saved: Saved = []  # the values set for this step, to put back after it
         self._pending: Events = []  # events decided in the pre-step hook, streamed after it
         self._eps = 0.0  # the raised ε of the current "eps" action
+        self.jumps = 0  # jump lifts taken
 
     @property
     def actions(self) -> int:
-        """Actions taken so far (predicted crossings and ramps)."""
-        return self.machine.actions + self.ramps.actions
+        """Actions taken so far (predicted crossings, ramps and jump lifts)."""
+        return self.machine.actions + self.ramps.actions + self.jumps
 
     @property
     def active(self) -> bool:
@@ -329,21 +341,39 @@ class GuardHooks:
                predictor: Any = None) -> None:  # fmt: skip
         """The pre-step hook, after the hyper-parameter watch (`changes`: what it saw)."""
         m = self.machine
+        lifted = False
         if changes:
             self._pending += self.ramps.start(step, changes)
+            if m.policy.jump_lift and m.policy.ramp_steps == 0:
+                lifted = self._lift_jumps(step, optimizer, changes)
         if self.ramps.ramps:
             self._saved = apply_ramps(optimizer, self.ramps, step)
         if m.lifts_v(step):
-            lift_v(optimizer, m.policy.factor)
-            v_changed = getattr(predictor, "v_changed", None)
-            if v_changed is not None:  # the predictor follows v by Adam's recurrence: re-read
-                v_changed()
+            lifted = lift_v(optimizer, m.policy.factor) > 0 or lifted
+        v_changed = getattr(predictor, "v_changed", None)
+        if lifted and v_changed is not None:  # the predictor follows v by Adam's recurrence
+            v_changed()
         mult = m.multiplier(step)
         if mult != 1.0:
             self._saved += apply_lr(optimizer, mult)
         weight = m.eps_weight(step)
         if weight > 0.0:
             self._saved += apply_eps(optimizer, self._eps, weight)
+
+    def _lift_jumps(self, step: int, optimizer: Any, changes: list[HparamChange]) -> bool:
+        """Lift v for the jumps predicted past the edge (`agent._ramp.jump_lifts`); whether any
+        v was touched. Each is an action and its release at once (v then decays on its own)."""
+        touched = False
+        for jl in jump_lifts(changes, self.machine.policy.ratio, self.machine.policy.ramp_factor):
+            if lift_v(optimizer, 1.0 / jl.factor, jl.group) == 0:
+                continue  # no Adam state (SGD, or before the first step)
+            touched = True
+            self.jumps += 1
+            self.machine.primed = True
+            self._pending += [("guard_action", {**jl.event, "from_step": step}),
+                              ("guard_release", {"action": "jump_lift", "started_at_step": step,
+                                                 "released_at_step": step, "steps": 1})]
+        return touched
 
     def after(self, step: int, optimizer: Any, predictor: Any, rise: float,
               emit: Callable[..., None]) -> None:  # fmt: skip

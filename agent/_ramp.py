@@ -16,7 +16,15 @@ for k = 0 … N−1, as a multiplier on the value the user's code set, so a sche
 writing the group's value keeps working. Like the guard's "lr" action it is applied in the
 optimizer's pre-step hook and undone in its post-step hook: the optimizer state and checkpoints
 hold the user's values. `RampMachine` is pure (no torch): changes in, per-step values and events
-out.
+out. The ramp is off by default: it did not prevent the suite's spikes (docs/guard.md).
+
+The default instead is the *jump lift* (`jump_lifts`): when such a jump is predicted to put the
+run past its edge (the last measured ratio times the threshold drop ≥ the guard's `ratio`: the
+condition the hparam page fires on), Adam's v of the changed group is multiplied by the square of
+the threshold drop (at most `MAX_JUMP_LIFT`²) at the changed step, so the step starts from the
+same distance to the edge as before the change and the change comes in as v decays, while the
+guard, re-armed by it, watches the crossings that follow. On the suite's β1 0.9 → 0.5 and
+lr 0.001 → 0.01 runs it removed the spike the jump causes (docs/guard.md).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 Events = list[tuple[str, dict[str, Any]]]
+MAX_JUMP_LIFT = 20.0  # the largest factor on √v of one jump lift (v × 400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +117,37 @@ class RampMachine:
             "action": "ramp", "hparam": r.change.hparam, "group": r.change.group,
             "started_at_step": r.start, "released_at_step": step + 1,
             "steps": step + 1 - r.start + 1}) for r in done]
+
+
+@dataclass(frozen=True, slots=True)
+class JumpLift:
+    """Multiply the v of param group `group` by `factor`² at the changed step."""
+
+    group: int
+    factor: float
+    event: dict[str, Any]
+
+
+def jump_lifts(changes: list[HparamChange], ratio: float, jump_factor: float) -> list[JumpLift]:
+    """The jump lifts due for this pre-step hook's `changes` (see the module docstring): a change
+    that lowers the threshold by `jump_factor` or more, with the measured ratio times that drop
+    ≥ `ratio`; one per group, for the largest drop."""
+    best: dict[int, HparamChange] = {}
+    for c in changes:
+        if (c.ratio_after is None or c.ratio_after < ratio or c.threshold_factor < jump_factor
+                or not math.isfinite(c.threshold_factor)):  # fmt: skip
+            continue
+        if c.group not in best or c.threshold_factor > best[c.group].threshold_factor:
+            best[c.group] = c
+    out = []
+    for g, c in sorted(best.items()):
+        f = min(c.threshold_factor, MAX_JUMP_LIFT)
+        out.append(JumpLift(g, f, {
+            "action": "jump_lift", "hparam": c.hparam, "group": g, "old": c.old, "new": c.new,
+            "threshold_factor": c.threshold_factor, "stability_ratio_after": c.ratio_after,
+            "v_factor": f * f,
+            "why": (f"{c.hparam} {c.old:g} -> {c.new:g} lowers the stability threshold "
+                    f"{c.threshold_factor:.2f}x, predicted ratio {c.ratio_after:.2f} >= {ratio}: "
+                    f"v of group {g} x {f * f:.3g}, so the step starts as far from the edge as "
+                    "before the change")}))
+    return out

@@ -350,9 +350,8 @@ class GuardHooks:
             self._saved = apply_ramps(optimizer, self.ramps, step)
         if m.lifts_v(step):
             lifted = lift_v(optimizer, m.policy.factor) > 0 or lifted
-        v_changed = getattr(predictor, "v_changed", None)
-        if lifted and v_changed is not None:  # the predictor follows v by Adam's recurrence
-            v_changed()
+        if lifted and hasattr(predictor, "v_changed"):  # it follows v by Adam's recurrence
+            predictor.v_changed()
         mult = m.multiplier(step)
         if mult != 1.0:
             self._saved += apply_lr(optimizer, mult)

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 
-import torch
 
 import spikewatch
 from benchmarks.early_warning._train import Arm
@@ -23,14 +21,6 @@ from spikewatch.server.backtest import spike_onsets
 
 UNUSED_ENDPOINT = "tcp://127.0.0.1:9"  # discard port: nothing listens, the agent spools
 CHANGE = 500  # the step mlp-beta1-down-0.9-0.5 changes β1 at (its schedule, not a trajectory)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _unguarded(name: str) -> tuple[Scenario, list[int]]:

@@ -4,7 +4,6 @@ without a server (a fake `agent.attach`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,15 +19,6 @@ from benchmarks.early_warning._options import add_options
 from benchmarks.early_warning._train import train_pair
 from benchmarks.early_warning.runner import Row
 from benchmarks.early_warning.scenarios import QUICK, SCENARIOS, by_name
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Train on one torch thread, as the benchmark does (the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_the_default_config_passes_nothing_but_run_and_endpoint() -> None:

@@ -4,27 +4,16 @@ truth read back through the API, both arms (with and without the agent) compared
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 
-import torch
 
 from benchmarks.early_warning import runner
 from benchmarks.early_warning.scenarios import QUICK, SCENARIOS, Scenario, by_name
 from spikewatch.server.rules import load_rules
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Train on one torch thread, as the benchmark does (the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow

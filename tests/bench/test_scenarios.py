@@ -5,7 +5,6 @@ are chaotic and differ between CPUs)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 
@@ -28,15 +27,6 @@ from benchmarks.early_warning.scenarios._mlp import mlp, mlp_sgd
 from benchmarks.early_warning.scenarios._variants import variant
 from benchmarks.early_warning.survey import peak_rise, survey
 from spikewatch.protocol.wire import METRIC_RE, RUN_RE
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Train on one torch thread, as the benchmark does (the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_names_are_unique_and_valid_run_names() -> None:

@@ -24,7 +24,7 @@ from benchmarks.early_warning.scenarios import (
 )
 from benchmarks.early_warning.scenarios._base import at
 from benchmarks.early_warning.scenarios._mlp import mlp, mlp_sgd
-from benchmarks.early_warning.scenarios._variants import variant
+from benchmarks.early_warning.scenarios._variants import HP_CHANGE, variant
 from benchmarks.early_warning.survey import peak_rise, survey
 from spikewatch.protocol.wire import METRIC_RE, RUN_RE
 
@@ -100,6 +100,25 @@ def test_a_variant_named_like_a_suite_scenario_trains_the_same(name: str) -> Non
     b.run(3)
     assert first_mismatch(a.losses, b.losses) is None
     assert first_mismatch(a.evals, b.evals) is None
+
+
+@pytest.mark.parametrize(("suite_name", "name"), [
+    ("mlp-lr-jump-0.001-0.01", "hp-mlp-lr0.001-s0-lr0.01"),
+    ("mlp-beta1-down-0.9-0.5", "hp-mlp-lr0.003-s0-b1-0.5")])
+def test_a_jump_variant_changes_the_hyperparameter_like_the_suite(suite_name: str,
+                                                                  name: str) -> None:
+    """The held-out jumps change lr or β1 at the step the suite's own jumps do, to the value
+    named, and train as the suite's run with the same values does."""
+    suite = next(s for s in SCENARIOS if s.name == suite_name)
+    held_out = variant(name)
+    assert held_out is not None
+    assert (held_out.family, held_out.steps) == (suite.family, suite.steps)
+    a, b = Arm(suite.build()), Arm(held_out.build())
+    a.run(HP_CHANGE + 3)
+    b.run(HP_CHANGE + 3)
+    assert first_mismatch(a.losses, b.losses) is None
+    assert a.task.optimizer.param_groups[0]["lr"] == b.task.optimizer.param_groups[0]["lr"]
+    assert a.task.optimizer.param_groups[0]["betas"] == b.task.optimizer.param_groups[0]["betas"]
 
 
 def test_held_out_variants_by_name() -> None:

@@ -256,7 +256,8 @@ def by_name(names: tuple[str, ...] | list[str]) -> list[Scenario]:
     if unknown:
         raise KeyError(f"unknown scenario(s) {unknown}; known: {sorted(table)}, or a variant "
                        "such as mlp-w1000-lr0.005-s5, cnn-lr0.02-s4, tf-L1-lr0.03-s3, "
-                       "mb-mlp-lr0.002-s4, mb-tf-pool-lr0.03-s2")
+                       "mb-mlp-lr0.002-s4, mb-tf-pool-lr0.03-s2, hp-mlp-lr0.001-s1-lr0.003, "
+                       "hp-mlp-lr0.001-s0-b1-0.7")
     return [sc for n in names if (sc := found[n]) is not None]
 
 

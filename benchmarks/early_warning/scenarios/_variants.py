@@ -8,7 +8,9 @@ the runner and the survey can train other seeds and learning rates of the same p
 - `cnn-lr{lr}-s{seed}`: the tanh CNN;
 - `tf-L{layers}-lr{lr}-s{seed}`: the fixed-pool transformer, full batch;
 - `mb-mlp-lr{lr}-s{seed}`: the seed MLP on minibatches of 32 (ground truth: the full-data loss);
-- `mb-tf-pool-lr{lr}-s{seed}`: the fixed-pool transformer in batches of 32.
+- `mb-tf-pool-lr{lr}-s{seed}`: the fixed-pool transformer in batches of 32;
+- `hp-mlp-lr{lr}-s{seed}-lr{new}` / `hp-mlp-lr{lr}-s{seed}-b1-{new}`: the seed MLP (w1000, full
+  batch, 900 steps) with its lr or Adam's β1 (0.9) set to `new` before step 500.
 
 Whether a variant spikes is not known before it trains, so none is marked a control: a variant
 that never spikes shows its pages as false pages.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from benchmarks.early_warning.scenarios._base import Scenario, Task
+from benchmarks.early_warning.scenarios._base import Scenario, Task, at
 from benchmarks.early_warning.scenarios._cnn import cnn
 from benchmarks.early_warning.scenarios._mlp import mlp, mlp_minibatch
 from benchmarks.early_warning.scenarios._transformer import transformer_pool
@@ -28,6 +30,8 @@ __all__ = ["variant"]
 
 _LR = r"lr(?P<lr>\d+(?:\.\d+)?(?:e-?\d+)?)"
 _SEED = r"s(?P<seed>\d+)"
+_NUM = r"\d+(?:\.\d+)?(?:e-?\d+)?"
+HP_CHANGE = 500  # the step a hp-mlp variant changes its hyper-parameter at
 Make = Callable[[re.Match[str], float, int], Callable[[], Task]]
 _GRAMMAR: tuple[tuple[str, str, int, Make], ...] = (
     (rf"mlp-w(?P<width>\d+)-{_LR}-{_SEED}", "regression-mlp", 1500,
@@ -38,6 +42,10 @@ _GRAMMAR: tuple[tuple[str, str, int, Make], ...] = (
     (rf"mb-mlp-{_LR}-{_SEED}", "minibatch", 3000, lambda m, lr, s: mlp_minibatch(1000, lr, s)),
     (rf"mb-tf-pool-{_LR}-{_SEED}", "minibatch", 1500,
      lambda m, lr, s: transformer_pool(lr, s, batch=32)),
+    (rf"hp-mlp-{_LR}-{_SEED}-lr(?P<new>{_NUM})", "hparam-jump", 900,
+     lambda m, lr, s: mlp(1000, lr, s, schedule=at(HP_CHANGE, lr=float(m["new"])))),
+    (rf"hp-mlp-{_LR}-{_SEED}-b1-(?P<new>{_NUM})", "hparam-jump", 900,
+     lambda m, lr, s: mlp(1000, lr, s, schedule=at(HP_CHANGE, beta1=float(m["new"])))),
 )
 
 

@@ -167,18 +167,7 @@ class GuardMachine:
             else:  # still predicted while it acts: hold again from here
                 act.extended += 1
                 if p.action == "v" and step + 1 >= act.lifted_at + p.hold_steps:
-                    # the crossing is back although v was lifted (it decayed again, or the
-                    # sharpness grew): lift once more, at most once per hold
-                    last, act.lifted_at = act.lifted_at, step + 1
-                    act.lifts += 1
-                    self.actions += 1
-                    again = self._describe(act, step)
-                    again.update(stability_ratio=ratio, rho=rho, lift=act.lifts,
-                                 started_at_step=act.start, why=(
-                        f"stability ratio {ratio:.3f} >= {p.ratio} with rho {rho:.3f} < {p.rho} "
-                        f"for {p.sustain} readings again, {step + 1 - last} steps after the "
-                        f"last lift of v (lift {act.lifts} of this action)"))
-                    events.append(("guard_action", again))
+                    events.append(("guard_action", self._lift_again(act, step, ratio, rho)))
             self._until = step + p.hold_steps
             self._above = 0
         elif self.act is not None and step >= self._until + p.release_steps:
@@ -209,8 +198,22 @@ class GuardMachine:
         """The share of the raised ε at `step` (0: the user's ε; the "eps" action only)."""
         return self.strength(step) if self.policy.action == "eps" else 0.0
 
+    def _lift_again(self, act: Act, step: int, ratio: float, rho: float) -> dict[str, Any]:
+        """The crossing is back although v was lifted (it decayed again, or the sharpness grew):
+        lift once more from `step + 1` (at most once per hold); the event naming its action."""
+        p = self.policy
+        last, act.lifted_at = act.lifted_at, step + 1
+        act.lifts += 1
+        self.actions += 1
+        event = self._describe(act, step)
+        event.update(stability_ratio=ratio, rho=rho, lift=act.lifts, started_at_step=act.start,
+                     why=(f"stability ratio {ratio:.3f} >= {p.ratio} with rho {rho:.3f} < "
+                          f"{p.rho} for {p.sustain} readings again, {step + 1 - last} steps "
+                          f"after the last lift of v (lift {act.lifts} of this action)"))
+        return event
+
     def lifts_v(self, step: int) -> bool:
-        """Whether the "v" action is to be applied at `step` (its first step)."""
+        """Whether the "v" action lifts v at `step` (its first step, or a renewed lift)."""
         return self.act is not None and self.policy.action == "v" and self.act.lifted_at == step
 
     def _describe(self, act: Act, step: int) -> dict[str, Any]:

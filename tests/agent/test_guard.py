@@ -42,14 +42,15 @@ def test_policy_bounds_are_clear_errors(kw: dict[str, object], field: str) -> No
 
 
 def test_the_default_acts_on_the_page_crossing_after_a_minor_spike() -> None:
-    """ratio ≥ 0.99 and ρ < 0.2 for 2 readings (the `predicted_loss_spike` rule's crossing, with
-    a stricter ρ), after an instability that moved the loss ≥ 50 % (a minor spike)."""
+    """ratio ≥ 0.99 and ρ < 0.5 for 2 readings (the `predicted_loss_spike` rule's crossing),
+    after an instability that moved the loss ≥ 50 % (a minor spike)."""
     g = Guard()
-    assert (g.action, g.ratio, g.rho, g.sustain, g.rise) == ("v", 0.99, 0.2, 2, 1.5)
+    assert (g.action, g.ratio, g.rho, g.sustain, g.rise) == ("v", 0.99, 0.5, 2, 1.5)
     assert (g.factor, g.rearm) == (0.7, True)  # chosen on the guard benchmark (docs/guard.md)
     m = GuardMachine(g)
     assert feed(m, [(1.0, 0.15)] * 3, rise=1.4) == []  # a wobble, not a minor spike
-    assert [k for _, k, _ in feed(m, [(1.0, 0.15)] * 2, rise=1.6, start=3)] == ["guard_action"]
+    assert feed(m, [(1.0, 0.6)] * 3, rise=1.6, start=3) == []  # the gradient is not small
+    assert [k for _, k, _ in feed(m, [(1.0, 0.45)] * 2, rise=1.6, start=6)] == ["guard_action"]
 
 
 def feed(m: GuardMachine, readings: list[tuple[float, float]], rise: float = 1.0,

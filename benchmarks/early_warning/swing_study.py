@@ -15,6 +15,7 @@ cores. The training is deterministic, so the numbers are the same on every run o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -62,6 +63,7 @@ def _train(spec: tuple[str, float, int]) -> tuple[str, str, list[float]]:
     return name, f"{family} lr {lr:g}", xs
 
 
+@functools.cache
 def _rule() -> Rule:
     return next(r for r in load_rules() if r.name == "clean_loss_swings")
 

@@ -15,11 +15,11 @@ pytest.importorskip("torch")
 import spikewatch
 from benchmarks.early_warning._train import Arm
 from benchmarks.early_warning.scenarios import Scenario, by_name
+from benchmarks.guard import UNUSED_ENDPOINT
 from spikewatch import Monitor
 from spikewatch.agent._guard import Guard, GuardMachine
 from spikewatch.server.backtest import spike_onsets
 
-UNUSED_ENDPOINT = "tcp://127.0.0.1:9"  # discard port: nothing listens, the agent spools
 CHANGE = 500  # the step mlp-beta1-down-0.9-0.5 changes β1 at (its schedule, not a trajectory)
 
 

@@ -40,6 +40,16 @@ the rank's own loss, which differs between ranks, so under DDP the guard leaves 
 and the ratio alone, logged). With a sharded optimizer (ZeRO/FSDP) the reading is partial on each
 rank and the guard stays off.
 
+In minibatch training the ratio does not see the spikes coming (batch noise keeps √v̂ up; the
+spikes are the tail of a continual oscillation of the full-data loss, docs/early-warning.md). Where
+the job logs a clean loss as `eval_loss` (full data, a held-out set or a fixed batch), its swings
+are the precursor: a completed swing (≥ 1.5× its 50-step minimum and back, `monitor.loss_swings`,
+read from the drain) with at least `swings` (2) in 300 steps triggers the same action (for "v",
+lifted again at most once per hold). On the suite's minibatch runs it took their onsets from 45 to
+8 and never acted on a control; 1 swing prevented one more onset and acted on twice as many
+near-edge runs that never spiked (docs/guard.md). Under DDP each rank's eval_loss may differ:
+off there.
+
 A hyper-parameter change that lowers the stability threshold by `ramp_factor` or more in one step
 (a 10× lr jump, β1 0.9 → 0.5) and that the last reading predicts past the edge (the hparam page's
 condition) is met, whatever the action, by a *jump lift* (`jump_lift`, default on): Adam's v of
@@ -49,8 +59,7 @@ instead applied gradually over that many steps (`agent._ramp`); the ramp is off 
 the suite's hparam-jump runs it did not prevent the spikes, the jump lift did (docs/guard.md).
 
 `GuardMachine` is the pure state machine (readings in, the multiplier and events out), with no
-torch in it; `apply_lr`, `apply_eps`, `apply_ramps`, `restore_user_values`, `raised_eps` and
-`lift_v` touch the optimizer.
+torch in it; `agent._guard_optimizer` touches the optimizer.
 """
 
 from __future__ import annotations
@@ -60,11 +69,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from spikewatch.agent._guard_optimizer import (
+    Saved,
+    apply_eps,
+    apply_lr,
+    apply_ramps,
+    lift_v,
+    raised_eps,
+    restore_user_values,
+)
 from spikewatch.agent._ramp import Events, HparamChange, RampMachine, jump_lifts
-from spikewatch.monitor.adam_state import UnsupportedOptimizer, adam_view
+from spikewatch.monitor.loss_swings import SwingCounter
 
 __all__ = ["Guard", "GuardHooks", "GuardMachine"]
 
@@ -102,6 +119,9 @@ class Guard(BaseModel):
     # after its first action the guard acts on the ratio and rho alone: an instability it
     # prevented moved the loss little, yet the next crossing is as dangerous
     rearm: bool = True
+    # > 0: where the job logs a clean `eval_loss`, a completed swing of it with at least this
+    # many in 300 steps triggers the action too (minibatch training; 0: off)
+    swings: Annotated[int, Field(ge=0, le=100)] = 2
 
     if not TYPE_CHECKING:  # type checkers keep the knobs' signature from the fields
 
@@ -127,9 +147,10 @@ class Act:
     """One guard action, as streamed (`guard_action` at its start, `guard_release` at its end)."""
 
     start: int  # the first step it scales
-    ratio: float
+    ratio: float  # the reading that decided it (the last one, for swings)
     rho: float
     rise: float
+    swings: int = 0  # > 0: the clean loss's recent swings decided it, not the ratio
     extended: int = 0  # re-triggers while it held
     lifted_at: int = -1  # the "v" action: the step of its last lift
     lifts: int = 0
@@ -143,6 +164,8 @@ class GuardMachine:
         self.act: Act | None = None
         self._above = 0  # consecutive readings meeting the condition
         self._until = -1  # last step of the hold (inclusive)
+        self._reading = (math.nan, math.nan)  # the last (ratio, rho) taken
+        self.swings_seen = 0  # completed swings of the clean loss already taken
         self.actions = 0
         self.primed = False  # re-armed by a jump lift (a predicted instability it headed off)
 
@@ -154,29 +177,56 @@ class GuardMachine:
         act = self.act
         if act is not None and act.lifts and step < act.lifted_at + READING_LAG:
             return []  # a reading of a gradient the lift has not reached yet: not evidence
+        self._reading = (ratio, rho)
         hot = (math.isfinite(ratio) and ratio >= p.ratio and math.isfinite(rho) and rho < p.rho
                and (rise >= p.rise or (p.rearm and (self.actions > 0 or self.primed))))
         self._above = self._above + 1 if hot else 0
-        events: list[tuple[str, dict[str, Any]]] = []
         if self._above >= p.sustain:
-            if act is None:
-                self.actions += 1
-                self.act = act = Act(step + 1, ratio, rho, rise)
-                if p.action == "v":
-                    act.lifted_at, act.lifts = step + 1, 1
-                events.append(("guard_action", self._describe(act, step)))
-            else:  # still predicted while it acts: hold again from here
-                act.extended += 1
-                if p.action == "v" and step + 1 >= act.lifted_at + p.hold_steps:
-                    events.append(("guard_action", self._lift_again(act, step, ratio, rho)))
-            self._until = step + p.hold_steps
             self._above = 0
-        elif self.act is not None and step >= self._until + p.release_steps:
-            events.append(("guard_release", {
-                "action": p.action, "started_at_step": self.act.start, "released_at_step": step,
-                "steps": step - self.act.start + 1, "extended": self.act.extended,
-                **({"lifts": self.act.lifts} if p.action == "v" else {})}))
-            self.act = None
+            return self._trigger(step, ratio, rho, rise, 0)
+        return self.release_due(step)
+
+    def release_due(self, step: int) -> list[tuple[str, dict[str, Any]]]:
+        """Let go at `step` if the hold and the way back are over (with each reading, and on
+        the steps without one: a swing-triggered action needs no reading to end)."""
+        p, act = self.policy, self.act
+        if act is None or step < self._until + p.release_steps:
+            return []
+        self.act = None
+        return [("guard_release", {
+            "action": p.action, "started_at_step": act.start, "released_at_step": step,
+            "steps": step - act.start + 1, "extended": act.extended,
+            **({"lifts": act.lifts} if p.action == "v" else {})})]
+
+    def observe_swings(self, step: int, completed: int, recent: int
+                       ) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
+        """Take the swings of the clean loss counted by the end of `step` (`completed` ever,
+        `recent` in the counter's span; `monitor.loss_swings`): a newly completed swing with at
+        least `swings` recent ones triggers the action as a predicted crossing does. In
+        minibatch training the ratio does not see the spikes coming; the swings do."""
+        new, self.swings_seen = completed > self.swings_seen, completed
+        if not new or self.policy.swings == 0 or recent < self.policy.swings:
+            return []
+        ratio, rho = self._reading
+        return self._trigger(step, ratio, rho, 0.0, recent)
+
+    def _trigger(self, step: int, ratio: float, rho: float, rise: float, swings: int
+                 ) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
+        """Act from `step + 1` (or hold on, lifting v again at most once per hold)."""
+        p = self.policy
+        act = self.act
+        events: list[tuple[str, dict[str, Any]]] = []
+        if act is None:
+            self.actions += 1
+            self.act = act = Act(step + 1, ratio, rho, rise, swings)
+            if p.action == "v":
+                act.lifted_at, act.lifts = step + 1, 1
+            events.append(("guard_action", self._describe(act, step)))
+        else:  # still predicted while it acts: hold again from here
+            act.extended += 1
+            if p.action == "v" and step + 1 >= act.lifted_at + p.hold_steps:
+                events.append(("guard_action", self._lift_again(act, step, ratio, rho, swings)))
+        self._until = step + p.hold_steps
         return events
 
     def strength(self, step: int) -> float:
@@ -199,124 +249,48 @@ class GuardMachine:
         """The share of the raised ε at `step` (0: the user's ε; the "eps" action only)."""
         return self.strength(step) if self.policy.action == "eps" else 0.0
 
-    def _lift_again(self, act: Act, step: int, ratio: float, rho: float) -> dict[str, Any]:
-        """The crossing is back although v was lifted (it decayed again, or the sharpness grew):
-        lift once more from `step + 1` (at most once per hold); the event naming its action."""
-        p = self.policy
+    def _lift_again(self, act: Act, step: int, ratio: float, rho: float, swings: int
+                    ) -> dict[str, Any]:  # fmt: skip
+        """The crossing (or a swing) is back although v was lifted (it decayed again, or the
+        sharpness grew): lift once more from `step + 1` (at most once per hold); the event
+        naming its action."""
         last, act.lifted_at = act.lifted_at, step + 1
         act.lifts += 1
         self.actions += 1
         event = self._describe(act, step)
         event.update(stability_ratio=ratio, rho=rho, lift=act.lifts, started_at_step=act.start,
-                     why=(f"stability ratio {ratio:.3f} >= {p.ratio} with rho {rho:.3f} < "
-                          f"{p.rho} for {p.sustain} readings again, {step + 1 - last} steps "
+                     trigger="loss_swings" if swings else "stability_ratio",
+                     why=(f"{self._cause(ratio, rho, swings)} again, {step + 1 - last} steps "
                           f"after the last lift of v (lift {act.lifts} of this action)"))
+        if swings:
+            event["loss_swings"] = swings
         return event
 
     def lifts_v(self, step: int) -> bool:
         """Whether the "v" action lifts v at `step` (its first step, or a renewed lift)."""
         return self.act is not None and self.policy.action == "v" and self.act.lifted_at == step
 
+    def _cause(self, ratio: float, rho: float, swings: int) -> str:
+        p = self.policy
+        if swings:
+            return (f"the clean loss (eval_loss) completed {swings} swings of >= 1.5x its recent "
+                    f"minimum in 300 steps (>= {p.swings}: minibatch training's precursor)")
+        return (f"stability ratio {ratio:.3f} >= {p.ratio} with rho {rho:.3f} < {p.rho} for "
+                f"{p.sustain} readings")
+
     def _describe(self, act: Act, step: int) -> dict[str, Any]:
         p = self.policy
-        gate = ("" if p.rise <= 1.0 else ", re-armed by its earlier action" if act.rise < p.rise
-                else f", after an instability that moved the loss {act.rise:.2f}x")
-        return {"action": p.action, "factor": p.factor, "hold_steps": p.hold_steps,
-                "release_steps": p.release_steps, "from_step": step + 1,
-                "stability_ratio": act.ratio, "rho": act.rho, "instability_rise": act.rise,
-                "why": (f"stability ratio {act.ratio:.3f} >= {p.ratio} with rho {act.rho:.3f} "
-                        f"< {p.rho} for {p.sustain} readings{gate}")}
-
-
-Saved = list[tuple[dict[str, Any], str, Any]]
-"""(param group, key, the user's value) for each value the guard set for one step."""
-
-
-def apply_lr(optimizer: Any, multiplier: float) -> Saved:
-    """Scale every group's lr for this step; what `restore_user_values` needs to undo it."""
-    saved: Saved = []
-    for g in optimizer.param_groups:
-        lr = g["lr"]
-        saved.append((g, "lr", lr))
-        g["lr"] = lr * multiplier  # a tensor lr stays a tensor on its device (no sync)
-    return saved
-
-
-def raised_eps(optimizer: Any, factor: float) -> float:
-    """(1/factor − 1)·RMS(√v̂) over every coordinate with Adam state (v̂ what Adam divides by,
-    bias-corrected): the ε that makes a coordinate at that RMS step `factor` as far (0.0 for
-    another optimizer or without state). One float64 reduction per device, read once: on an
-    accelerator a sync, made only at the step an action starts."""
-    try:
-        views = adam_view(optimizer)  # the state walk, steps read once per device
-    except UnsupportedOptimizer:
-        return 0.0
-    sums: dict[Any, list[Any]] = {}
-    count = 0
-    for view in views:
-        v = view.exp_avg_sq
-        if v is None or view.step < 1:
-            continue
-        correction = 1.0 - view.hyper.beta2**view.step
-        sums.setdefault(v.device, []).append(v.detach().sum(dtype=torch.float64) / correction)
-        count += v.numel()
-    total = sum(float(torch.stack(parts).sum()) for parts in sums.values())
-    if count == 0 or not math.isfinite(total) or total <= 0.0:
-        return 0.0
-    return (1.0 / factor - 1.0) * math.sqrt(total / count)
-
-
-def apply_eps(optimizer: Any, raised: float, weight: float) -> Saved:
-    """Raise every group's ε toward `raised` by `weight` for this step (never lower it); what
-    `restore_user_values` needs to undo it."""
-    saved: Saved = []
-    for g in optimizer.param_groups:
-        eps = g.get("eps")
-        if isinstance(eps, float) and raised > eps:
-            saved.append((g, "eps", eps))
-            g["eps"] = eps + (raised - eps) * weight
-    return saved
-
-
-def apply_ramps(optimizer: Any, ramps: RampMachine, step: int) -> Saved:
-    """Set the ramped values of this step (`agent._ramp`); what `restore_user_values` needs to
-    undo it."""
-    saved: Saved = []
-    for r in ramps.due(step):
-        g = optimizer.param_groups[r.change.group]
-        if r.change.hparam == "lr":
-            saved.append((g, "lr", g["lr"]))
-            g["lr"] = r.value(g["lr"], step)
-        elif isinstance(g.get("betas"), tuple | list):
-            saved.append((g, "betas", g["betas"]))
-            b1, b2 = g["betas"]
-            g["betas"] = (r.value(b1, step), b2)
-        elif "momentum" in g:
-            saved.append((g, "momentum", g["momentum"]))
-            g["momentum"] = r.value(g["momentum"], step)
-    return saved
-
-
-def restore_user_values(saved: Saved) -> None:
-    """Put back the user's values (in reverse: the first saved is the user's own)."""
-    for g, key, value in reversed(saved):
-        g[key] = value
-
-
-def lift_v(optimizer: Any, factor: float, group: int | None = None) -> int:
-    """Multiply Adam's exp_avg_sq by 1/factor² (the step shrinks by `factor`), of every param or
-    of param group `group`'s; tensors touched."""
-    scale = 1.0 / (factor * factor)
-    groups = optimizer.param_groups if group is None else [optimizer.param_groups[group]]
-    n = 0
-    for g in groups:
-        for p in g["params"]:
-            state = optimizer.state.get(p)
-            v = state.get("exp_avg_sq") if isinstance(state, dict) else None
-            if v is not None:
-                v.mul_(scale)
-                n += 1
-    return n
+        gate = ("" if p.rise <= 1.0 or act.swings else ", re-armed by its earlier action"
+                if act.rise < p.rise else f", after an instability that moved the loss "
+                f"{act.rise:.2f}x")
+        event = {"action": p.action, "factor": p.factor, "hold_steps": p.hold_steps,
+                 "release_steps": p.release_steps, "from_step": step + 1,
+                 "trigger": "loss_swings" if act.swings else "stability_ratio",
+                 "stability_ratio": act.ratio, "rho": act.rho, "instability_rise": act.rise,
+                 "why": self._cause(act.ratio, act.rho, act.swings) + gate}
+        if act.swings:
+            event["loss_swings"] = act.swings
+        return event
 
 
 class GuardHooks:
@@ -379,18 +353,26 @@ class GuardHooks:
         return touched
 
     def after(self, step: int, optimizer: Any, predictor: Any, rise: float,
-              emit: Callable[..., None]) -> None:  # fmt: skip
+              emit: Callable[..., None], swings: SwingCounter | None = None) -> None:
+        """The post-step hook: put the user's values back, take the predictor's reading and the
+        clean loss's swings (the drain's counter, where `eval_loss` is logged), stream what
+        was decided."""
         if self._saved:
             restore_user_values(self._saved)
             self._saved = []
         events, self._pending = self._pending, []
         if self.ramps.ramps:
             events += self.ramps.finish(step)
+        m = self.machine
         reading = getattr(predictor, "reading", None)
-        if reading is not None and reading[0] == step - 1:
-            # the reading of the gradient before last is made at this step's post hook
-            values = reading[1]
-            events += self.machine.observe(step, values[1], values[2], rise)
+        # the reading of the gradient before last is made at this step's post hook
+        read = reading is not None and reading[0] == step - 1
+        if reading is not None and read:
+            events += m.observe(step, reading[1][1], reading[1][2], rise)
+        if swings is not None and swings.completed != m.swings_seen:
+            events += m.observe_swings(step, swings.completed, swings.count(step))
+        if not read:
+            events += m.release_due(step)
         for kind, data in events:
             if kind == "guard_action" and data["action"] == "eps":  # read v once, at the start
                 self._eps = raised_eps(optimizer, self.machine.policy.factor)

@@ -109,10 +109,12 @@ class Monitor:
                        curvature_backend(config.curvature, closure),
                        auto=config.curvature == "auto")
         self._reactive = Reactive()
-        if guard is not None and watching and self.world.world_size > 1 and guard.rise > 1.0:
+        if (guard is not None and watching and self.world.world_size > 1
+                and (guard.rise > 1.0 or guard.swings > 0)):
             log.info("spikewatch guard: under DDP it acts on the shared ratio and rho alone "
-                     "(rise reads each rank's own loss, which differs between ranks)")
-            guard = guard.model_copy(update={"rise": 1.0})
+                     "(rise and the eval_loss swings read each rank's own losses, which differ "
+                     "between ranks)")
+            guard = guard.model_copy(update={"rise": 1.0, "swings": 0})
         self._guard = GuardHooks(guard) if guard is not None and watching else None
         if guard is not None and not watching:
             log.warning("spikewatch guard: off under a sharded optimizer (each rank holds part "
@@ -327,7 +329,8 @@ class Monitor:
         if self._guard is not None:  # the probes read the lr the update used; then it goes back,
             try:  # whatever happened above
                 self._guard.after(step, self.ctx.optimizer, self.ctx.predictor,
-                                  self._reactive.instability.rise, self._event)
+                                  self._reactive.instability.rise, self._event,
+                                  self._reactive.swings)
             except Exception as e:
                 self._fail("guard", e, disable=False)
         if self._hparams is not None:  # after the guard: the lr it records is the user's

@@ -17,7 +17,8 @@ before it and completes when it falls back under `low`Ã— that minimum; a value â
 minimum (or a non-finite one) is a spike, which clears the count, and swings that complete
 within `quiet` steps after a spike belong to its aftermath and are not counted.
 `SwingCounter.update(step, value)` returns the completed swings of the last `span` steps; so does
-`count(step)` between values. Pure Python over host floats.
+`count(step)` between values; `completed` counts every swing counted so far (what the guard
+watches for a new one). Pure Python over host floats.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class SwingCounter:
         self._base: float | None = None  # the running swing's minimum (None: no swing)
         self._last_spike: int | None = None
         self._done: deque[int] = deque()  # the steps at which counted swings completed
+        self.completed = 0  # every swing counted so far, never cleared
 
     def update(self, step: int, value: float) -> int:
         """Feed the clean loss of one step (steps increasing); the current count."""
@@ -54,16 +56,17 @@ class SwingCounter:
             self._first = step
         while self._values and self._values[0][0] < step - self.window:
             self._values.popleft()
+        while self._done and self._done[0] <= step - self.span:
+            self._done.popleft()
         if self._values and step - self._first >= self.window:
             self._test(step, value, min(v for _, v in self._values))
         self._values.append((step, value))
         return self.count(step)
 
     def count(self, step: int) -> int:
-        """The swings completed in the `span` steps up to `step`."""
-        while self._done and self._done[0] <= step - self.span:
-            self._done.popleft()
-        return len(self._done)
+        """The swings completed in the `span` steps up to `step` (read-only: the guard asks
+        between the drains that feed the counter)."""
+        return sum(1 for done in self._done if step - self.span < done <= step)
 
     def _test(self, step: int, value: float, low_point: float) -> None:
         if low_point <= 0.0:
@@ -77,6 +80,7 @@ class SwingCounter:
             self._base = None
             if self._last_spike is None or step - self._last_spike > self.quiet:
                 self._done.append(step)
+                self.completed += 1
 
     def _spiked(self, step: int) -> None:
         self._done.clear()

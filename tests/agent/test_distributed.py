@@ -105,6 +105,8 @@ def _guard_run(rank: int, model: nn.Module, opt: torch.optim.Optimizer, xs: torc
     guard = monitor._guard
     assert guard is not None
     assert guard.machine.actions == 1, (rank, guard.machine.actions)
+    # each rank's losses differ: neither the rise nor the eval_loss swings gate it under DDP
+    assert (guard.machine.policy.rise, guard.machine.policy.swings) == (1.0, 0)
     monitor.close(timeout=5.0)
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     both = [torch.zeros_like(flat) for _ in range(2)]

@@ -12,10 +12,8 @@ import torch
 from torch import nn
 
 import spikewatch
-from spikewatch.agent._guard import (
-    Action,
-    Guard,
-    GuardMachine,
+from spikewatch.agent._guard import Action, Guard, GuardMachine
+from spikewatch.agent._guard_optimizer import (
     apply_eps,
     apply_lr,
     lift_v,

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import spikewatch
-from spikewatch.agent._guard import Guard, apply_ramps, restore_user_values
+from spikewatch.agent._guard import Guard
+from spikewatch.agent._guard_optimizer import apply_ramps, restore_user_values
 from spikewatch.agent._ramp import HparamChange, RampMachine
 from spikewatch.monitor.seed_fnn import make_seed_problem
 from spikewatch.protocol.names import EventType

@@ -1,0 +1,111 @@
+"""The guard's second trigger: swings of the clean loss (minibatch training, where the stability
+ratio does not see the spikes coming). What triggers it, what it streams, and a real run that
+logs a swinging `eval_loss`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import spikewatch
+from spikewatch.agent._guard import Guard, GuardMachine
+from spikewatch.monitor.loss_swings import SwingCounter
+from spikewatch.monitor.seed_fnn import make_seed_problem
+from spikewatch.protocol.names import EventType
+from tests.agent import _delivered as dl
+from tests.agent._peer import Peer
+
+
+def test_a_new_swing_with_enough_recent_ones_triggers_the_action_then_it_releases() -> None:
+    m = GuardMachine(Guard(action="lr", factor=0.5, hold_steps=5, release_steps=2))
+    assert m.observe_swings(10, 1, 1) == []  # one swing: fewer than `swings` (2)
+    assert m.observe_swings(15, 1, 1) == []  # no new swing
+    [(kind, event)] = m.observe_swings(20, 2, 2)
+    assert kind == "guard_action"
+    assert (event["trigger"], event["loss_swings"], event["from_step"]) == ("loss_swings", 2, 21)
+    assert "swings" in event["why"]
+    assert m.multiplier(21) == m.multiplier(25) == 0.5  # the hold: steps 21..25
+    assert m.multiplier(26) == pytest.approx(0.75)  # half-way back
+    assert m.release_due(26) == []
+    [(kind, release)] = m.release_due(27)
+    assert (kind, release["started_at_step"], release["steps"]) == ("guard_release", 21, 7)
+    assert m.multiplier(27) == 1.0
+    assert m.observe_swings(40, 2, 2) == []  # the same swings again: nothing new
+
+
+def test_a_swing_triggered_v_action_lifts_again_at_most_once_per_hold() -> None:
+    m = GuardMachine(Guard(action="v", hold_steps=50, release_steps=0))
+    [(_, first)] = m.observe_swings(20, 2, 2)
+    assert m.lifts_v(21)
+    assert first["stability_ratio"] != first["stability_ratio"]  # no reading yet: NaN
+    assert m.observe_swings(40, 3, 3) == []  # within the hold: held on, not lifted
+    assert not m.lifts_v(41)
+    [(_, again)] = m.observe_swings(80, 4, 4)
+    assert (again["lift"], again["started_at_step"], again["trigger"]) == (2, 21, "loss_swings")
+    assert m.lifts_v(81)
+    assert m.actions == 2
+
+
+def test_the_swing_trigger_can_be_turned_off() -> None:
+    m = GuardMachine(Guard(swings=0))
+    assert all(m.observe_swings(10 * k, k, k) == [] for k in range(1, 20))
+    assert m.actions == 0
+    with pytest.raises(ValueError, match=r"Guard\(swings="):
+        Guard(swings=-1)
+
+
+def test_the_counter_says_how_many_swings_it_has_ever_counted_and_count_is_read_only() -> None:
+    c = SwingCounter(span=100)
+    values = [1.0] * 60 + [1.6, 1.0] * 3
+    for i, v in enumerate(values):
+        c.update(i, v)
+    assert c.completed == 3
+    assert c.count(1000) == 0  # long after: none recent ...
+    assert c.count(65) == 3  # ... and asking changed nothing
+    c.update(66, 2.5)  # a spike clears the recent ones, not the total
+    assert (c.count(66), c.completed) == (0, 3)
+
+
+def _run(steps: int, guard: Guard, peer: Peer, evals: list[float]
+         ) -> tuple[list[float], spikewatch.Monitor]:  # fmt: skip
+    torch.manual_seed(0)
+    model, x, y = make_seed_problem(seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    mon = spikewatch.attach(model, opt, run="swings", endpoint=peer.endpoint, guard=guard,
+                            overhead_budget=math.inf)  # a behaviour test: no stretching
+    losses = []
+    for step in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        mon.log(loss=loss.detach(), eval_loss=torch.tensor(evals[step]))
+        losses.append(float(loss.detach()))
+    mon.close(timeout=5.0)
+    return losses, mon
+
+
+def test_a_job_whose_clean_loss_swings_twice_is_guarded_from_the_next_drain(peer: Peer) -> None:
+    """The clean loss (made so here: the run itself is healthy) swings 1.6x at steps 70 and 100;
+    the second completed swing reaches the guard at the drain after it, and v is lifted from the
+    step after that. Without the trigger the same run is not touched."""
+    evals = [1.0] * 200
+    evals[70] = evals[100] = 1.6
+    plain, mon = _run(200, Guard(swings=0), peer, evals)
+    assert mon._guard is not None
+    assert mon._guard.actions == 0
+    assert dl.events(peer, EventType.GUARD_ACTION.value) == []
+    guarded, mon = _run(200, Guard(), peer, evals)
+    [(step, event)] = dl.events(peer, EventType.GUARD_ACTION.value)
+    start = event.data["from_step"]
+    assert event.data["trigger"] == "loss_swings"
+    assert event.data["loss_swings"] == 2
+    assert event.data["action"] == "v"
+    assert start == step + 1
+    # the swing completed at step 101; the drain every 25 steps hands it over
+    assert 101 < start <= 101 + 2 * 25
+    assert guarded[: start + 1] == plain[: start + 1]  # the lift shows from the next loss on
+    assert guarded[start + 1] != plain[start + 1]

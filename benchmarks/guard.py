@@ -4,6 +4,7 @@ with the baselines that act after the fact, in the same run.
     python -m benchmarks.guard [--scenarios A,B] [--family F] [--arms none,guard,...]
                                [--guard-action lr|v|eps] [--guard-rise R] [--guard-rho R]
                                [--guard-factor F] [--guard-rearm] [--guard-ramp-steps N]
+                               [--guard-swings N]
                                [--pace-ms 50] [--jobs 12] [--json FILE]
 
 Arms (each trains the scenario from the same seed):
@@ -210,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="how far the action shrinks the step (default: Guard's)")
     ap.add_argument("--guard-rearm", action=argparse.BooleanOptionalAction, default=None,
                     help="after a first action, act on the ratio and rho alone (default: Guard's)")
+    ap.add_argument("--guard-swings", type=int, default=None,
+                    help="completed swings of the logged eval_loss in 300 steps that trigger the "
+                         "guard (0: off; default: Guard's)")
     ap.add_argument("--guard-ramp-steps", type=int, default=None,
                     help="steps over which a threshold-dropping hyper-parameter jump is applied "
                          "(0: at once; default: Guard's)")
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(n, a) for n in names for a in arms]
     knobs = {"action": args.guard_action, "rise": args.guard_rise, "rho": args.guard_rho,
              "ramp_steps": args.guard_ramp_steps, "factor": args.guard_factor,
-             "rearm": args.guard_rearm}
+             "rearm": args.guard_rearm, "swings": args.guard_swings}
     policy = Guard(**{k: v for k, v in knobs.items() if v is not None})
     t0 = time.perf_counter()
     # the paced guarded runs first, on their own: an unpaced baseline keeps a core busy, and the

@@ -13,9 +13,9 @@ import spikewatch
 from spikewatch.agent._guard import Guard
 from spikewatch.agent._guard_optimizer import apply_ramps, restore_user_values
 from spikewatch.agent._ramp import HparamChange, RampMachine
-from spikewatch.monitor.seed_fnn import make_seed_problem
 from spikewatch.protocol.names import EventType
 from tests.agent import _delivered as dl
+from tests.agent._loop import guarded_seed_run, train_on
 from tests.agent._peer import Peer
 
 LR_JUMP = HparamChange(group=0, hparam="lr", old=0.001, new=0.01, threshold_factor=10.0,
@@ -98,21 +98,15 @@ def test_applied_for_the_step_and_restored_float_tensor_and_betas() -> None:
 
 def _jump_run(peer: Peer, guard: Guard, jump_at: int, steps: int
               ) -> tuple[list[float], spikewatch.Monitor]:  # fmt: skip
-    torch.manual_seed(0)
-    model, x, y = make_seed_problem(seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=0.001)
-    mon = spikewatch.attach(model, opt, run="ramped", endpoint=peer.endpoint, guard=guard,
-                            overhead_budget=math.inf)  # a behaviour test: no stretching
+    opt, mon, loss_fn = guarded_seed_run(peer.endpoint, guard, 0.001, "ramped")
     used: list[float] = []
     opt.register_step_pre_hook(lambda o, a, k: used.append(float(o.param_groups[0]["lr"])))
-    for t in range(steps):
+
+    def jump(t: int) -> None:
         if t == jump_at:
             opt.param_groups[0]["lr"] = 0.1  # by hand, 100x: the threshold drops 100x
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-        mon.log(loss=loss.detach())
+
+    train_on(mon, opt, loss_fn, steps, before=jump)
     mon.close(timeout=5.0)
     return used, mon
 

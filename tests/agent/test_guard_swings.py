@@ -4,18 +4,14 @@ logs a swinging `eval_loss`."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
-import torch
-from torch import nn
 
 import spikewatch
 from spikewatch.agent._guard import Guard, GuardMachine
 from spikewatch.monitor.loss_swings import SwingCounter
-from spikewatch.monitor.seed_fnn import make_seed_problem
 from spikewatch.protocol.names import EventType
 from tests.agent import _delivered as dl
+from tests.agent._loop import guarded_seed_run, train_on
 from tests.agent._peer import Peer
 
 
@@ -71,19 +67,8 @@ def test_the_counter_says_how_many_swings_it_has_ever_counted_and_count_is_read_
 
 def _run(steps: int, guard: Guard, peer: Peer, evals: list[float]
          ) -> tuple[list[float], spikewatch.Monitor]:  # fmt: skip
-    torch.manual_seed(0)
-    model, x, y = make_seed_problem(seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    mon = spikewatch.attach(model, opt, run="swings", endpoint=peer.endpoint, guard=guard,
-                            overhead_budget=math.inf)  # a behaviour test: no stretching
-    losses = []
-    for step in range(steps):
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-        mon.log(loss=loss.detach(), eval_loss=torch.tensor(evals[step]))
-        losses.append(float(loss.detach()))
+    opt, mon, loss_fn = guarded_seed_run(peer.endpoint, guard, 0.01, "swings")
+    losses = train_on(mon, opt, loss_fn, steps, evals=evals)
     mon.close(timeout=5.0)
     return losses, mon
 
@@ -101,6 +86,7 @@ def test_a_job_whose_clean_loss_swings_twice_is_guarded_from_the_next_drain(peer
     guarded, mon = _run(200, Guard(), peer, evals)
     [(step, event)] = dl.events(peer, EventType.GUARD_ACTION.value)
     start = event.data["from_step"]
+    assert isinstance(start, int)
     assert event.data["trigger"] == "loss_swings"
     assert event.data["loss_swings"] == 2
     assert event.data["action"] == "v"

@@ -45,10 +45,12 @@ spikes are the tail of a continual oscillation of the full-data loss, docs/early
 the job logs a clean loss as `eval_loss` (full data, a held-out set or a fixed batch), its swings
 are the precursor: a completed swing (≥ 1.5× its 50-step minimum and back, `monitor.loss_swings`,
 read from the drain) with at least `swings` (2) in 300 steps triggers the same action (for "v",
-lifted again at most once per hold). On the suite's minibatch runs it took their onsets from 45 to
-8 and never acted on a control; 1 swing prevented one more onset and acted on twice as many
-near-edge runs that never spiked (docs/guard.md). Under DDP each rank's eval_loss may differ:
-off there.
+lifted again at most once per hold), and so does a spike of it (≥ 2×: the run sits past its edge,
+and the action heads off the next one; it cannot touch a run that never spikes). On the suite's
+minibatch runs they took the onsets from 45 to 7 and never acted on a control; acting on every
+swing prevented no more and acted on twice as many near-edge runs that never spiked
+(docs/guard.md). `swings=0` turns both off. Under DDP each rank's eval_loss may differ: off
+there.
 
 A hyper-parameter change that lowers the stability threshold by `ramp_factor` or more in one step
 (a 10× lr jump, β1 0.9 → 0.5) and that the last reading predicts past the edge (the hparam page's
@@ -89,6 +91,7 @@ Action = Literal["lr", "v", "eps"]
 # A reading is of the gradient before last (`monitor.two_secant`): the first one the lift of v at
 # step s shapes throughout is made at the end of step s + 2.
 READING_LAG = 3
+SPIKED = -1  # in place of a swing count: the clean loss spiked
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]  # strict: an int is taken, a bool refused
@@ -120,7 +123,7 @@ class Guard(BaseModel):
     # prevented moved the loss little, yet the next crossing is as dangerous
     rearm: bool = True
     # > 0: where the job logs a clean `eval_loss`, a completed swing of it with at least this
-    # many in 300 steps triggers the action too (minibatch training; 0: off)
+    # many in 300 steps, or a spike of it, triggers the action too (minibatch training; 0: off)
     swings: Annotated[int, Field(ge=0, le=100)] = 2
 
     if not TYPE_CHECKING:  # type checkers keep the knobs' signature from the fields
@@ -150,7 +153,7 @@ class Act:
     ratio: float  # the reading that decided it (the last one, for swings)
     rho: float
     rise: float
-    swings: int = 0  # > 0: the clean loss's recent swings decided it, not the ratio
+    swings: int = 0  # > 0: the clean loss's recent swings decided it; SPIKED: its spike
     extended: int = 0  # re-triggers while it held
     lifted_at: int = -1  # the "v" action: the step of its last lift
     lifts: int = 0
@@ -166,6 +169,7 @@ class GuardMachine:
         self._until = -1  # last step of the hold (inclusive)
         self._reading = (math.nan, math.nan)  # the last (ratio, rho) taken
         self.swings_seen = 0  # completed swings of the clean loss already taken
+        self.spikes_seen = 0  # and its spikes
         self.actions = 0
         self.primed = False  # re-armed by a jump lift (a predicted instability it headed off)
 
@@ -198,17 +202,24 @@ class GuardMachine:
             "steps": step - act.start + 1, "extended": act.extended,
             **({"lifts": act.lifts} if p.action == "v" else {})})]
 
-    def observe_swings(self, step: int, completed: int, recent: int
+    def observe_swings(self, step: int, completed: int, recent: int, spikes: int = 0
                        ) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
-        """Take the swings of the clean loss counted by the end of `step` (`completed` ever,
-        `recent` in the counter's span; `monitor.loss_swings`): a newly completed swing with at
-        least `swings` recent ones triggers the action as a predicted crossing does. In
-        minibatch training the ratio does not see the spikes coming; the swings do."""
-        new, self.swings_seen = completed > self.swings_seen, completed
-        if not new or self.policy.swings == 0 or recent < self.policy.swings:
+        """Take the clean loss's swings and spikes counted by the end of `step` (`completed`
+        swings ever, `recent` in the counter's span, `spikes` ever; `monitor.loss_swings`): a
+        newly completed swing with at least `swings` recent ones triggers the action as a
+        predicted crossing does, and so does a new spike (the run sits past its edge: the
+        action heads off the next one). In minibatch training the ratio does not see the
+        spikes coming; the swings do. `swings=0`: neither."""
+        swung, self.swings_seen = completed > self.swings_seen, completed
+        spiked, self.spikes_seen = spikes > self.spikes_seen, spikes
+        if self.policy.swings == 0:
             return []
         ratio, rho = self._reading
-        return self._trigger(step, ratio, rho, 0.0, recent)
+        if spiked:
+            return self._trigger(step, ratio, rho, 0.0, SPIKED)
+        if swung and recent >= self.policy.swings:
+            return self._trigger(step, ratio, rho, 0.0, recent)
+        return []
 
     def _trigger(self, step: int, ratio: float, rho: float, rise: float, swings: int
                  ) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
@@ -259,10 +270,10 @@ class GuardMachine:
         self.actions += 1
         event = self._describe(act, step)
         event.update(stability_ratio=ratio, rho=rho, lift=act.lifts, started_at_step=act.start,
-                     trigger="loss_swings" if swings else "stability_ratio",
+                     trigger=_trigger_name(swings),
                      why=(f"{self._cause(ratio, rho, swings)} again, {step + 1 - last} steps "
                           f"after the last lift of v (lift {act.lifts} of this action)"))
-        if swings:
+        if swings > 0:
             event["loss_swings"] = swings
         return event
 
@@ -272,6 +283,9 @@ class GuardMachine:
 
     def _cause(self, ratio: float, rho: float, swings: int) -> str:
         p = self.policy
+        if swings == SPIKED:
+            return ("the clean loss (eval_loss) spiked >= 2x its recent minimum: the run sits past "
+                    "its edge, and the action heads off the next spike")
         if swings:
             return (f"the clean loss (eval_loss) completed {swings} swings of >= 1.5x its recent "
                     f"minimum in 300 steps (>= {p.swings}: minibatch training's precursor)")
@@ -285,12 +299,17 @@ class GuardMachine:
                 f"{act.rise:.2f}x")
         event = {"action": p.action, "factor": p.factor, "hold_steps": p.hold_steps,
                  "release_steps": p.release_steps, "from_step": step + 1,
-                 "trigger": "loss_swings" if act.swings else "stability_ratio",
+                 "trigger": _trigger_name(act.swings),
                  "stability_ratio": act.ratio, "rho": act.rho, "instability_rise": act.rise,
                  "why": self._cause(act.ratio, act.rho, act.swings) + gate}
-        if act.swings:
+        if act.swings > 0:
             event["loss_swings"] = act.swings
         return event
+
+
+def _trigger_name(swings: int) -> str:
+    return ("clean_loss_spike" if swings == SPIKED else "loss_swings" if swings
+            else "stability_ratio")
 
 
 class GuardHooks:
@@ -369,8 +388,9 @@ class GuardHooks:
         read = reading is not None and reading[0] == step - 1
         if reading is not None and read:
             events += m.observe(step, reading[1][1], reading[1][2], rise)
-        if swings is not None and swings.completed != m.swings_seen:
-            events += m.observe_swings(step, swings.completed, swings.count(step))
+        if swings is not None and (swings.completed, swings.spikes) != (m.swings_seen,
+                                                                          m.spikes_seen):
+            events += m.observe_swings(step, swings.completed, swings.count(step), swings.spikes)
         if not read:
             events += m.release_due(step)
         for kind, data in events:

@@ -17,8 +17,8 @@ before it and completes when it falls back under `low`Ã— that minimum; a value â
 minimum (or a non-finite one) is a spike, which clears the count, and swings that complete
 within `quiet` steps after a spike belong to its aftermath and are not counted.
 `SwingCounter.update(step, value)` returns the completed swings of the last `span` steps; so does
-`count(step)` between values; `completed` counts every swing counted so far (what the guard
-watches for a new one). Pure Python over host floats.
+`count(step)` between values; `completed` counts every swing counted so far and `spikes` every
+spike (what the guard watches for a new one). Pure Python over host floats.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class SwingCounter:
         self._last_spike: int | None = None
         self._done: deque[int] = deque()  # the steps at which counted swings completed
         self.completed = 0  # every swing counted so far, never cleared
+        self.spikes = 0  # every spike seen so far (consecutive spiking values: one)
 
     def update(self, step: int, value: float) -> int:
         """Feed the clean loss of one step (steps increasing); the current count."""
@@ -83,6 +84,8 @@ class SwingCounter:
                 self.completed += 1
 
     def _spiked(self, step: int) -> None:
+        if self._last_spike is None or step > self._last_spike + 1:
+            self.spikes += 1  # a new one: not the next value of the spike before
         self._done.clear()
         self._base = None
         self._last_spike = step

@@ -1,8 +1,10 @@
-"""The guard's second trigger: swings of the clean loss (minibatch training, where the stability
-ratio does not see the spikes coming). What triggers it, what it streams, and a real run that
-logs a swinging `eval_loss`."""
+"""The guard's clean-loss triggers: swings and spikes of a logged `eval_loss` (minibatch
+training, where the stability ratio does not see the spikes coming). What triggers them, what
+they stream, and real runs that log a swinging or spiking `eval_loss`."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
@@ -45,15 +47,29 @@ def test_a_swing_triggered_v_action_lifts_again_at_most_once_per_hold() -> None:
     assert m.actions == 2
 
 
-def test_the_swing_trigger_can_be_turned_off() -> None:
+def test_a_spike_of_the_clean_loss_triggers_the_action_once() -> None:
+    m = GuardMachine(Guard(action="lr", hold_steps=5, release_steps=0))
+    [(kind, event)] = m.observe_swings(30, 0, 0, spikes=1)
+    assert (kind, event["trigger"], event["from_step"]) == ("guard_action", "clean_loss_spike", 31)
+    assert "loss_swings" not in event
+    assert "spiked" in event["why"]
+    assert m.observe_swings(31, 0, 0, spikes=1) == []  # the same spike: nothing new
+    assert m.release_due(35)
+    [(_, again)] = m.observe_swings(60, 0, 0, spikes=2)
+    assert again["trigger"] == "clean_loss_spike"
+    assert m.actions == 2
+
+
+def test_the_clean_loss_triggers_can_be_turned_off() -> None:
     m = GuardMachine(Guard(swings=0))
-    assert all(m.observe_swings(10 * k, k, k) == [] for k in range(1, 20))
+    assert all(m.observe_swings(10 * k, k, k, k) == [] for k in range(1, 20))
     assert m.actions == 0
     with pytest.raises(ValueError, match=r"Guard\(swings="):
         Guard(swings=-1)
 
 
-def test_the_counter_says_how_many_swings_it_has_ever_counted_and_count_is_read_only() -> None:
+def test_the_counter_says_how_many_swings_and_spikes_it_has_seen_and_count_is_read_only(
+        ) -> None:  # fmt: skip
     c = SwingCounter(span=100)
     values = [1.0] * 60 + [1.6, 1.0] * 3
     for i, v in enumerate(values):
@@ -62,7 +78,13 @@ def test_the_counter_says_how_many_swings_it_has_ever_counted_and_count_is_read_
     assert c.count(1000) == 0  # long after: none recent ...
     assert c.count(65) == 3  # ... and asking changed nothing
     c.update(66, 2.5)  # a spike clears the recent ones, not the total
-    assert (c.count(66), c.completed) == (0, 3)
+    assert (c.count(66), c.completed, c.spikes) == (0, 3, 1)
+    c.update(67, 2.6)  # the same spike
+    c.update(68, math.nan)  # non-finite: a spike, still the same one
+    assert c.spikes == 1
+    c.update(69, 1.0)
+    c.update(70, 2.5)  # a new one
+    assert c.spikes == 2
 
 
 def _run(steps: int, guard: Guard, peer: Peer, evals: list[float]
@@ -73,12 +95,16 @@ def _run(steps: int, guard: Guard, peer: Peer, evals: list[float]
     return losses, mon
 
 
-def test_a_job_whose_clean_loss_swings_twice_is_guarded_from_the_next_drain(peer: Peer) -> None:
-    """The clean loss (made so here: the run itself is healthy) swings 1.6x at steps 70 and 100;
-    the second completed swing reaches the guard at the drain after it, and v is lifted from the
-    step after that. Without the trigger the same run is not touched."""
-    evals = [1.0] * 200
-    evals[70] = evals[100] = 1.6
+@pytest.mark.parametrize(("marks", "trigger", "at"), [
+    ({70: 1.6, 100: 1.6}, "loss_swings", 101),  # two 1.6x swings: the second completes at 101
+    ({100: 2.5}, "clean_loss_spike", 100),  # a 2.5x spike at 100
+])  # fmt: skip
+def test_a_job_whose_clean_loss_swings_or_spikes_is_guarded_from_the_next_drain(
+        peer: Peer, marks: dict[int, float], trigger: str, at: int) -> None:  # fmt: skip
+    """The clean loss (made so here: the run itself is healthy) swings or spikes; the drain
+    after it hands that to the guard, and v is lifted from the step after. Without the
+    trigger the same run is not touched."""
+    evals = [marks.get(i, 1.0) for i in range(200)]
     plain, mon = _run(200, Guard(swings=0), peer, evals)
     assert mon._guard is not None
     assert mon._guard.actions == 0
@@ -87,11 +113,9 @@ def test_a_job_whose_clean_loss_swings_twice_is_guarded_from_the_next_drain(peer
     [(step, event)] = dl.events(peer, EventType.GUARD_ACTION.value)
     start = event.data["from_step"]
     assert isinstance(start, int)
-    assert event.data["trigger"] == "loss_swings"
-    assert event.data["loss_swings"] == 2
-    assert event.data["action"] == "v"
+    assert (event.data["trigger"], event.data["action"]) == (trigger, "v")
+    assert event.data.get("loss_swings") == (2 if trigger == "loss_swings" else None)
     assert start == step + 1
-    # the swing completed at step 101; the drain every 25 steps hands it over
-    assert 101 < start <= 101 + 2 * 25
+    assert at < start <= at + 2 * 25  # the drain every 25 steps hands it over
     assert guarded[: start + 1] == plain[: start + 1]  # the lift shows from the next loss on
     assert guarded[start + 1] != plain[start + 1]

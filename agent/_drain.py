@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spikewatch.agent._collect import Collector
-from spikewatch.agent._guard import GuardHooks
+from spikewatch.agent._guard_hooks import GuardHooks
 from spikewatch.agent._probe_base import Ctx
 from spikewatch.agent._profiles import TWO_SECANT
 from spikewatch.agent._scheduler import Report, Scheduler

@@ -25,7 +25,8 @@ from spikewatch.agent._config import Config
 from spikewatch.agent._distributed import World, detect, local_optimizer
 from spikewatch.agent._drain import Drain, Reactive
 from spikewatch.agent._forward_probes import Armed, HookEnv, HookGate, over_confidence
-from spikewatch.agent._guard import Guard, GuardHooks
+from spikewatch.agent._guard import Guard
+from spikewatch.agent._guard_hooks import GuardHooks
 from spikewatch.agent._layers import is_compiled, uncompiled
 from spikewatch.agent._lifecycle import (
     NullTransport,

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from spikewatch.agent._guard import Guard, GuardHooks
+from spikewatch.agent._guard import Guard
+from spikewatch.agent._guard_hooks import GuardHooks
 from spikewatch.agent._guard_optimizer import restore_user_values
 from spikewatch.agent._ramp import MAX_JUMP_LIFT, HparamChange, jump_lifts
 

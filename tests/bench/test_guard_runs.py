@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +86,26 @@ def test_a_beta1_drop_predicted_past_the_edge_is_lifted_at_the_change_and_does_n
     assert guard is not None
     assert guard.jumps == 1
     assert [o for o in guarded if o >= CHANGE] == []
+
+
+@pytest.mark.slow
+def test_a_minibatch_run_whose_clean_loss_swings_is_guarded_and_spikes_far_less(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The seed MLP on minibatches at 3x its edge: the full-data loss (logged as eval_loss)
+    swings and spikes again and again while the stability ratio stays far from the edge. The
+    guard acts on the swings and spikes of that clean loss and most of the spikes do not come."""
+    sc, unguarded = _unguarded("mb-mlp-lr0.002-s0")
+    assert len(unguarded) >= 6, "the scenario no longer spikes repeatedly"
+    triggers: list[str] = []
+    real = GuardMachine._describe
+
+    def recording(self: GuardMachine, act: Any, step: int) -> dict[str, Any]:
+        out = real(self, act, step)
+        triggers.append(out["trigger"])
+        return out
+
+    monkeypatch.setattr(GuardMachine, "_describe", recording)
+    guarded, mon = _guarded(sc, tmp_path)
+    assert mon._guard is not None
+    assert {"loss_swings", "clean_loss_spike"} & set(triggers), triggers
+    assert len(guarded) <= len(unguarded) // 3, (guarded, unguarded)

@@ -79,7 +79,8 @@ Action = Literal["lr", "v", "eps"]
 # A reading is of the gradient before last (`monitor.two_secant`): the first one the lift of v at
 # step s shapes throughout is made at the end of step s + 2.
 READING_LAG = 3
-SPIKED = -1  # in place of a swing count: the clean loss spiked
+Trigger = Literal["stability_ratio", "loss_swings", "clean_loss_spike"]
+"""What decided an action: the predicted crossing, the clean loss's swings or its spike."""
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]  # strict: an int is taken, a bool refused
@@ -141,7 +142,8 @@ class Act:
     ratio: float  # the reading that decided it (the last one, for swings)
     rho: float
     rise: float
-    swings: int = 0  # > 0: the clean loss's recent swings decided it; SPIKED: its spike
+    trigger: Trigger = "stability_ratio"
+    swings: int = 0  # the clean loss's recent swings, for "loss_swings"
     extended: int = 0  # re-triggers while it held
     lifted_at: int = -1  # the "v" action: the step of its last lift
     lifts: int = 0
@@ -175,7 +177,7 @@ class GuardMachine:
         self._above = self._above + 1 if hot else 0
         if self._above >= p.sustain:
             self._above = 0
-            return self._trigger(step, ratio, rho, rise, 0)
+            return self._trigger(step, ratio, rho, rise, "stability_ratio")
         return self.release_due(step)
 
     def release_due(self, step: int) -> list[tuple[str, dict[str, Any]]]:
@@ -204,27 +206,28 @@ class GuardMachine:
             return []
         ratio, rho = self._reading
         if spiked:
-            return self._trigger(step, ratio, rho, 0.0, SPIKED)
+            return self._trigger(step, ratio, rho, 0.0, "clean_loss_spike")
         if swung and recent >= self.policy.swings:
-            return self._trigger(step, ratio, rho, 0.0, recent)
+            return self._trigger(step, ratio, rho, 0.0, "loss_swings", recent)
         return []
 
-    def _trigger(self, step: int, ratio: float, rho: float, rise: float, swings: int
-                 ) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
+    def _trigger(self, step: int, ratio: float, rho: float, rise: float, trigger: Trigger,
+                 swings: int = 0) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
         """Act from `step + 1` (or hold on, lifting v again at most once per hold)."""
         p = self.policy
         act = self.act
         events: list[tuple[str, dict[str, Any]]] = []
         if act is None:
             self.actions += 1
-            self.act = act = Act(step + 1, ratio, rho, rise, swings)
+            self.act = act = Act(step + 1, ratio, rho, rise, trigger, swings)
             if p.action == "v":
                 act.lifted_at, act.lifts = step + 1, 1
             events.append(("guard_action", self._describe(act, step)))
         else:  # still predicted while it acts: hold again from here
             act.extended += 1
             if p.action == "v" and step + 1 >= act.lifted_at + p.hold_steps:
-                events.append(("guard_action", self._lift_again(act, step, ratio, rho, swings)))
+                events.append(("guard_action",
+                               self._lift_again(act, step, ratio, rho, trigger, swings)))
         self._until = step + p.hold_steps
         return events
 
@@ -248,8 +251,8 @@ class GuardMachine:
         """The share of the raised ε at `step` (0: the user's ε; the "eps" action only)."""
         return self.strength(step) if self.policy.action == "eps" else 0.0
 
-    def _lift_again(self, act: Act, step: int, ratio: float, rho: float, swings: int
-                    ) -> dict[str, Any]:  # fmt: skip
+    def _lift_again(self, act: Act, step: int, ratio: float, rho: float, trigger: Trigger,
+                    swings: int) -> dict[str, Any]:  # fmt: skip
         """The crossing (or a swing) is back although v was lifted (it decayed again, or the
         sharpness grew): lift once more from `step + 1` (at most once per hold); the event
         naming its action."""
@@ -257,24 +260,23 @@ class GuardMachine:
         act.lifts += 1
         self.actions += 1
         event = self._describe(act, step)
+        event.pop("loss_swings", None)  # this lift's own trigger replaces the action's
         event.update(stability_ratio=ratio, rho=rho, lift=act.lifts, started_at_step=act.start,
-                     trigger=_trigger_name(swings),
-                     why=(f"{self._cause(ratio, rho, swings)} again, {step + 1 - last} steps "
-                          f"after the last lift of v (lift {act.lifts} of this action)"))
-        if swings > 0:
-            event["loss_swings"] = swings
+                     **_trigger_fields(trigger, swings),
+                     why=(f"{self._cause(trigger, ratio, rho, swings)} again, {step + 1 - last} "
+                          f"steps after the last lift of v (lift {act.lifts} of this action)"))
         return event
 
     def lifts_v(self, step: int) -> bool:
         """Whether the "v" action lifts v at `step` (its first step, or a renewed lift)."""
         return self.act is not None and self.policy.action == "v" and self.act.lifted_at == step
 
-    def _cause(self, ratio: float, rho: float, swings: int) -> str:
+    def _cause(self, trigger: Trigger, ratio: float, rho: float, swings: int) -> str:
         p = self.policy
-        if swings == SPIKED:
+        if trigger == "clean_loss_spike":
             return ("the clean loss (eval_loss) spiked >= 2x its recent minimum: the run sits past "
                     "its edge, and the action heads off the next spike")
-        if swings:
+        if trigger == "loss_swings":
             return (f"the clean loss (eval_loss) completed {swings} swings of >= 1.5x its recent "
                     f"minimum in 300 steps (>= {p.swings}: minibatch training's precursor)")
         return (f"stability ratio {ratio:.3f} >= {p.ratio} with rho {rho:.3f} < {p.rho} for "
@@ -282,19 +284,19 @@ class GuardMachine:
 
     def _describe(self, act: Act, step: int) -> dict[str, Any]:
         p = self.policy
-        gate = ("" if p.rise <= 1.0 or act.swings else ", re-armed by its earlier action"
-                if act.rise < p.rise else f", after an instability that moved the loss "
-                f"{act.rise:.2f}x")
-        event = {"action": p.action, "factor": p.factor, "hold_steps": p.hold_steps,
-                 "release_steps": p.release_steps, "from_step": step + 1,
-                 "trigger": _trigger_name(act.swings),
-                 "stability_ratio": act.ratio, "rho": act.rho, "instability_rise": act.rise,
-                 "why": self._cause(act.ratio, act.rho, act.swings) + gate}
-        if act.swings > 0:
-            event["loss_swings"] = act.swings
-        return event
+        if p.rise <= 1.0 or act.trigger != "stability_ratio":
+            gate = ""
+        elif act.rise < p.rise:
+            gate = ", re-armed by its earlier action"
+        else:
+            gate = f", after an instability that moved the loss {act.rise:.2f}x"
+        return {"action": p.action, "factor": p.factor, "hold_steps": p.hold_steps,
+                "release_steps": p.release_steps, "from_step": step + 1,
+                **_trigger_fields(act.trigger, act.swings),
+                "stability_ratio": act.ratio, "rho": act.rho, "instability_rise": act.rise,
+                "why": self._cause(act.trigger, act.ratio, act.rho, act.swings) + gate}
 
 
-def _trigger_name(swings: int) -> str:
-    return ("clean_loss_spike" if swings == SPIKED else "loss_swings" if swings
-            else "stability_ratio")
+def _trigger_fields(trigger: Trigger, swings: int) -> dict[str, Any]:
+    """The event's `trigger`, and the swing count where the swings decided."""
+    return {"trigger": trigger, **({"loss_swings": swings} if trigger == "loss_swings" else {})}

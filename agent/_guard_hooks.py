@@ -97,13 +97,13 @@ class GuardHooks:
         m = self.machine
         reading = getattr(predictor, "reading", None)
         # the reading of the gradient before last is made at this step's post hook
-        read = reading is not None and reading[0] == step - 1
-        if reading is not None and read:
-            events += m.observe(step, reading[1][1], reading[1][2], rise)
+        values = reading[1] if reading is not None and reading[0] == step - 1 else None
+        if values is not None:
+            events += m.observe(step, values[1], values[2], rise)
         if swings is not None and (swings.completed, swings.spikes) != (m.swings_seen,
                                                                           m.spikes_seen):
             events += m.observe_swings(step, swings.completed, swings.count(step), swings.spikes)
-        if not read:
+        if values is None:
             events += m.release_due(step)
         for kind, data in events:
             if kind == "guard_action" and data["action"] == "eps":  # read v once, at the start

@@ -1,5 +1,5 @@
 """What the guard does to the optimizer: set a value for one step and put the user's back, raise
-ε, lift Adam's v. Called from `agent._guard.GuardHooks` in the optimizer's step hooks."""
+ε, lift Adam's v. Called from `agent._guard_hooks.GuardHooks` in the optimizer's step hooks."""
 
 from __future__ import annotations
 

@@ -47,6 +47,16 @@ def test_a_swing_triggered_v_action_lifts_again_at_most_once_per_hold() -> None:
     assert m.actions == 2
 
 
+def test_a_relift_names_its_own_trigger_not_the_action_s() -> None:
+    m = GuardMachine(Guard(action="v", rise=1.0, sustain=1, hold_steps=10, release_steps=50))
+    [(_, first)] = m.observe_swings(20, 2, 2)
+    assert (first["trigger"], first["loss_swings"]) == ("loss_swings", 2)
+    [(_, again)] = m.observe(40, 1.5, 0.1, 1.0)  # the ratio, past the edge, 20 steps later
+    assert (again["trigger"], again["lift"], again["started_at_step"]) == (
+        "stability_ratio", 2, 21)
+    assert "loss_swings" not in again
+
+
 def test_a_spike_of_the_clean_loss_triggers_the_action_once() -> None:
     m = GuardMachine(Guard(action="lr", hold_steps=5, release_steps=0))
     [(kind, event)] = m.observe_swings(30, 0, 0, spikes=1)

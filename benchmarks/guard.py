@@ -150,8 +150,7 @@ def mark_identical(results: list[Result]) -> None:
     ref = {r.scenario: r.curve for r in results if r.arm == "none"}
     for r in results:
         if r.arm == "guard" and r.scenario in ref:
-            r.identical = first_mismatch([torch.tensor(x) for x in ref[r.scenario]],
-                                         [torch.tensor(x) for x in r.curve]) is None
+            r.identical = first_mismatch(ref[r.scenario], r.curve) is None
 
 
 def report(results: list[Result]) -> str:

@@ -188,7 +188,7 @@ class Reactive:
         self.phases: Any = None
         self.instability = InstabilityTracker()
         self.swings = SwingCounter()
-        self._swings_sent: int | None = None  # None: no eval_loss logged yet
+        self._swings_sent: tuple[int, int] | None = None  # None: no eval_loss logged yet
 
     def observe(self, records: list[wire.Record], beta2: float) -> list[wire.Record]:
         from spikewatch.monitor.reactive import Kind
@@ -234,18 +234,18 @@ class Reactive:
         return out
 
     def _count_swings(self, r: wire.Record, scalars: dict[str, float], *, last: bool) -> None:
-        """Feed a logged eval_loss to the swing counter; stream the count when it changes and
-        with a drain's last record (once any eval_loss was logged)."""
+        """Feed a logged eval_loss to the swing counter; stream the swing and recent-spike counts
+        when they change and with a drain's last record (once any eval_loss was logged)."""
         value = r.scalars.get(nm.EVAL_LOSS)
         if value is not None:
-            count = self.swings.update(r.step, value)
-        elif self._swings_sent is not None:
-            count = self.swings.count(r.step)
-        else:
+            self.swings.update(r.step, value)
+        elif self._swings_sent is None:
             return
-        if count != self._swings_sent or last:
-            scalars[nm.EVAL_LOSS_SWINGS] = float(count)
-            self._swings_sent = count
+        counts = (self.swings.count(r.step), self.swings.recent_spikes(r.step))
+        if counts != self._swings_sent or last:
+            scalars[nm.EVAL_LOSS_SWINGS] = float(counts[0])
+            scalars[nm.EVAL_LOSS_SPIKES] = float(counts[1])
+            self._swings_sent = counts
 
 
 def record_ratio(scalars: Mapping[str, float]) -> float | None:

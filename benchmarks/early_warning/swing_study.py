@@ -1,4 +1,4 @@
-"""Would the clean-loss swing warning be a page? Score it on a grid of minibatch runs.
+"""The clean-loss swing rules scored as pages on a grid of minibatch runs.
 
     python -m benchmarks.early_warning.swing_study [--jobs 2] [--json FILE]
 
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from spikewatch.monitor.loss_swings import SwingCounter
-from spikewatch.protocol.names import EVAL_LOSS_SWINGS
+from spikewatch.protocol.names import EVAL_LOSS_SPIKES, EVAL_LOSS_SWINGS
 from spikewatch.server.backtest import replay, score
 from spikewatch.server.rules import Rule, load_rules
 from spikewatch.server.types import Observation
@@ -35,14 +35,16 @@ MLP_LRS = (0.0003, 0.0004, 0.0005, 0.0006, 0.0008, 0.001, 0.0015, 0.002, 0.003)
 MLP_SEEDS = (0, 1, 2, 3, 4, 5, 6)
 TF_LRS = (0.005, 0.007, 0.01, 0.02, 0.03)
 TF_SEEDS = (0, 1, 2, 3, 4)
+RULES = ("clean_loss_swings", "clean_loss_swings_after_spike")
 
 
 @dataclass(frozen=True)
 class Row:
-    """One run: its onsets, the leads of the swing alert and its firings' grades."""
+    """One run and one rule: the run's onsets, the rule's leads and its firings' grades."""
 
     name: str
     group: str  # family and lr
+    rule: str
     onsets: list[int]
     leads: list[int]
     grades: list[str]
@@ -64,24 +66,29 @@ def _train(spec: tuple[str, float, int]) -> tuple[str, str, list[float]]:
 
 
 @functools.cache
-def _rule() -> Rule:
-    return next(r for r in load_rules() if r.name == "clean_loss_swings")
+def _rules() -> tuple[Rule, ...]:
+    return tuple(r for r in load_rules() if r.name in RULES)
 
 
-def score_run(name: str, group: str, xs: Sequence[float]) -> Row:
-    """The run's swing counts, as the agent streams them, replayed through the default pack's
-    clean_loss_swings rule and scored as a page would be (`server.backtest`)."""
+def score_run(name: str, group: str, xs: Sequence[float]) -> list[Row]:
+    """The run's swing and recent-spike counts, as the agent streams them, replayed through the
+    default pack's rules on them and scored as pages are (`server.backtest`); one row per rule."""
     counter = SwingCounter()
-    obs = [(Observation(name, t, float(t), {EVAL_LOSS_SWINGS: float(counter.update(t, v))}), ())
-           for t, v in enumerate(xs)]  # fmt: skip
-    rule = _rule()
-    rep = score(name, [rule], replay([rule], obs), list(enumerate(xs)))
-    (s,) = rep.rules
-    return Row(name, group, rep.onsets, [x for x in s.leads if x is not None], s.grades)
+    obs = []
+    for t, v in enumerate(xs):
+        swings = counter.update(t, v)
+        obs.append((Observation(name, t, float(t), {
+            EVAL_LOSS_SWINGS: float(swings), EVAL_LOSS_SPIKES: float(counter.recent_spikes(t))}),
+            ()))  # fmt: skip
+    rules = list(_rules())
+    rep = score(name, rules, replay(rules, obs), list(enumerate(xs)))
+    return [Row(name, group, s.rule, rep.onsets, [x for x in s.leads if x is not None], s.grades)
+            for s in rep.rules]
 
 
 def summary(rows: Sequence[Row]) -> str:
-    """Per group and in total: onsets led, median lead, grades, runs without onsets paged."""
+    """Per rule, group and in total: onsets led, median lead, grades, runs without onsets
+    fired on."""
     lines = [f"{'group':<20} {'runs':>4} {'onsets led':>11} {'lead':>5} {'true/minor/false':>17} "
              f"{'no-spike runs fired on':>23}"]  # fmt: skip
     groups = sorted({r.group for r in rows}, key=lambda g: (g.split()[0], float(g.split()[-1])))
@@ -96,8 +103,11 @@ def summary(rows: Sequence[Row]) -> str:
                 f"{g.count('true'):>7}/{g.count('minor')}/{g.count('false'):<5} "
                 f"{sum(bool(r.grades) for r in quiet):>10}/{len(quiet)}")  # fmt: skip
 
-    lines += [line(g, [r for r in rows if r.group == g]) for g in groups]
-    lines.append(line("all", rows))
+    for rule in sorted({r.rule for r in rows}):
+        mine = [r for r in rows if r.rule == rule]
+        lines.append(f"-- {rule}")
+        lines += [line(g, [r for r in mine if r.group == g]) for g in groups]
+        lines.append(line("all", mine))
     return "\n".join(lines)
 
 
@@ -111,11 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
              + [("mb-tf-pool", lr, s) for lr in TF_LRS for s in TF_SEEDS])  # fmt: skip
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        rows = [score_run(*r) for r in pool.map(_train, specs)]
+        rows = [row for r in pool.map(_train, specs) for row in score_run(*r)]
     print(summary(rows))
-    print(f"\n{len(rows)} runs trained unattached in {time.perf_counter() - t0:.0f} s "
-          f"({args.jobs} processes); onset = full-data loss > 2× its 50-step minimum; the alert "
-          "fires while eval_loss_swings ≥ 1 (server/rules/default.yaml: clean_loss_swings)")
+    print(f"\n{len(specs)} runs trained unattached in {time.perf_counter() - t0:.0f} s "
+          f"({args.jobs} processes); onset = full-data loss > 2× its 50-step minimum; rules as in "
+          "server/rules/default.yaml")
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     return 0

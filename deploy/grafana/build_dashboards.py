@@ -144,7 +144,9 @@ def _step_axis() -> list[Panel | Row]:
                  [("loss spike (event)", "loss", "loss_spike")], w=12, h=9, log_scale=True,
                  description="The stored loss per step (rank 0 or combined, as the API returns "
                  "it) and, where the job logs one, its clean eval_loss (whose 1.5× swings the "
-                 "clean_loss_swings warning counts); red points: steps with a loss_spike event. "
+                 "clean_loss_swings warning counts, and which pages as "
+                 "clean_loss_swings_after_spike once it has spiked); red points: steps with a "
+                 "loss_spike event. "
                  "Non-finite values are gaps, listed in the table below."),
         _by_step("Stability ratios by step", [
             ("two-secant", "stability_ratio_two_secant"), ("λ_grad", "stability_ratio"),

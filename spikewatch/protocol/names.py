@@ -57,6 +57,7 @@ INSTABILITY_RISE = "instability_rise"
 # --- clean-loss swings (minibatch) ---------------------------------------------------------------
 EVAL_LOSS = "eval_loss"
 EVAL_LOSS_SWINGS = "eval_loss_swings"
+EVAL_LOSS_SPIKES = "eval_loss_spikes"
 # --- spectral alignment (seed 003) --------------------------------------------------------------
 SA_MEAN = "sa_mean"
 SA_SIGN_DIVERSITY = "sa_sign_diversity"
@@ -124,6 +125,9 @@ CATALOGUE: tuple[Metric, ...] = (
            "user"),
     Metric(EVAL_LOSS_SWINGS, "count", "completed 1.5× swings of eval_loss over its 50-step minimum "
            "in the last 300 steps, since its last 2× spike",
+           "docs/early-warning.md (minibatch study)"),
+    Metric(EVAL_LOSS_SPIKES, "count", "spikes of eval_loss (≥ 2× its 50-step minimum, or "
+           "non-finite) that started in the last 1000 steps",
            "docs/early-warning.md (minibatch study)"),
     Metric(SA_MEAN, "1", "mean spectral alignment cos(x, v₁) over sampled rows", _S3),
     Metric(SA_SIGN_DIVERSITY, "1", "1 − |p₊ − p₋| of alignment signs (min over layers)", _S3,

@@ -1,6 +1,6 @@
-"""A logged eval_loss feeds the swing counter: the agent streams eval_loss_swings (the clean-loss
-swing warning's input) when it changes and with each drain; a job that logs no eval_loss gets
-none."""
+"""A logged eval_loss feeds the swing counter: the agent streams eval_loss_swings and
+eval_loss_spikes (the clean-loss rules' inputs) when they change and with each drain; a job that
+logs no eval_loss gets neither."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from tests.agent._peer import Peer
 
 STEPS = 120
 SWING_AT = 70  # eval_loss 1.6× its minimum here, back at the floor the step after
+SPIKE_AT = 100  # 3× here (with spike=True)
 
 
-def _train(peer: Peer, *, log_eval: bool) -> None:
+def _train(peer: Peer, *, log_eval: bool, spike: bool = False) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -28,7 +29,8 @@ def _train(peer: Peer, *, log_eval: bool) -> None:
         torch.autograd.backward(loss)
         opt.step()
         if log_eval:
-            monitor.log(loss, eval_loss=torch.tensor(1.6 if i == SWING_AT else 1.0))
+            value = 1.6 if i == SWING_AT else 3.0 if spike and i == SPIKE_AT else 1.0
+            monitor.log(loss, eval_loss=torch.tensor(value))
         else:
             monitor.log(loss)
     dl.closed_and_delivered(peer, monitor)
@@ -42,9 +44,23 @@ def test_a_completed_swing_of_eval_loss_is_streamed(peer: Peer) -> None:
     assert swings[SWING_AT + 1] == 1.0  # sent at the step it changed
     assert max(swings) >= STEPS - 2  # and with the last drain
     assert swings[max(swings)] == 1.0
+    spikes = dl.by_step(peer, nm.EVAL_LOSS_SPIKES)
+    assert spikes.keys() == swings.keys()
+    assert set(spikes.values()) == {0.0}
+
+
+def test_a_spike_of_eval_loss_is_streamed_and_clears_the_swings(peer: Peer) -> None:
+    _train(peer, log_eval=True, spike=True)
+    spikes = dl.by_step(peer, nm.EVAL_LOSS_SPIKES)
+    assert all(v == 0.0 for s, v in spikes.items() if s < SPIKE_AT)
+    assert spikes[SPIKE_AT] == 1.0
+    assert spikes[max(spikes)] == 1.0  # still within the last 1000 steps at the end
+    swings = dl.by_step(peer, nm.EVAL_LOSS_SWINGS)
+    assert swings[SPIKE_AT] == 0.0
 
 
 def test_no_eval_loss_no_swing_count(peer: Peer) -> None:
     _train(peer, log_eval=False)
     assert dl.by_step(peer, nm.EVAL_LOSS_SWINGS) == {}
+    assert dl.by_step(peer, nm.EVAL_LOSS_SPIKES) == {}
     assert dl.by_step(peer, nm.LOSS)

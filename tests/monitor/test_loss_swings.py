@@ -1,4 +1,5 @@
-"""Swings of a clean loss (monitor.loss_swings): what counts, what clears, what expires."""
+"""Swings of a clean loss (monitor.loss_swings): what counts, what clears, what expires, and the
+spikes of the last `memory` steps."""
 
 from __future__ import annotations
 
@@ -53,6 +54,21 @@ def test_swings_expire_after_span_steps() -> None:
     assert c.count(200) == 0
 
 
+def test_recent_spikes_count_each_spike_once_until_memory_steps_later() -> None:
+    c = SwingCounter(memory=100)
+    _feed(c, FLOOR)
+    assert c.recent_spikes(59) == 0
+    _feed(c, [2.5, 3.0, 1.0], start=60)  # one spike over two values
+    assert c.recent_spikes(62) == 1
+    _feed(c, [1.0] * 20 + [math.inf] + [1.0] * 10, start=63)  # a non-finite value: another
+    assert c.recent_spikes(93) == 2
+    assert c.recent_spikes(159) == 2  # the first started at 60: counted up to 159 ...
+    assert c.recent_spikes(160) == 1  # ... gone at 160
+    _feed(c, [1.0] * 100, start=94)
+    assert c.recent_spikes(193) == 0
+    assert c.spikes == 2  # the total is never cleared
+
+
 def test_nothing_counts_before_a_full_window() -> None:
     assert set(_feed(SwingCounter(window=50), [1.0, 1.6, 1.0] * 15)) == {0}
 
@@ -64,7 +80,7 @@ def test_the_minimum_is_of_the_window_before_the_value() -> None:
 
 
 @pytest.mark.parametrize("kw", [{"low": 1.6}, {"high": 2.5}, {"low": 1.0}, {"window": 0},
-                                {"span": 0}, {"quiet": -1}])
+                                {"span": 0}, {"memory": 0}, {"quiet": -1}])
 def test_bad_parameters_are_refused(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=r"must be|need 1"):
         SwingCounter(**kw)  # type: ignore[arg-type]

@@ -194,15 +194,24 @@ def test_a_predictor_that_cannot_run_every_step_warns() -> None:
         assert fired(run_pack(trace)) == [("prediction_degraded", 10)]
 
 
-def test_swings_of_the_clean_loss_warn_and_never_page() -> None:
+def test_swings_of_the_clean_loss_warn_and_page_only_after_a_spike() -> None:
     """A completed swing of eval_loss is a warning: near the edge of minibatch training it came
-    before most onsets but also on half the runs that never spiked (swing_study)."""
-    trace = [(s, {"loss": 1.0, "eval_loss_swings": 0.0 if s < 10 else 2.0 if s < 30 else 0.0})
-             for s in range(1, 40)]  # fmt: skip
-    ts = run_pack(trace)
+    before most onsets but also on half the runs that never spiked (swing_study). After a spike
+    of the clean loss in the last 1000 steps the run is past its edge, and a swing pages."""
+    swings = [(s, {"loss": 1.0, "eval_loss_swings": 0.0 if s < 10 else 2.0 if s < 30 else 0.0,
+                   "eval_loss_spikes": 0.0}) for s in range(1, 40)]  # fmt: skip
+    ts = run_pack(swings)
     assert fired(ts) == [("clean_loss_swings", 10)]
     assert fired(ts, Severity.PAGE) == []
     assert any(t.rule == "clean_loss_swings" and t.state is AlertState.RESOLVED for t in ts)
+    after_spike = [(s, {**v, "eval_loss_spikes": 1.0}) for s, v in swings]
+    ts = run_pack(after_spike)
+    assert fired(ts, Severity.PAGE) == [("clean_loss_swings_after_spike", 10)]
+    assert any(t.rule == "clean_loss_swings_after_spike" and t.state is AlertState.RESOLVED
+               for t in ts)  # fmt: skip
+    spike_alone = [(s, {"loss": 1.0, "eval_loss_swings": 0.0, "eval_loss_spikes": 1.0})
+                   for s in range(1, 40)]  # fmt: skip
+    assert fired(run_pack(spike_alone), Severity.PAGE) == []
 
 
 def test_a_guard_action_raises_an_info_alert_and_no_page() -> None:

@@ -238,10 +238,12 @@ class Reactive:
         when they change and with a drain's last record (once any eval_loss was logged)."""
         value = r.scalars.get(nm.EVAL_LOSS)
         if value is not None:
-            self.swings.update(r.step, value)
-        elif self._swings_sent is None:
+            swings = self.swings.update(r.step, value)
+        elif self._swings_sent is not None:
+            swings = self.swings.count(r.step)
+        else:
             return
-        counts = (self.swings.count(r.step), self.swings.recent_spikes(r.step))
+        counts = (swings, self.swings.recent_spikes(r.step))
         if counts != self._swings_sent or last:
             scalars[nm.EVAL_LOSS_SWINGS] = float(counts[0])
             scalars[nm.EVAL_LOSS_SPIKES] = float(counts[1])

@@ -163,13 +163,15 @@ class GuardMachine:
         self.actions = 0
         self.primed = False  # re-armed by a jump lift (a predicted instability it headed off)
 
-    def observe(self, step: int, ratio: float, rho: float, rise: float
+    def observe(self, step: int, ratio: float, rho: float, rise: float, made: int | None = None
                 ) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
-        """Take the reading made at the end of `step`; events to stream. The decision applies
-        from `step + 1` on."""
+        """Take a reading at the end of `step`; events to stream. The decision applies from
+        `step + 1` on. `made`: the step at whose end the reading was due (earlier for the
+        readings of a batch; `step` by default)."""
         p = self.policy
         act = self.act
-        if act is not None and act.lifts and step < act.lifted_at + READING_LAG:
+        made = step if made is None else made
+        if act is not None and act.lifts and made < act.lifted_at + READING_LAG:
             return []  # a reading of a gradient the lift has not reached yet: not evidence
         self._reading = (ratio, rho)
         hot = (math.isfinite(ratio) and ratio >= p.ratio and math.isfinite(rho) and rho < p.rho

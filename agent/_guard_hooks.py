@@ -95,15 +95,15 @@ class GuardHooks:
         if self.ramps.ramps:
             events += self.ramps.finish(step)
         m = self.machine
-        reading = getattr(predictor, "reading", None)
-        # the reading of the gradient before last is made at this step's post hook
-        values = reading[1] if reading is not None and reading[0] == step - 1 else None
-        if values is not None:
-            events += m.observe(step, values[1], values[2], rise)
+        # the readings the predictor made at this step's post hook (several after a batch)
+        at, fresh = getattr(predictor, "fresh", (-1, []))
+        readings: list[tuple[int, list[float]]] = fresh if at == step else []
+        for gradient, values in readings:  # a reading is due two steps after its gradient's
+            events += m.observe(step, values[1], values[2], rise, made=gradient + 1)
         if swings is not None and (swings.completed, swings.spikes) != (m.swings_seen,
                                                                           m.spikes_seen):
             events += m.observe_swings(step, swings.completed, swings.count(step), swings.spikes)
-        if values is None:
+        if not readings:
             events += m.release_due(step)
         for kind, data in events:
             if kind == "guard_action" and data["action"] == "eps":  # read v once, at the start

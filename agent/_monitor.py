@@ -192,6 +192,8 @@ class Monitor:
             a.remove()
         if self.enabled:
             try:
+                if self.ctx.predictor is not None:  # the readings of a batch not yet computed
+                    self.ctx.predictor.settle(self.out)
                 self._drain()
             except Exception as e:  # never let close() raise into the training script
                 log.warning("spikewatch: final drain failed: %s", e)
@@ -318,6 +320,7 @@ class Monitor:
         spent = 0.0
         step = self.step
         try:
+            self.ctx.drain_due = sched.drain_due(step) or self.out.full
             off = self._disabled
             for p in self._steps.due:
                 if p.name not in off and p.has_post:

@@ -47,6 +47,7 @@ class Ctx:
     predictor: Any = None  # the two-secant probe, whose last reading is the freshest ratio
     urgent: bool = False  # something a person must see now: drain at the end of this step
     near_edge: bool = False  # the predictor read a ratio near the edge at this step
+    drain_due: bool = False  # the monitor drains at the end of this step
     changes: list[HparamChange] = field(default_factory=list)  # lr/β1 changes at this pre-step
     _views: tuple[tuple[int, str], list[Any]] | None = None
     _hvp: tuple[int, Any] | None = None

@@ -49,6 +49,10 @@ ratio sits within 1–2 % of 1 for tens of steps, and v moves by 0.05 % a step),
 would cost as much as reading θ and m together; whoever changes v outside the optimizer (the
 guard's lift) calls `resync_v` so the next update reads it.
 
+`update` reads a step and computes at once. An agent may split it: `record` reads the sample
+(what cannot wait: the next step overwrites it) and `flush` computes the readings of the steps
+recorded since, back to back, where all but the first find the caches warm.
+
 Readings start at the fourth consecutive step seen; a step the hook did not see restarts the
 history. A parameter the optimizer skipped at a step (no gradient) has Δθ = 0 and adds nothing to
 the quotient. Nothing here synchronises with the device: the step's coefficients reach an
@@ -57,7 +61,7 @@ accelerator through pinned memory without blocking. Results are float32 tensors.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -82,6 +86,17 @@ __all__ = ["BYTES_PER_COORD", "SMOOTHING", "V_RESYNC", "TwoSecant", "TwoSecantRe
 
 BYTES_PER_COORD = 56  # kept rows: θ, m and the six step rows, D·Δθ, D·d', v; the sample weight
 V_RESYNC = 100  # steps between reads of v from the optimizer state
+
+
+class _Pending(NamedTuple):
+    """One recorded step: its reads (θ, the carrier), hyper-parameters, the count of steps it
+    completed, its place in a run of consecutive steps, and v where it was read."""
+
+    reads: Any
+    hyper: tuple[Hyper, ...]
+    completed: int
+    seen: int
+    v: Any
 
 
 class TwoSecant:
@@ -204,8 +219,9 @@ class TwoSecant:
         self._rho: Any = None  # (2, groups): Σg², Σv̂ of the pending gradient
         self._ema: Any = None  # smoothed numerators and denominators
         self._hyper_last: tuple[Hyper, ...] | None = None
-        self._v: Any = None  # v on the sample, after the last update's step
-        self._v_age = 0
+        self._v: Any = None  # v on the sample, after the last flushed step
+        self._v_age = 0  # recorded steps since v was last read
+        self._pending: list[_Pending] = []  # recorded, not yet flushed (dropped here)
 
     def resync_v(self) -> None:
         """Read v from the optimizer state at the next update instead of following Adam's
@@ -241,16 +257,13 @@ class TwoSecant:
             self._hypers_of = (hyper, tuple(hyper[gi] for gi in self._group_ids))
         return self._hypers_of[1]
 
-    def _advance_v(self, g2: Any, hyper: tuple[Hyper, ...], amsgrad: bool) -> Any:
-        """v after this step: Adam's recurrence on the sample (the running max for AMSGrad is
-        read), or read from the state when it is due or unknown."""
-        assert self._arrays is not None
+    def _advance_v(self, g2: Any, hyper: tuple[Hyper, ...], read: Any) -> Any:
+        """v after this step: as `record` read it (AMSGrad's running max, or where due), else
+        Adam's recurrence on the sample."""
+        if read is not None:
+            self._v = read
+            return read
         v = self._v
-        if amsgrad or v is None or self._v_age >= V_RESYNC:
-            self._v_age = 0
-            self._v = self._arrays.gather(self._v_views)
-            return self._v
-        self._v_age += 1
         hs = self._hypers(hyper)
         if all(h.beta2 == hs[0].beta2 for h in hs):
             v *= hs[0].beta2
@@ -279,41 +292,72 @@ class TwoSecant:
 
     # --- per step ----------------------------------------------------------------------------
     def update(self, completed: int) -> TwoSecantReading | None:
-        """Read step ``completed``'s result; the reading of gradient ``completed − 2`` if ready."""
+        """Read step ``completed``'s result; the reading of gradient ``completed − 2`` if ready
+        (`record` then `flush`, the last reading)."""
+        self.record(completed)
+        readings = self.flush()
+        return readings[-1] if readings else None
+
+    def record(self, completed: int) -> None:
+        """Read step ``completed``'s sample (θ, the carrier, v when due) and keep it for `flush`:
+        the part that cannot wait, as the next step overwrites what it reads."""
         if self.sample is None and not self._build():
-            return None
+            return
         assert self._arrays is not None
         try:
             self._refresh_views()
             reads = self._arrays.gather(self._views, 2)
         except (KeyError, TypeError, ValueError):  # state dropped or reshaped: sample afresh
             self.sample = None
-            return None
+            self._pending.clear()
+            return
         hyper = self._hyper.read()
         self._seen = self._seen + 1 if completed == self._k + 1 else 1
         self._k = completed
-        reading = None
-        if self._seen >= 2:
-            reading = self._step(reads, hyper, completed)
-        else:
-            self._v = None  # a gap in the steps: v is read again
-        self._reads, self._hyper_last = reads, hyper
-        return reading
+        v = None
+        if self._keys[1] is not None and (self._seen == 2 or self._keys[1] == "max_exp_avg_sq"
+                                          or self._v_age >= V_RESYNC):
+            v = self._arrays.gather(self._v_views)  # v after this step, read where it is due
+            self._v_age = 0
+        elif self._seen >= 2:
+            self._v_age += 1
+        self._pending.append(_Pending(reads, hyper, completed, self._seen, v))
 
-    def _step(self, reads: Any, hyper: tuple[Hyper, ...], completed: int
-              ) -> TwoSecantReading | None:
+    @property
+    def pending(self) -> int:
+        """Steps recorded and not yet flushed."""
+        return len(self._pending)
+
+    def flush(self) -> list[TwoSecantReading]:
+        """The readings of the steps recorded since the last flush, oldest first. Run back to
+        back, all but the first find the caches warm: flushing every few steps costs a fraction
+        of flushing every step, and delays the readings by as many steps."""
+        readings = []
+        for p in self._pending:
+            if p.seen >= 2:
+                r = self._step(p)
+                if r is not None:
+                    readings.append(r)
+            else:
+                self._v = None  # a gap in the steps: v is read again
+            self._reads, self._hyper_last = p.reads, p.hyper
+        self._pending.clear()
+        return readings
+
+    def _step(self, p: _Pending) -> TwoSecantReading | None:
         """The linear step for gradient i = completed − 1, its D·d' and ρ sums, and, from the
         fourth consecutive step on, the reading of gradient i − 1."""
         assert self._consts is not None
         assert self._arrays is not None
         arr = self._arrays
         xp = arr.xp
+        reads, hyper, completed, seen = p.reads, p.hyper, p.completed, p.seen
         i = completed - 1
-        older = self._hyper_last if self._seen >= 3 else None
+        older = self._hyper_last if seen >= 3 else None
         cs, k_mat = self._consts.get(self._hypers(hyper),
                                      None if older is None else self._hypers(older), i)
         last = self._out
-        if last is None or self._seen < 3:  # no Δθ_{i−1}, g^{i−1}, P'_{i−1} yet: zeros
+        if last is None or seen < 3:  # no Δθ_{i−1}, g^{i−1}, P'_{i−1} yet: zeros
             last = arr.zeros((N_OUT, reads.shape[1]))
         inp = xp.concatenate((reads, self._reads, last))
         if len(cs) == 1:
@@ -325,14 +369,13 @@ class TwoSecant:
         grad = out[GRAD]  # g^i
         g2 = grad * grad
         if self._keys[1] is not None:
-            amsgrad = self._keys[1] == "max_exp_avg_sq"
-            vhat, dmat = self._preconditioner(self._advance_v(g2, hyper, amsgrad), hyper,
+            vhat, dmat = self._preconditioner(self._advance_v(g2, hyper, p.v), hyper,
                                               completed)
             scaled = out[DTHETA:D + 1] * dmat  # D·Δθ_i, D·d'_i
         else:  # SGD: D = 1, no ρ (a placeholder v̂ of ones keeps its quotient finite)
             vhat, scaled = g2 * 0.0 + 1.0, out[DTHETA:D + 1]
         reading = None
-        if self._seen >= 4 and self._scaled is not None and self._rho is not None:
+        if seen >= 4 and self._scaled is not None and self._rho is not None:
             # gradient i−1: its direction pair against (Δg, H·d') and (D·Δθ, D·d'); g^i, v̂ for ρ
             dirs = last[DTHETA:D + 1]
             rows = xp.concatenate((out[DG_LAST:HD_LAST + 1] * dirs, self._scaled * dirs,

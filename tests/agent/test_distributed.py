@@ -17,6 +17,7 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
 from spikewatch import agent
+from spikewatch.agent._two_secant_probe import BATCH
 from spikewatch.monitor.precond_decay import PreconditionerDecay
 from spikewatch.monitor.two_secant import TwoSecant
 from spikewatch.protocol import names as nm
@@ -82,16 +83,16 @@ def _train(rank: int, world: int, endpoint: str, mode: str) -> None:
 def _guard_run(rank: int, model: nn.Module, opt: torch.optim.Optimizer, xs: torch.Tensor,
                ys: torch.Tensor, endpoint: str) -> None:  # fmt: skip
     """The guard under DDP with the default budget (1 %) and ddp_ranks="rank0": the readings
-    say "past the edge" at steps 3 and 4 (made so here; the run is healthy), and every rank must
+    due at steps 3 and 4 say "past the edge" (made so here; the run is healthy), and every rank must
     lift v at the same step, or the replicas drift apart."""
     from spikewatch.agent._guard import GuardMachine
 
     real = GuardMachine.observe
 
-    def past_edge(self: GuardMachine, step: int, ratio: float, rho: float,
-                  rise: float) -> list[tuple[str, dict[str, object]]]:  # fmt: skip
-        hot = step in (3, 4)
-        return real(self, step, 1.5 if hot else ratio, 0.01 if hot else rho, rise)
+    def past_edge(self: GuardMachine, step: int, ratio: float, rho: float, rise: float,
+                  made: int | None = None) -> list[tuple[str, dict[str, object]]]:  # fmt: skip
+        hot = (step if made is None else made) in (3, 4)  # the readings due at steps 3 and 4
+        return real(self, step, 1.5 if hot else ratio, 0.01 if hot else rho, rise, made)
 
     GuardMachine.observe = past_edge  # type: ignore[method-assign]
     monitor = agent.attach(model, opt, run="dist-guard", endpoint=endpoint, guard=True,
@@ -225,5 +226,8 @@ def test_ddp_guard_acts_on_every_rank_at_the_same_step(peer: Peer) -> None:
     assert {b.header.rank for b in batches} == {0}  # rank 1 watches but streams nothing
     acts = [(r.step, e) for b in batches for r in b.records for e in r.events
             if e.type == "guard_action"]
-    assert [s for s, _ in acts] == [4]
+    # the second hot reading (due at step 4) comes with the batch of steps 4-7: the real ratio
+    # of this healthy run is below EAGER_RATIO, where readings are computed every BATCH steps
+    assert BATCH == 4
+    assert [s for s, _ in acts] == [7]
     assert acts[0][1].data["action"] == "v"

@@ -21,6 +21,7 @@ from spikewatch.agent._guard_optimizer import (
     restore_user_values,
 )
 from spikewatch.monitor.seed_fnn import make_seed_problem
+from spikewatch.monitor.two_secant import TwoSecant, TwoSecantReading
 from spikewatch.protocol.names import EventType
 from tests.agent import _delivered as dl
 from tests.agent._peer import Peer
@@ -143,6 +144,18 @@ def test_the_v_action_lifts_again_when_the_crossing_comes_back_at_most_once_per_
     assert (at, kind, release["lifts"], release["started_at_step"]) == (30, "guard_release", 2, 1)
 
 
+def test_a_late_reading_counts_by_the_step_it_was_due_not_the_step_it_came() -> None:
+    """Readings computed in a batch come a few steps after they were due: one due before the
+    lift reached its gradient is not evidence, whenever it arrives; one due after it is."""
+    m = GuardMachine(Guard(action="v", rise=1.0, sustain=1, hold_steps=1, release_steps=50))
+    [(_, kind, _)] = feed(m, [HOT])
+    assert kind == "guard_action"
+    assert m.observe(5, *HOT, 1.0, made=2) == []  # due at step 2, from before the lift
+    assert m.actions == 1
+    [(kind, again)] = m.observe(5, *HOT, 1.0, made=4)
+    assert (kind, again["lift"]) == ("guard_action", 2)
+
+
 @pytest.mark.parametrize("impl", [{}, {"foreach": True}, {"fused": True}])
 def test_the_v_action_lifts_adam_second_moment_once_and_leaves_lr_alone(
         impl: dict[str, bool]) -> None:  # fmt: skip
@@ -261,15 +274,20 @@ def test_a_guard_that_never_acts_changes_nothing(peer: Peer) -> None:
 def _past_the_edge_at_steps_10_and_11(monkeypatch: pytest.MonkeyPatch,
                                       action: Action) -> Guard:
     """The seed run is far from the edge this early: the predictor's readings are made to say it
-    is past it (ratio 1.5) at steps 10 and 11, so that the guard acts on a real optimizer (from
-    step 12, holding 5 steps and releasing over 2, with `action`)."""
-    real = GuardMachine.observe
+    nears it (ratio 0.95, so that they are computed at every step) from step 6 and is past it
+    (1.5) at steps 10 and 11, so that the guard acts on a real optimizer (from step 12, holding
+    5 steps and releasing over 2, with `action`)."""
+    real = TwoSecant.flush
 
-    def past_edge(self: GuardMachine, step: int, ratio: float, rho: float, rise: float
-                  ) -> list[tuple[str, dict[str, object]]]:  # fmt: skip
-        return real(self, step, 1.5 if 10 <= step < 12 else ratio, rho, rise)
+    def near_edge(self: TwoSecant) -> list[TwoSecantReading]:
+        readings = real(self)
+        for r in readings:
+            made, host = r.step + 1, r.host()  # a reading is due the step after its gradient's
+            if host is not None and made >= 6:
+                host[0][1] = 1.5 if 10 <= made < 12 else 0.95
+        return readings
 
-    monkeypatch.setattr(GuardMachine, "observe", past_edge)
+    monkeypatch.setattr(TwoSecant, "flush", near_edge)
     return Guard(action=action, rho=10.0, rise=1.0, factor=0.5, sustain=2, hold_steps=5,
                  release_steps=2)
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from spikewatch.agent._config import resolve
 from spikewatch.agent._monitor import Monitor
+from spikewatch.agent._two_secant_probe import EAGER_RATIO
 from spikewatch.monitor.seed_fnn import make_seed_problem
 from spikewatch.monitor.two_secant import TwoSecant
 from spikewatch.protocol import names as nm
@@ -85,6 +86,52 @@ def test_defaults_stream_the_predictor_every_step_with_the_library_values(peer: 
     assert cadence
     assert set(cadence.values()) == {1.0}
     assert dl.events(peer, EventType.PREDICTION_DEGRADED.value) == []
+
+
+def test_readings_come_in_batches_below_the_edge_every_step_near_it_and_with_each_drain(
+        peer: Peer) -> None:  # fmt: skip
+    """Below EAGER_RATIO the readings are computed every BATCH steps (a few steps late: cheap);
+    from it on, at every step. A drain computes what is recorded first, so every record it
+    sends holds its reading: at the first drain (end of step 24) those of steps 2..23."""
+    model, x, y = _regression(3)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    monitor, paced = _paced(peer, "unit-batches", model, opt)
+    probe = monitor.ctx.predictor
+    assert probe is not None
+    real = probe.est.flush
+    sizes: dict[int, int] = {}
+    step = {"now": 0}
+
+    def flush() -> Any:  # readings near the edge from gradient 40 on
+        readings = real()
+        for r in readings:
+            host = r.host()
+            assert host is not None
+            host[0][1] = 0.5 if r.step < 40 else EAGER_RATIO
+        if readings:
+            sizes[step["now"]] = len(readings)
+        return readings
+
+    probe.est.flush = flush
+    delivered: dict[int, list[int]] = {}
+
+    def before(i: int) -> None:
+        paced(i)
+        step["now"] = i
+        if i == 26:
+            assert peer.wait_for(lambda: max((r.step for r in dl.records(peer)), default=-1)
+                                 >= 23, timeout=5.0)
+            delivered[i] = sorted(dl.by_step(peer, nm.STABILITY_RATIO_TWO_SECANT))
+
+    train_on(monitor, opt, lambda: nn.functional.mse_loss(model(x), y), 60, before)
+    dl.closed_and_delivered(peer, monitor)
+    assert delivered[26] == list(range(2, 24))
+    # computed at steps 3, 7, 11, ... and at the drain; at every step after the batch that
+    # held the first reading ≥ EAGER_RATIO (that of gradient 40, computed at step 44)
+    assert [s for s in sizes if s <= 44] == [3, 7, 11, 15, 19, 23, 24, 28, 32, 36, 40, 44]
+    assert all(sizes[s] == 4 for s in (7, 11, 40, 44))
+    assert [sizes.get(s) for s in range(45, 60)] == [1] * 15
+    assert sorted(dl.by_step(peer, nm.STABILITY_RATIO_TWO_SECANT)) == list(range(2, 59))
 
 
 def test_sgd_with_momentum_is_predicted_without_a_second_moment(peer: Peer) -> None:
@@ -232,17 +279,18 @@ def test_near_the_edge_after_an_instability_the_readings_are_sent_at_once(peer: 
     monitor, paced = _paced(peer, "unit-near-edge", model, opt)
     probe = monitor.ctx.predictor
     assert probe is not None
-    real = probe.est.update
+    real = probe.est.flush
     edge = {"on": False}
 
-    def update(completed: int) -> Any:  # the estimator reads a ratio of 1.0 once "on"
-        r = real(completed)
-        host = None if r is None else r.host()
-        if edge["on"] and host is not None:
-            host[0][1] = 1.0
-        return r
+    def flush() -> Any:  # the estimator reads a ratio of 1.0 once "on"
+        readings = real()
+        for r in readings:
+            host = r.host()
+            if edge["on"] and host is not None:
+                host[0][1] = 1.0
+        return readings
 
-    probe.est.update = update
+    probe.est.flush = flush
     fresh: dict[int, bool] = {}
 
     def newest() -> int:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from spikewatch.monitor.adam_state import UnsupportedOptimizer, adam_view
 from spikewatch.monitor.coordinate_sample import default_fraction
 from spikewatch.monitor.secant import SecantEstimator
-from spikewatch.monitor.two_secant import BYTES_PER_COORD, TwoSecant
+from spikewatch.monitor.two_secant import BYTES_PER_COORD, V_RESYNC, TwoSecant
 
 F64 = torch.float64
 
@@ -303,6 +303,39 @@ def test_history_restarts_after_a_step_it_did_not_see() -> None:
         if est.update(k + 1) is not None:
             seen.append(k + 1)
     assert seen == [4, 5, 6, 11, 12]  # four consecutive steps before each reading
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_recorded_steps_flushed_in_batches_give_the_readings_of_every_step(amsgrad: bool
+                                                                           ) -> None:
+    """`record` + `flush` every few steps is `update` every step, bit for bit: across a step
+    the hook did not see, a read of v from the state inside a batch (V_RESYNC) and AMSGrad,
+    whose v is read at every step."""
+    def run(flush_every: int) -> dict[int, list[float]]:
+        model = _Quad(_spd(32), dtype=torch.float32)
+        opt = torch.optim.Adam(model.parameters(), lr=0.02, amsgrad=amsgrad)
+        est = TwoSecant(opt, fraction=1.0)
+        got: dict[int, list[float]] = {}
+        for k in range(V_RESYNC + 30):
+            opt.zero_grad()
+            model().backward()
+            opt.step()
+            if k == 40:
+                continue  # the hook missed this step
+            if flush_every == 1:
+                readings = [r for r in [est.update(k + 1)] if r is not None]
+            else:
+                est.record(k + 1)
+                readings = est.flush() if est.pending >= flush_every else []
+            for r in readings:
+                got[r.step] = r.values.tolist()
+        got.update({r.step: r.values.tolist() for r in est.flush()})
+        return got
+
+    every = run(1)
+    assert len(every) == V_RESYNC + 30 - 1 - 2 * 3  # one missed; 4 consecutive steps per reading
+    for batch in (3, 4, 7):
+        assert run(batch) == every
 
 
 def test_readings_recover_after_a_rollback_from_a_non_finite_step() -> None:

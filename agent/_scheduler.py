@@ -95,8 +95,11 @@ class Scheduler:
         self.profile = profile
         self.budget = budget
         # probes that run in bursts of n consecutive calls when stretched (the two-secant needs
-        # four steps in a row): their cost is per call, n calls per cadence, every step below n
+        # four steps in a row): their cost is per call, n calls per cadence, every step below n.
+        # Their calls differ (the two-secant computes a batch of readings at one call in four):
+        # a cost sample is the mean call of a window, not one call
         self.bursts = dict(bursts or {})
+        self._burst_calls: dict[str, list[float]] = {}  # probe → [seconds, calls] this window
         self.untimed = untimed
         self.headroom = headroom
         self.stretch = stretch
@@ -196,10 +199,25 @@ class Scheduler:
 
     def _commit(self) -> None:
         for probe, seconds in self._pending.items():
-            prev = self._cost.get(probe)
-            self._cost[probe] = seconds if prev is None else (1 - _EMA) * prev + _EMA * seconds
-            self._weight[probe] = 1.0 if prev is None else _EMA
+            if probe in self.bursts:
+                acc = self._burst_calls.setdefault(probe, [0.0, 0])
+                acc[0] += seconds
+                acc[1] += 1
+            else:
+                self._sample(probe, seconds)
         self._pending.clear()
+
+    def _sample(self, probe: str, seconds: float) -> None:
+        prev = self._cost.get(probe)
+        self._cost[probe] = seconds if prev is None else (1 - _EMA) * prev + _EMA * seconds
+        self._weight[probe] = 1.0 if prev is None else _EMA
+
+    def _commit_bursts(self) -> None:
+        """A bursty probe's cost sample at the end of a window: its mean call."""
+        for probe, (seconds, calls) in self._burst_calls.items():
+            if calls:
+                self._sample(probe, seconds / calls)
+        self._burst_calls.clear()
 
     def step_end(self, in_graph: frozenset[str] = frozenset()) -> None:
         """Mark the end of one optimizer step (wall time between marks is the step time);
@@ -254,6 +272,7 @@ class Scheduler:
         """Close the window: measure overhead, stretch or relax cadences. None before any step."""
         if self._win_start is None or self._last_step_end is None or self._win_steps == 0:
             return None
+        self._commit_bursts()
         wall = self._last_step_end - self._win_start
         agent = min(self._win_agent + self._charge_graphs(), wall)
         own = max(wall - agent, 1e-12)

@@ -8,7 +8,12 @@ per call and per step. Timings are taken inside the real training loop on purpos
 forward/backward/Adam step the interpreter's caches are cold, and the same code costs several
 times what a tight loop would show.
 
-    .venv/bin/python benchmarks/agent_step_path.py [--steps 400] [--warmup 100]
+`--predictor` keeps the two-secant predictor on as well (every step: the budget is lifted so
+that it is never stretched, which is the configuration to name next to its numbers) and breaks
+its cost down: the read of the sample every step (`record`), the arithmetic (`flush`, in
+batches below the edge) and the whole probe.
+
+    .venv/bin/python benchmarks/agent_step_path.py [--steps 400] [--warmup 300] [--predictor]
 """
 
 from __future__ import annotations
@@ -29,12 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._tinylm import BATCH, SEQ, VOCAB, Job, TinyLM, disable_probes
 from spikewatch import agent
 from spikewatch.agent._monitor import Monitor
-from spikewatch.agent._profiles import FIXED, PROBES
+from spikewatch.agent._profiles import FIXED, PROBES, TWO_SECANT
+from spikewatch.agent._two_secant_probe import TwoSecantProbe
+from spikewatch.monitor.two_secant import TwoSecant
 from tests.agent._peer import Peer
 
 # the monitor's own entry points: `_plan` looks up the next step's due probes and arms forward
 # hooks; `_run` wraps a due probe (none here: the every-step hparams probe runs inside the hooks)
 ENTRY_POINTS = ("_pre_hook", "_post_hook", "log", "_drain", "_plan", "_run")
+PREDICTOR_PARTS = ((TwoSecantProbe, "post", "predictor"), (TwoSecant, "record", "  record"),
+                   (TwoSecant, "flush", "  flush"))
 
 
 def _timed(fn: Callable[..., Any], totals: dict[str, float], calls: collections.Counter[str],
@@ -53,20 +62,29 @@ def _timed(fn: Callable[..., Any], totals: dict[str, float], calls: collections.
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=300, help="steps before timing (the "
+                    "predictor's bias correction settles after ~200 at beta1 = 0.9)")
+    ap.add_argument("--predictor", action="store_true", help="keep the two-secant predictor on "
+                    "(overhead_budget=inf: every step) and time its parts")
     args = ap.parse_args()
     torch.set_num_threads(1)
     totals: dict[str, float] = collections.defaultdict(float)
     calls: collections.Counter[str] = collections.Counter()
     for name in ENTRY_POINTS:
         setattr(Monitor, name, _timed(getattr(Monitor, name), totals, calls, name))
+    parts = PREDICTOR_PARTS if args.predictor else ()
+    for cls, attr, name in parts:
+        setattr(cls, attr, _timed(getattr(cls, attr), totals, calls, name))
     peer = Peer().start()
     try:
         torch.manual_seed(0)
         job = Job(TinyLM(), torch.device("cpu"), torch.randint(0, VOCAB, (BATCH, SEQ + 1)))
-        mon = job.monitor = agent.attach(job.model, job.opt, run="bench-step-path",
-                                         endpoint=peer.endpoint, logits_module=job.model.head)
-        disable_probes(mon, (p for p in PROBES if p not in FIXED))
+        mon = job.monitor = agent.attach(
+            job.model, job.opt, run="bench-step-path", endpoint=peer.endpoint,
+            logits_module=job.model.head,
+            overhead_budget=float("inf") if args.predictor else None)
+        kept = FIXED | {TWO_SECANT} if args.predictor else FIXED
+        disable_probes(mon, (p for p in PROBES if p not in kept))
         mon._plan(mon.step)  # disarm the forward probes switched off above
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
@@ -79,10 +97,12 @@ def main() -> None:
     finally:
         peer.stop()
     hooks = totals["_pre_hook"] + totals["_post_hook"] + totals["log"]
+    kept_note = ("every probe off but hparams and the predictor (overhead_budget=inf)"
+                 if args.predictor else "every probe off but hparams")
     print(f"agent step path: TinyLM, 1 thread, {args.steps} steps, step {1e3 * step_time:.1f} ms, "
-          "every probe off but hparams")
+          f"{kept_note}")
     print(f"{'entry point':12s} {'calls':>6s} {'µs/call':>8s} {'µs/step':>8s}")
-    for name in ENTRY_POINTS:
+    for name in (*ENTRY_POINTS, *(name for _, _, name in parts)):
         n = calls[name]
         if n:
             print(f"{name:12s} {n:6d} {1e6 * totals[name] / n:8.1f} "

@@ -316,3 +316,22 @@ def test_one_bursty_window_does_not_stretch_the_predictor() -> None:
         _steps(s, clock, 10, 0.100, {TWO_SECANT: 0.004 if burst else 0.0002}, start=10 * k)
         s.adjust()
         assert s.cadence(TWO_SECANT) == 1
+
+
+def test_a_bursty_probe_is_costed_by_its_mean_call_whatever_call_ends_the_window() -> None:
+    """The predictor computes four steps' readings at one call in four (a batch): three calls
+    of 0.1 ms and one of 0.7 ms, 0.25 ms a step. The window closes at a drain, where it also
+    computes: costed by that last call (an average weighted to the newest), it would look
+    0.4+ ms a step and be stretched; costed by the window's mean call, it fits 0.3 ms a step."""
+    clock = FakeClock()
+    s = Scheduler(_profile(two_secant=1), 0.003, clock=clock, bursts={TWO_SECANT: 4})
+    for window in range(4):
+        for step in range(12):
+            clock.t += 0.100
+            with s.measure(TWO_SECANT):
+                clock.t += 0.0007 if step % 4 == 3 else 0.0001
+            s.step_end()
+        s.adjust()
+        # 0.25 ms (the first window's first call is setup, not a sample: 2.9 ms / 11 calls)
+        assert 0.00025 <= s.cost(TWO_SECANT) <= 2.9e-3 / 11 + 1e-12, window
+        assert s.cadence(TWO_SECANT) == 1

@@ -203,7 +203,7 @@ def _scalar_in(x: Any, what: str) -> Scalar:
 
 
 def _header_in(d: dict[str, Any]) -> Header:
-    return Header(
+    h = Header(
         session=_name(d["session"], SESSION_RE, "session"),
         seq=_int(d["seq"], "seq", lo=1),
         run=_name(d["run"], RUN_RE, "run"),
@@ -211,6 +211,9 @@ def _header_in(d: dict[str, Any]) -> Header:
         world_size=_int(d["world_size"], "world_size", lo=1, hi=1 << 20),
         sent_at=_float(d["sent_at"], "sent_at"),
     )
+    if h.rank >= h.world_size:
+        raise WireError("bad_value", f"rank {h.rank} is not below world_size {h.world_size}")
+    return h
 
 
 def _hist_in(x: Any, what: str) -> Histogram:

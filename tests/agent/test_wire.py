@@ -198,6 +198,7 @@ def _valid_doc() -> dict[str, object]:
         ({"session": "nothex"}, "bad_name"),
         ({"run": "has space"}, "bad_name"),
         ({"world_size": 0}, "bad_value"),
+        ({"rank": 1}, "bad_value"),  # rank ≥ world_size: stored under no rank anyone reads
         ({"records": [{"step": -1, "time": 0}]}, "bad_value"),
         ({"records": [{"step": 1, "time": 0, "scalars": {"Bad-Name": 1}}]}, "bad_name"),
         ({"records": [{"step": 1, "time": 0, "scalars": {"loss": "1.0"}}]}, "bad_value"),

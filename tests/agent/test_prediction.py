@@ -54,6 +54,18 @@ def _paced(peer: Peer, run: str, model: nn.Module, opt: torch.optim.Optimizer
     return Monitor(model, opt, resolve(run=run, endpoint=peer.endpoint, env={}), clock=clock), step
 
 
+def _paced_adam(peer: Peer, run: str, seed: int
+                ) -> tuple[Monitor, Callable[[int], None], torch.optim.Optimizer,
+                           Callable[[], torch.Tensor]]:  # fmt: skip
+    """`_paced` on the regression of `seed` under Adam (lr 0.01), with its predictor; the
+    monitor, the pacing, the optimizer and the loss."""
+    model, x, y = _regression(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    monitor, paced = _paced(peer, run, model, opt)
+    assert monitor.ctx.predictor is not None
+    return monitor, paced, opt, lambda: nn.functional.mse_loss(model(x), y)
+
+
 def test_defaults_stream_the_predictor_every_step_with_the_library_values(peer: Peer) -> None:
     model, x, y = _regression()
     twin, _, _ = _regression()  # the same model, trained alongside by hand
@@ -93,11 +105,8 @@ def test_readings_come_in_batches_below_the_edge_every_step_near_it_and_with_eac
     """Below EAGER_RATIO the readings are computed every BATCH steps (a few steps late: cheap);
     from it on, at every step. A drain computes what is recorded first, so every record it
     sends holds its reading: at the first drain (end of step 24) those of steps 2..23."""
-    model, x, y = _regression(3)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    monitor, paced = _paced(peer, "unit-batches", model, opt)
+    monitor, paced, opt, loss_fn = _paced_adam(peer, "unit-batches", 3)
     probe = monitor.ctx.predictor
-    assert probe is not None
     real = probe.est.flush
     sizes: dict[int, int] = {}
     step = {"now": 0}
@@ -123,7 +132,7 @@ def test_readings_come_in_batches_below_the_edge_every_step_near_it_and_with_eac
                                  >= 23, timeout=5.0)
             delivered[i] = sorted(dl.by_step(peer, nm.STABILITY_RATIO_TWO_SECANT))
 
-    train_on(monitor, opt, lambda: nn.functional.mse_loss(model(x), y), 60, before)
+    train_on(monitor, opt, loss_fn, 60, before)
     dl.closed_and_delivered(peer, monitor)
     assert delivered[26] == list(range(2, 24))
     # computed at steps 3, 7, 11, ... and at the drain; at every step after the batch that
@@ -274,11 +283,8 @@ def test_near_the_edge_after_an_instability_the_readings_are_sent_at_once(peer: 
     """A page needs two readings ≥ 0.99 after an instability that moved the loss; waiting for the
     next drain (every 25 steps) would cost most of its lead, so such readings go out within a
     few steps (`URGENT_EVERY`). Elsewhere the drain cadence holds."""
-    model, x, y = _regression(5)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    monitor, paced = _paced(peer, "unit-near-edge", model, opt)
+    monitor, paced, opt, loss_fn = _paced_adam(peer, "unit-near-edge", 5)
     probe = monitor.ctx.predictor
-    assert probe is not None
     real = probe.est.flush
     edge = {"on": False}
 
@@ -304,7 +310,7 @@ def test_near_the_edge_after_an_instability_the_readings_are_sent_at_once(peer: 
             edge["on"] = True
             monitor._reactive.instability.finished_rise = 1.5  # as after an instability of +50 %
 
-    train_on(monitor, opt, lambda: nn.functional.mse_loss(model(x), y), 80, before)
+    train_on(monitor, opt, loss_fn, 80, before)
     dl.closed_and_delivered(peer, monitor)
     assert not all(fresh[i] for i in range(40, 60))  # the drain cadence: up to 25 steps old
     assert all(fresh[i] for i in range(66, 80)), fresh  # near the edge: sent within five steps

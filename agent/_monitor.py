@@ -348,7 +348,7 @@ class Monitor:
             urgent = self._sender.urgent(step)
             if urgent:  # a page may be due before the next drain: send it now
                 self._drain(upto=None if urgent == "hparams" else step - 1, window=False)
-            elif sched.drain_due(step) or self.out.full:
+            elif self.ctx.drain_due or self.out.full:  # full read again: the probes added to it
                 # the loss of this step is usually logged after step(): leave its record open
                 self._drain(upto=step - 1)
         except Exception as e:

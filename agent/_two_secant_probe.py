@@ -61,7 +61,6 @@ class TwoSecantProbe(Probe):
         self.reading: tuple[int, list[float]] | None = None  # (step, host values): the last
         self.fresh: tuple[int, list[tuple[int, list[float]]]] = (-1, [])  # (hook step, readings
         # made there), for the guard
-        self.batch = BATCH
 
     def v_changed(self) -> None:
         """Adam's v was changed outside the optimizer (the guard's lift): read it afresh."""
@@ -71,18 +70,18 @@ class TwoSecantProbe(Probe):
         est = self.est
         est.record(step + 1)  # `step` is the index of the step that just completed
         self.fresh = (step, [])
-        if est.pending < self.batch and not self.ctx.drain_due and not self._eager():
+        if est.pending < BATCH and not self.ctx.drain_due and not self._eager():
             self.follow = step + 1  # the batch is not complete: come back at the next step
             return
-        readings = est.flush()
-        self.follow = None if readings else step + 1
+        self.follow = None if self.settle(out) else step + 1
+
+    def settle(self, out: Collector) -> int:
+        """Compute and hand over the readings of the steps recorded so far (also at close);
+        how many there were."""
+        readings = self.est.flush()
         for r in readings:
             self._emit(r, out)
-
-    def settle(self, out: Collector) -> None:
-        """Compute and hand over the readings of the steps recorded so far (at close)."""
-        for r in self.est.flush():
-            self._emit(r, out)
+        return len(readings)
 
     def _eager(self) -> bool:
         """Whether the last reading was near enough to the edge to compute at every step."""

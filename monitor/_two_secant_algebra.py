@@ -82,24 +82,34 @@ class HyperReader:
         return self._parsed
 
 
-def linear_step(kind: str, plain_sgd: bool, h: Hyper, hp: Hyper | None, i: int
-                ) -> tuple[list[float], float]:
-    """The linear step for gradient i of one group, as (C0, β'): C = C0 + β'·C1 (`C1`), both
-    N_OUT × N_IN row-major. h: step i+1's hyper-parameters, hp: step i's (None before the second
-    step: β' = 0). Rows: Δθ_i, d'_i = Δθ_i + β'Δθ_{i−1}, g^i, P'_i (with H·d'_i = g^{i+1} + P'_i),
-    Δg_{i−1} = g^i − g^{i−1}, H·d'_{i−1} = g^i + P'_{i−1}."""
+def _carrier(kind: str, plain_sgd: bool, h: Hyper) -> tuple[float, float]:
+    """(s, carried): g^i = s·(carrier_{i+1} − carried·carrier_i)."""
     if plain_sgd:  # g^i = −Δθ_i/η_{i+1}; the "carrier" rows hold θ
-        s, carried = (-1.0 / h.lr if h.lr > 0.0 else 0.0), 1.0
-    elif kind == "adam":  # g^i = (m_{i+1} − β1·m_i)/(1−β1)
-        s, carried = 1.0 / (1.0 - h.beta1), h.beta1
-    else:  # SGD momentum: g^i = (buf_{i+1} − μ·buf_i)/(1−δ)
-        s, carried = 1.0 / (1.0 - h.dampening), h.beta1
+        return (-1.0 / h.lr if h.lr > 0.0 else 0.0), 1.0
+    if kind == "adam":  # g^i = (m_{i+1} − β1·m_i)/(1−β1)
+        return 1.0 / (1.0 - h.beta1), h.beta1
+    return 1.0 / (1.0 - h.dampening), h.beta1  # SGD momentum: (buf_{i+1} − μ·buf_i)/(1−δ)
+
+
+def _c_key(kind: str, plain_sgd: bool, h: Hyper) -> tuple[float, ...]:
+    """What C0 and C1 depend on (not the lr, except for plain SGD)."""
+    return (h.lr,) if plain_sgd else (h.beta1,) if kind == "adam" else (h.beta1, h.dampening)
+
+
+def step_beta(kind: str, h: Hyper, hp: Hyper | None, i: int) -> float:
+    """β' of the linear step for gradient i (C = C0 + β'·C1: d'_i = Δθ_i + β'·Δθ_{i−1}, ∝ D⁻¹g^i).
+    h: step i+1's hyper-parameters, hp: step i's (None before the second step: β' = 0)."""
     if hp is None or h.beta1 == 0.0 or h.lr <= 0.0 or hp.lr <= 0.0:
-        beta = 0.0
-    elif kind == "adam":
-        beta = -h.beta1 * ((1.0 - hp.beta1 ** i) / hp.lr) / ((1.0 - h.beta1 ** (i + 1)) / h.lr)
-    else:
-        beta = -h.beta1 * h.lr / hp.lr
+        return 0.0
+    if kind == "adam":
+        return -h.beta1 * ((1.0 - hp.beta1 ** i) / hp.lr) / ((1.0 - h.beta1 ** (i + 1)) / h.lr)
+    return -h.beta1 * h.lr / hp.lr
+
+
+def _c0(kind: str, plain_sgd: bool, h: Hyper) -> list[float]:
+    """C0 of the linear step, N_OUT × N_IN row-major. Rows: Δθ_i, d'_i = Δθ_i + β'Δθ_{i−1}, g^i,
+    P'_i (with H·d'_i = g^{i+1} + P'_i), Δg_{i−1} = g^i − g^{i−1}, H·d'_{i−1} = g^i + P'_{i−1}."""
+    s, carried = _carrier(kind, plain_sgd, h)
     c0 = [0.0] * (N_OUT * N_IN)
 
     def put(row: int, col: int, value: float) -> None:
@@ -115,17 +125,12 @@ def linear_step(kind: str, plain_sgd: bool, h: Hyper, hp: Hyper | None, i: int
     put(PP, _IN_CARRIER_P, s * carried)
     put(DG_LAST, _IN_LAST + GRAD, -1.0)
     put(HD_LAST, _IN_LAST + PP, 1.0)
-    return c0, beta
+    return c0
 
 
 def _c1(kind: str, plain_sgd: bool, h: Hyper) -> list[float]:
     """What β' multiplies: d' gains Δθ_{i−1}, P' gains g^i − g^{i−1}."""
-    if plain_sgd:
-        s, carried = (-1.0 / h.lr if h.lr > 0.0 else 0.0), 1.0
-    elif kind == "adam":
-        s, carried = 1.0 / (1.0 - h.beta1), h.beta1
-    else:
-        s, carried = 1.0 / (1.0 - h.dampening), h.beta1
+    s, carried = _carrier(kind, plain_sgd, h)
     c1 = [0.0] * (N_OUT * N_IN)
     c1[D * N_IN + _IN_LAST + DTHETA] = 1.0
     c1[PP * N_IN + _IN_CARRIER] = s
@@ -170,15 +175,39 @@ def combination(kind: str, hypers: Sequence[Hyper], i: int) -> list[float]:
 
 
 class Constants:
-    """C and K of a step as arrays of the sample's namespace, cached while their numbers hold."""
+    """C and K of a step as arrays of the sample's namespace, cached while their numbers hold.
+
+    A learning-rate schedule changes them at every step. C0 and C1 depend on β1 (and SGD's
+    dampening) only and are kept, a few pairs at most (an lr schedule adds none); a step's C is
+    then one array operation, C0 + β'·C1, and its K a list of a few dozen floats.
+    """
+
+    _KEEP = 8  # C0/C1 pairs kept (a schedule of β1 itself renews them)
 
     def __init__(self, kind: str, plain_sgd: bool, arrays: Arrays) -> None:
         self.kind = kind
         self.plain_sgd = plain_sgd
         self.arrays = arrays
-        self._c1: dict[Hyper, Any] = {}
+        self._pairs: dict[tuple[float, ...], tuple[Any, Any]] = {}
         self._key: Any = (None, None, None)
         self._mats: tuple[list[Any], Any] | None = None
+
+    @property
+    def kept(self) -> int:
+        """C0/C1 pairs held."""
+        return len(self._pairs)
+
+    def _pair(self, h: Hyper) -> tuple[Any, Any]:
+        key = _c_key(self.kind, self.plain_sgd, h)
+        pair = self._pairs.get(key)
+        if pair is None:
+            if len(self._pairs) >= self._KEEP:
+                self._pairs.clear()
+            shape = (N_OUT, N_IN)
+            pair = self._pairs[key] = (
+                self.arrays.const(_c0(self.kind, self.plain_sgd, h), shape),
+                self.arrays.const(_c1(self.kind, self.plain_sgd, h), shape))
+        return pair
 
     def get(self, hypers: Sequence[Hyper], olders: Sequence[Hyper] | None, i: int
             ) -> tuple[list[Any], Any]:
@@ -192,19 +221,15 @@ class Constants:
         if (self._mats is not None and key[2] == last[2] and hypers is last[0]
                 and olders is last[1]):
             return self._mats
-        arr = self.arrays
-        steps = [linear_step(self.kind, self.plain_sgd, h,
-                             None if olders is None else olders[j], i)
-                 for j, h in enumerate(hypers)]
         k = combination(self.kind, olders if olders is not None else hypers, i - 1)
-        k_mat = arr.const(k, (N_PARTS, len(k) // N_PARTS))
-        cs = []
-        for (c0, beta), h in zip(steps, hypers, strict=True):
-            c1 = self._c1.get(h)
-            if c1 is None:
-                c1 = self._c1[h] = arr.const(_c1(self.kind, self.plain_sgd, h), (N_OUT, N_IN))
-            cs.append(arr.const(c0, (N_OUT, N_IN)) + c1 * beta)
-        same = all(s == steps[0] for s in steps) and len(set(hypers)) == 1
-        self._mats = (cs[:1] if same else cs, k_mat)
+        k_mat = self.arrays.const(k, (N_PARTS, len(k) // N_PARTS))
+        betas = [step_beta(self.kind, h, None if olders is None else olders[j], i)
+                 for j, h in enumerate(hypers)]
+        pairs = [self._pair(h) for h in hypers]
+        if all(p is pairs[0] for p in pairs) and all(b == betas[0] for b in betas):
+            cs = [pairs[0][0] + pairs[0][1] * betas[0]]  # one C for every group
+        else:
+            cs = [c0 + c1 * beta for (c0, c1), beta in zip(pairs, betas, strict=True)]
+        self._mats = (cs, k_mat)
         self._key = key
         return self._mats

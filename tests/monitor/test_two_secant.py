@@ -6,12 +6,15 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor, nn
 
+from spikewatch.monitor import two_secant
 from spikewatch.monitor.adam_state import UnsupportedOptimizer, adam_view
 from spikewatch.monitor.coordinate_sample import default_fraction
 from spikewatch.monitor.secant import SecantEstimator
@@ -440,3 +443,38 @@ def test_its_plain_secant_is_the_full_secant_estimator(kind: str) -> None:
     assert len(common) >= 20
     for s in common:
         assert got[s] == pytest.approx(want[s], rel=1e-5), s
+
+
+def test_an_lr_schedule_adds_nothing_to_what_it_keeps() -> None:
+    """A schedule moves the lr at every step, so each step's constants are rebuilt; nothing is
+    kept per lr value: the estimator's memory stays flat over hundreds of distinct rates."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    x = torch.randn(64, 8)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1.0 + 0.01 * s))
+    est = TwoSecant(opt)
+    made = 0
+
+    def train(steps: int) -> None:
+        nonlocal made
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            opt.step()
+            made += est.update(schedule.last_epoch + 1) is not None
+            schedule.step()
+
+    tracemalloc.start()  # traced from the start: what the estimator holds now and then is no diff
+    try:
+        train(20)
+        before = tracemalloc.take_snapshot()
+        train(300)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert made == 320 - 3  # a reading at every step from the fourth
+    package = Path(two_secant.__file__).parent
+    kept = sum(d.size_diff for d in after.compare_to(before, "filename")
+               if Path(d.traceback[0].filename).parent == package)
+    assert kept < 16_000, f"{kept} bytes kept after 300 learning rates"

@@ -104,7 +104,6 @@ class HparamsProbe(Probe):
         self._seen: tuple[Any, ...] | None = None  # signature at the last pre-step
         self._raw: list[tuple[Any, ...]] | None = None  # the same, as read (plain numbers only)
         self._quiet = 0  # consecutive steps with unchanged hyperparameters
-        self._stamped: tuple[Any, ...] | None = None  # signature at the watch's last after_step
         self._host: tuple[tuple[Any, ...], dict[str, float]] | None = None  # signature, scalars
 
     def _signature(self) -> tuple[Any, ...] | None:
@@ -121,15 +120,20 @@ class HparamsProbe(Probe):
 
     def pre(self, step: int, out: Collector) -> None:
         raw = [tuple(map(g.get, _HP_KEYS)) for g in self.ctx.optimizer.param_groups]
-        if self._seen is not None and raw == self._raw:
+        last = self._raw
+        if self._seen is not None and raw == last:
             self._quiet += 1  # the same plain numbers as at the last step (cheap path)
+            lrs = None
         else:
             sig = self._signature()
             self._quiet = self._quiet + 1 if sig is not None and sig == self._seen else 0
             self._seen = sig
             self._raw = raw if sig is not None else None
+            lrs = None if sig is None else _lr_only(raw, last)
         if self.watch is None or self._quiet >= 2:
             return  # unchanged at this step and the last: the watch would see Δ = 0 twice
+        if lrs is not None and self.watch.lr_moved_smoothly(lrs):
+            return  # a schedule's step: the watch has noted it, no event is possible
         for e in self.watch.before_step(self.ctx.optimizer, step, self.ctx.latest_ratio):
             out.event(step, wire.Event(e.type.value, {k: _wire_scalar(v)
                                                        for k, v in e.data.items()}))
@@ -158,11 +162,20 @@ class HparamsProbe(Probe):
             self._host = (sig, {k: float(v) for k, v in values.items()}) if sig else None
         if self.watch is None:
             return
-        if sig is not None and sig == self._stamped:
+        if sig is not None:  # plain numbers: re-read as such, the buffers only re-stamped
             self.watch.restamp(self.ctx.optimizer)
         else:
             self.watch.after_step(self.ctx.optimizer)
-            self._stamped = sig
+
+
+def _lr_only(raw: list[tuple[Any, ...]], last: list[tuple[Any, ...]] | None
+             ) -> list[float] | None:
+    """The groups' lr where it is all that moved since `last` (an lr schedule), else None."""
+    if last is None or len(last) != len(raw) or any(
+            r[1:] != q[1:] for r, q in zip(raw, last, strict=True)):
+        return None
+    lrs = [r[0] for r in raw]
+    return lrs if all(isinstance(x, float | int) for x in lrs) else None
 
 
 def _threshold_change(data: dict[str, Any]) -> HparamChange | None:

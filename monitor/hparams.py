@@ -45,7 +45,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -57,6 +57,7 @@ from spikewatch.protocol.names import EventType
 __all__ = ["HparamEvent", "HparamWatch", "stability_threshold"]
 
 EventValue = float | int | str | bool | None
+_NAMES = ("lr", "beta1", "beta2", "eps", "weight_decay", "dampening")  # per group, as numbers
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,8 @@ class HparamWatch:
         self.sample_tensors = sample_tensors
         self.adam_buffer_norms = adam_buffer_norms
         self._last: list[_Group] | None = None
+        # (values, nesterov) per group as the last after_step or restamp read them
+        self._values: list[tuple[dict[str, float], bool]] | None = None
         self._delta: dict[tuple[int, str], float] = {}
         # per group (by id): (its params list, its length, the sampled params)
         self._sample: dict[int, tuple[list[Tensor], int, list[Tensor]]] = {}
@@ -126,14 +129,15 @@ class HparamWatch:
     def after_step(self, optimizer: object) -> None:
         """Record hyper-parameters and momentum-buffer norms as step t−1 left them."""
         self._last = last = self._read(optimizer, with_buffers=True)
+        self._values = [(g.values, g.nesterov) for g in last]
         self._stamps = None
         self._restampable = self._src is not None and all(
             g.buf_sq is None and g.stamp is not None for g in last) and all(self._src[1])
 
     def restamp(self, optimizer: Any) -> None:
-        """`after_step` for a caller that knows no hyper-parameter changed since the last one:
-        only the version stamps of the buffers sampled by the last `after_step` are read again
-        (the cheap path of a step with nothing to report). Falls back to `after_step` where
+        """`after_step` for a step with nothing to report: the hyper-parameters are read as plain
+        numbers and only the version stamps of the buffers sampled by the last `after_step` are
+        read again (an lr schedule takes this path at every step). Falls back to `after_step` where
         buffers are measured by their norm (SGD, `adam_buffer_norms`, no version counter), a
         group had no buffer yet, or the groups or the state dict changed (a load_state_dict; a
         buffer swapped inside the state shows as touched at the next jump, which it was, and
@@ -144,32 +148,45 @@ class HparamWatch:
             self.after_step(optimizer)
             return
         try:
-            self._stamps = [tuple((id(b), b._version) for b in bufs) for bufs in src[1]]
+            stamps: list[tuple[tuple[int, int], ...] | None] = [
+                tuple((id(b), b._version) for b in bufs) for bufs in src[1]]
         except RuntimeError:  # inference tensors keep no version counter
             self.after_step(optimizer)
+            return
+        kind = _kind(optimizer)
+        self._values = [_values(g, kind) for g in optimizer.param_groups]
+        self._stamps = stamps
 
     def before_step(
         self, optimizer: object, step: int,
         last_ratio: float | Callable[[], float | None] | None = None,
     ) -> list[HparamEvent]:
         """Events for changes since `after_step`. `last_ratio` is the last measured r, or a
-        callable giving it, called only at a step with a change (it may read a device value)."""
-        now = self._read(optimizer, with_buffers=False)
-        last = self._last
-        if last is None or len(last) != len(now):
+        callable giving it, called only at a step with a change (it may read a device value).
+        The hyper-parameters are read as plain numbers; the buffers only at a change."""
+        kind = _kind(optimizer)
+        values = [_values(g, kind) for g in _groups(optimizer)]
+        last, last_values = self._last, self._values
+        if last is None or last_values is None or len(last_values) != len(values):
             self._delta.clear()
             return []
+        changes = [self._discontinuities(gi, old[0], new[0])
+                   for gi, (old, new) in enumerate(zip(last_values, values, strict=True))]
+        if not any(changes):
+            return []
+        now = self._read(optimizer, with_buffers=False)
         events: list[HparamEvent] = []
         ratio_now: list[float | None] = []  # last_ratio, read at most once
-        for gi, (old, new) in enumerate(zip(last, now, strict=True)):
-            changed = self._discontinuities(gi, old, new)
+        for gi, changed in enumerate(changes):
             if not changed:
                 continue
+            new = now[gi]
+            old = dataclasses.replace(
+                last[gi], values=last_values[gi][0], nesterov=last_values[gi][1],
+                stamp=last[gi].stamp if self._stamps is None else self._stamps[gi])
             if not ratio_now:
                 ratio_now.append(last_ratio() if callable(last_ratio) else last_ratio)
             r = ratio_now[0]
-            if self._stamps is not None:
-                old = dataclasses.replace(old, stamp=self._stamps[gi])
             t = self._adam_step(optimizer, gi) if new.kind == "adam" else 0
             before = stability_threshold(old.kind, old.values["lr"], old.values["beta1"], t,
                                          old.values["dampening"], old.nesterov)
@@ -194,35 +211,40 @@ class HparamWatch:
                 events.append(self._momentum_event(optimizer, gi, step, old, new, common))
         return events
 
+    def lr_moved_smoothly(self, lrs: list[float]) -> bool:
+        """`before_step` for a caller that saw only the groups' lr move since the last step (an
+        lr schedule): True, with the watch's memory updated as `before_step` would, where no lr
+        moved by more than `rel_tol` (so no event is possible); False where `before_step` must
+        run instead."""
+        last = self._values
+        if last is None or len(last) != len(lrs):
+            return False
+        moves = []
+        for (values, _), lr in zip(last, lrs, strict=True):
+            old = values["lr"]
+            move = lr - old
+            if abs(move) > self.rel_tol * max(abs(old), abs(lr)):
+                return False
+            moves.append(move)
+        for gi, move in enumerate(moves):
+            for name in _NAMES:
+                self._delta[(gi, name)] = move if name == "lr" else 0.0
+        return True
+
     # --- internals -----------------------------------------------------------------------------
     def _read(self, optimizer: object, *, with_buffers: bool) -> list[_Group]:
-        if isinstance(optimizer, torch.optim.Adam):
-            kind = "adam"
-        elif isinstance(optimizer, torch.optim.SGD):
-            kind = "sgd"
-        else:
-            raise UnsupportedOptimizer(
-                f"hyper-parameter watch supports Adam/AdamW and SGD, not {type(optimizer).__name__}"
-            )
+        kind = _kind(optimizer)
         groups: list[_Group] = []
         sampled: list[list[Tensor]] = []
-        for group in optimizer.param_groups:
-            if kind == "adam":
-                b1, b2 = group["betas"]
-                vals = {"beta1": _num(b1), "beta2": _num(b2), "eps": _num(group["eps"]),
-                        "dampening": 0.0}
-            else:
-                vals = {"beta1": _num(group.get("momentum", 0.0)), "beta2": 0.0, "eps": 0.0,
-                        "dampening": _num(group.get("dampening", 0.0))}
-            vals["lr"] = _num(group["lr"])
-            vals["weight_decay"] = _num(group.get("weight_decay", 0.0))
+        for group in _groups(optimizer):
+            vals, nesterov = _values(group, kind)
             bufs = self._buffers(optimizer, group, kind)
             sampled.append(bufs)
             stamp = _stamp(bufs)
             measure = with_buffers and (kind == "sgd" or self.adam_buffer_norms or stamp is None)
             buf = _sum_sq(bufs) if measure and bufs else None
-            groups.append(_Group(kind, vals, bool(group.get("nesterov", False)), buf, stamp))
-        self._src = (optimizer.state, sampled)
+            groups.append(_Group(kind, vals, nesterov, buf, stamp))
+        self._src = (cast(torch.optim.Optimizer, optimizer).state, sampled)
         return groups
 
     def _buffers(self, optimizer: Any, group: dict[str, Any], kind: str) -> list[Tensor]:
@@ -246,10 +268,11 @@ class HparamWatch:
         self._sample[id(group)] = (params, len(params), chosen)
         return [state[p][key] for p in chosen]
 
-    def _discontinuities(self, gi: int, old: _Group, new: _Group) -> list[str]:
+    def _discontinuities(self, gi: int, old: dict[str, float], new: dict[str, float]
+                         ) -> list[str]:
         changed: list[str] = []
-        for name in ("lr", "beta1", "beta2", "eps", "weight_decay", "dampening"):
-            a, b = old.values[name], new.values[name]
+        for name in _NAMES:
+            a, b = old[name], new[name]
             if name in ("beta1", "beta2"):
                 a, b = 1.0 - a, 1.0 - b
             delta = b - a
@@ -288,6 +311,35 @@ class HparamWatch:
                     rescaled=rescaled, note_factor=note, advised_factor=advised,
                     needs_rescale=needs)
         return HparamEvent(EventType.MOMENTUM_JUMP, step, data)
+
+
+def _kind(optimizer: object) -> str:
+    if isinstance(optimizer, torch.optim.Adam):
+        return "adam"
+    if isinstance(optimizer, torch.optim.SGD):
+        return "sgd"
+    raise UnsupportedOptimizer(
+        f"hyper-parameter watch supports Adam/AdamW and SGD, not {type(optimizer).__name__}")
+
+
+def _groups(optimizer: object) -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = cast(torch.optim.Optimizer, optimizer).param_groups
+    return groups
+
+
+def _values(group: dict[str, Any], kind: str) -> tuple[dict[str, float], bool]:
+    """A group's hyper-parameters as plain numbers (lr, beta1 = β1 or μ, beta2, eps,
+    weight_decay, dampening) and its Nesterov flag."""
+    if kind == "adam":
+        b1, b2 = group["betas"]
+        vals = {"beta1": _num(b1), "beta2": _num(b2), "eps": _num(group["eps"]),
+                "dampening": 0.0}
+    else:
+        vals = {"beta1": _num(group.get("momentum", 0.0)), "beta2": 0.0, "eps": 0.0,
+                "dampening": _num(group.get("dampening", 0.0))}
+    vals["lr"] = _num(group["lr"])
+    vals["weight_decay"] = _num(group.get("weight_decay", 0.0))
+    return vals, bool(group.get("nesterov", False))
 
 
 def _stamp(bufs: list[Tensor]) -> tuple[tuple[int, int], ...] | None:

@@ -21,16 +21,24 @@ def _train(
     steps: int,
     between: Callable[[int], None] | None = None,
     last_ratio: float | None = None,
+    restamp: bool = False,
 ) -> list[HparamEvent]:
-    """Run `steps` steps with the watch hooked in; `between(i)` edits the optimizer after step i."""
+    """Run `steps` steps with the watch hooked in; `between(i)` edits the optimizer after step i.
+    `restamp`: the agent's cheap paths after the first step (`restamp` after each step; before
+    it, `lr_moved_smoothly` first: `between` changes nothing but the lr)."""
     events: list[HparamEvent] = []
     g = torch.Generator().manual_seed(0)
     for i in range(steps):
         opt.zero_grad()
         model(torch.randn(8, 4, generator=g)).square().mean().backward()
-        events += watch.before_step(opt, i + 1, last_ratio)
+        lrs = [float(grp["lr"]) for grp in opt.param_groups]
+        if not (restamp and i > 1 and watch.lr_moved_smoothly(lrs)):
+            events += watch.before_step(opt, i + 1, last_ratio)
         opt.step()
-        watch.after_step(opt)
+        if restamp and i > 0:
+            watch.restamp(opt)
+        else:
+            watch.after_step(opt)
         if between is not None:
             between(i + 1)
     return events
@@ -178,26 +186,32 @@ def test_sgd_momentum_jump(rescale: bool) -> None:
     assert j.data["threshold_after"] == pytest.approx(2 * 1.97 / 1e-2)
 
 
-def test_smooth_schedules_are_silent_step_drop_is_reported() -> None:
+@pytest.mark.parametrize("restamp", [False, True], ids=["after_step", "restamp"])
+def test_smooth_schedules_are_silent_step_drop_is_reported(restamp: bool) -> None:
+    """The same events whether each step is read in full or by the agent's cheap paths
+    (`restamp` re-reads the numbers; `lr_moved_smoothly` stands for `before_step` where only the
+    lr moved, by less than the tolerance): a schedule moves the lr at every step."""
     m = _model()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=10)
     cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=30)
     sched = torch.optim.lr_scheduler.SequentialLR(opt, [warm, cos], milestones=[10])
-    events = _train(opt, m, HparamWatch(rel_tol=0.05), 25, lambda _s: sched.step())
+    events = _train(opt, m, HparamWatch(rel_tol=0.05, adam_buffer_norms=False, sample_tensors=1),
+                    25, lambda _s: sched.step(), restamp=restamp)  # version stamps: restampable
     lr_events = [e for e in events if e.data.get("hparam") == "lr"]
     # only the start of the warm-up ramp (no trend yet) is reported; the corner is smooth
     assert [e.step for e in lr_events] == [2]
     m2 = _model()
     opt2 = torch.optim.AdamW(m2.parameters(), lr=1e-3)
     steplr = torch.optim.lr_scheduler.StepLR(opt2, step_size=10, gamma=0.1)
-    ev2 = _train(opt2, m2, HparamWatch(), 25, lambda _s: steplr.step())
+    ev2 = _train(opt2, m2, HparamWatch(adam_buffer_norms=False, sample_tensors=1), 25,
+                 lambda _s: steplr.step(), restamp=restamp)
     drops = [e for e in ev2 if e.data.get("hparam") == "lr"]
     assert [e.step for e in drops] == [11, 21]
-    first = drops[0]
-    assert first.data["old"] == pytest.approx(1e-3)
-    assert first.data["new"] == pytest.approx(1e-4)
-    assert first.data["ratio_factor"] == pytest.approx(0.1)
+    for drop, before in zip(drops, (1e-3, 1e-4), strict=True):  # each from the lr it replaced
+        assert drop.data["old"] == pytest.approx(before)
+        assert drop.data["new"] == pytest.approx(0.1 * before)
+        assert drop.data["ratio_factor"] == pytest.approx(0.1)
 
 
 def test_eps_weight_decay_beta2_changes_per_group() -> None:

@@ -4,6 +4,7 @@ training job of it."""
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
@@ -31,16 +32,32 @@ class TinyLM(nn.Module):
         return out
 
 
+LR_SCHEDULES = ("none", "cosine")
+WARMUP_STEPS, COSINE_STEPS = 100, 20_000
+
+
+def _warmup_cosine(step: int) -> float:
+    """The lr factor of a linear warm-up then a cosine decay: it changes at every step."""
+    warmup = min(1.0, (step + 1) / WARMUP_STEPS)
+    return warmup * 0.5 * (1.0 + math.cos(math.pi * step / COSINE_STEPS))
+
+
 class Job:
     """One model + optimizer + fixed batch; `step()` is one ordinary training step. `compiled`:
-    the forward runs through `torch.compile(model)` (`net`), which is what to attach to."""
+    the forward runs through `torch.compile(model)` (`net`), which is what to attach to.
+    `lr_schedule="cosine"`: a LambdaLR warm-up + cosine schedule steps after every optimizer
+    step, as most real jobs do (the lr changes at every step)."""
 
     def __init__(self, base: TinyLM, device: torch.device, data: Tensor,
-                 compiled: bool = False) -> None:
+                 compiled: bool = False, lr_schedule: str = "none") -> None:
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         self.model = copy.deepcopy(base).to(device)
         self.net: nn.Module = (cast(nn.Module, torch.compile(self.model)) if compiled
                                else self.model)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=3e-4)
+        self.schedule = (torch.optim.lr_scheduler.LambdaLR(self.opt, _warmup_cosine)
+                         if lr_schedule == "cosine" else None)
         self.x, self.y = data[:, :-1], data[:, 1:]
         self.monitor: Monitor | None = None
 
@@ -55,6 +72,8 @@ class Job:
         self.opt.step()
         if self.monitor is not None:
             self.monitor.log(loss=loss)
+        if self.schedule is not None:
+            self.schedule.step()
 
 
 def predictor_footprint(monitor: Monitor) -> tuple[int, int] | None:

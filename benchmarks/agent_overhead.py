@@ -60,7 +60,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import contextlib
 
 from benchmarks._rss import rss_bytes
-from benchmarks._tinylm import BATCH, SEQ, VOCAB, Job, TinyLM, disable_probes, predictor_footprint
+from benchmarks._tinylm import (
+    BATCH,
+    LR_SCHEDULES,
+    SEQ,
+    VOCAB,
+    Job,
+    TinyLM,
+    disable_probes,
+    predictor_footprint,
+)
 from spikewatch import agent
 from spikewatch.agent._monitor import Monitor
 
@@ -130,9 +139,10 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
     data = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=gen).to(device)
     same = args.arms == "same"
     if same:
-        plain = control = watched = Job(base, device, data, args.compile)
+        plain = control = watched = Job(base, device, data, args.compile, args.lr_schedule)
     else:
-        plain, control, watched = (Job(base, device, data, args.compile) for _ in range(3))
+        plain, control, watched = (Job(base, device, data, args.compile, args.lr_schedule)
+                                   for _ in range(3))
     jobs = list(dict.fromkeys((plain, control, watched)))
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -316,6 +326,9 @@ def main() -> None:
     ap.add_argument("--tracemalloc", action="store_true",
                     help="also count Python allocations (slows the agent's Python: not a user's "
                     "step time)")
+    ap.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="none",
+                    help="cosine: a warm-up + cosine LambdaLR steps after every optimizer step "
+                         "(the lr changes at every step, as in most real jobs)")
     ap.add_argument("--guard", action="store_true",
                     help="attach with guard=True (it only acts past the edge, which this job never "
                          "reaches: the cost of a guard that watches)")
@@ -354,6 +367,7 @@ def main() -> None:
           f"batch {BATCH}x{SEQ}, device {device}, torch {torch.__version__}, "
           f"{args.threads} thread(s), budget {args.budget}, "
           f"{'torch.compile, ' if args.compile else ''}{'guard=True, ' if args.guard else ''}"
+          f"{'lr schedule ' + args.lr_schedule + ', ' if args.lr_schedule != 'none' else ''}"
           f"server: {'none' if args.no_server else endpoint}"
           + (f", training thread pinned to CPU {min(args.pin[0])}" if args.pin else ""))
     print(f"~{args.rounds} rounds x 3 interleaved blocks (A, B agent off; W on; arms: "

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._tinylm import BATCH, SEQ, VOCAB, Job, TinyLM, disable_probes
+from benchmarks._tinylm import BATCH, LR_SCHEDULES, SEQ, VOCAB, Job, TinyLM, disable_probes
 from spikewatch import agent
 from spikewatch.agent._monitor import Monitor
 from spikewatch.agent._profiles import FIXED, PROBES, TWO_SECANT
@@ -66,6 +66,8 @@ def main() -> None:
                     "predictor's bias correction settles after ~200 at beta1 = 0.9)")
     ap.add_argument("--predictor", action="store_true", help="keep the two-secant predictor on "
                     "(overhead_budget=inf: every step) and time its parts")
+    ap.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="none",
+                    help="cosine: a warm-up + cosine LambdaLR steps after every optimizer step")
     args = ap.parse_args()
     torch.set_num_threads(1)
     totals: dict[str, float] = collections.defaultdict(float)
@@ -78,7 +80,8 @@ def main() -> None:
     peer = Peer().start()
     try:
         torch.manual_seed(0)
-        job = Job(TinyLM(), torch.device("cpu"), torch.randint(0, VOCAB, (BATCH, SEQ + 1)))
+        job = Job(TinyLM(), torch.device("cpu"), torch.randint(0, VOCAB, (BATCH, SEQ + 1)),
+                  lr_schedule=args.lr_schedule)
         mon = job.monitor = agent.attach(
             job.model, job.opt, run="bench-step-path", endpoint=peer.endpoint,
             logits_module=job.model.head,
@@ -99,6 +102,8 @@ def main() -> None:
     hooks = totals["_pre_hook"] + totals["_post_hook"] + totals["log"]
     kept_note = ("every probe off but hparams and the predictor (overhead_budget=inf)"
                  if args.predictor else "every probe off but hparams")
+    if args.lr_schedule != "none":
+        kept_note += f", lr schedule {args.lr_schedule} (the lr changes every step)"
     print(f"agent step path: TinyLM, 1 thread, {args.steps} steps, step {1e3 * step_time:.1f} ms, "
           f"{kept_note}")
     print(f"{'entry point':12s} {'calls':>6s} {'µs/call':>8s} {'µs/step':>8s}")

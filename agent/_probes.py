@@ -105,6 +105,9 @@ class HparamsProbe(Probe):
         self._raw: list[tuple[Any, ...]] | None = None  # the same, as read (plain numbers only)
         self._quiet = 0  # consecutive steps with unchanged hyperparameters
         self._host: tuple[tuple[Any, ...], dict[str, float]] | None = None  # signature, scalars
+        self._stamped: tuple[Any, ...] | None = None  # signature at the watch's last record
+        # (signature before, the groups' lr) where only the lr moved at this step (a schedule)
+        self._lr_step: tuple[tuple[Any, ...], list[float]] | None = None
 
     def _signature(self) -> tuple[Any, ...] | None:
         """The groups' hyperparameters as plain numbers; None if any is a tensor (always check)."""
@@ -123,13 +126,20 @@ class HparamsProbe(Probe):
         last = self._raw
         if self._seen is not None and raw == last:
             self._quiet += 1  # the same plain numbers as at the last step (cheap path)
-            lrs = None
+            lrs = self._lr_step = None
         else:
-            sig = self._signature()
-            self._quiet = self._quiet + 1 if sig is not None and sig == self._seen else 0
+            seen = self._seen
+            lrs = None if seen is None else _lr_only(raw, last)
+            if seen is not None and lrs is not None:  # an lr schedule: only the lr moved
+                self._lr_step = (seen, lrs)
+                sig: tuple[Any, ...] | None = _with_lrs(seen, lrs)
+                self._quiet = 0
+            else:
+                self._lr_step = None
+                sig = self._signature()
+                self._quiet = self._quiet + 1 if sig is not None and sig == self._seen else 0
             self._seen = sig
             self._raw = raw if sig is not None else None
-            lrs = None if sig is None else _lr_only(raw, last)
         if self.watch is None or self._quiet >= 2:
             return  # unchanged at this step and the last: the watch would see Δ = 0 twice
         if lrs is not None and self.watch.lr_moved_smoothly(lrs):
@@ -146,9 +156,13 @@ class HparamsProbe(Probe):
     def post(self, step: int, out: Collector) -> None:
         """lr and betas of group 0; with plain-number hyperparameters unchanged since the last
         step, the same host numbers are reused and the watch only re-stamps the buffers."""
-        sig = self._seen
-        if sig is not None and self._host is not None and self._host[0] == sig:
-            out.host_scalars(step, self._host[1])
+        sig, host, lr_step = self._seen, self._host, self._lr_step
+        if sig is not None and host is not None and host[0] == sig:
+            out.host_scalars(step, host[1])
+        elif sig is not None and host is not None and lr_step and host[0] == lr_step[0]:
+            values = {**host[1], nm.LR: float(lr_step[1][0])}  # a schedule's step: the lr moved
+            out.host_scalars(step, values)
+            self._host = (sig, values)
         else:
             g = self.ctx.optimizer.param_groups[0]
             values = {nm.LR: g["lr"]}
@@ -162,10 +176,12 @@ class HparamsProbe(Probe):
             self._host = (sig, {k: float(v) for k, v in values.items()}) if sig else None
         if self.watch is None:
             return
-        if sig is not None:  # plain numbers: re-read as such, the buffers only re-stamped
-            self.watch.restamp(self.ctx.optimizer)
+        if sig is not None:  # plain numbers: re-read as such where they moved; buffers re-stamped
+            lrs = lr_step[1] if lr_step and self._stamped == lr_step[0] else None
+            self.watch.restamp(self.ctx.optimizer, reread=sig != self._stamped, lrs=lrs)
         else:
             self.watch.after_step(self.ctx.optimizer)
+        self._stamped = sig
 
 
 def _lr_only(raw: list[tuple[Any, ...]], last: list[tuple[Any, ...]] | None
@@ -176,6 +192,14 @@ def _lr_only(raw: list[tuple[Any, ...]], last: list[tuple[Any, ...]] | None
         return None
     lrs = [r[0] for r in raw]
     return lrs if all(isinstance(x, float | int) for x in lrs) else None
+
+
+def _with_lrs(sig: tuple[Any, ...], lrs: list[float]) -> tuple[Any, ...]:
+    """A signature (`_HP_KEYS` per group, lr first) with the groups' lr replaced."""
+    out = list(sig)
+    for gi, lr in enumerate(lrs):
+        out[gi * len(_HP_KEYS)] = lr
+    return tuple(out)
 
 
 def _threshold_change(data: dict[str, Any]) -> HparamChange | None:

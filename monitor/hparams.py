@@ -134,10 +134,13 @@ class HparamWatch:
         self._restampable = self._src is not None and all(
             g.buf_sq is None and g.stamp is not None for g in last) and all(self._src[1])
 
-    def restamp(self, optimizer: Any) -> None:
+    def restamp(self, optimizer: Any, *, reread: bool = True, lrs: list[float] | None = None
+                ) -> None:
         """`after_step` for a step with nothing to report: the hyper-parameters are read as plain
-        numbers and only the version stamps of the buffers sampled by the last `after_step` are
-        read again (an lr schedule takes this path at every step). Falls back to `after_step` where
+        numbers (`reread=False`: the caller knows they did not change since the last call;
+        `lrs`: only the groups' lr did, to these values) and only the version stamps of the
+        buffers sampled by the last `after_step` are read again (an lr schedule takes this path
+        at every step). Falls back to `after_step` where
         buffers are measured by their norm (SGD, `adam_buffer_norms`, no version counter), a
         group had no buffer yet, or the groups or the state dict changed (a load_state_dict; a
         buffer swapped inside the state shows as touched at the next jump, which it was, and
@@ -153,8 +156,13 @@ class HparamWatch:
         except RuntimeError:  # inference tensors keep no version counter
             self.after_step(optimizer)
             return
-        kind = _kind(optimizer)
-        self._values = [_values(g, kind) for g in optimizer.param_groups]
+        last = self._values
+        if lrs is not None and last is not None and len(lrs) == len(last):
+            self._values = [({**v, "lr": float(lr)}, n) for (v, n), lr in zip(last, lrs,
+                                                                               strict=True)]
+        elif reread or last is None:
+            kind = _kind(optimizer)
+            self._values = [_values(g, kind) for g in optimizer.param_groups]
         self._stamps = stamps
 
     def before_step(

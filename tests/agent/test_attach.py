@@ -527,6 +527,35 @@ def test_hyperparameter_jumps_become_events(peer: Peer) -> None:
     assert dl.by_step(peer, nm.BETA1) == {s: 0.9 if s < 5 else 0.97 for s in range(12)}
 
 
+def test_an_lr_schedule_streams_its_lr_and_reports_only_its_jumps(peer: Peer) -> None:
+    """The lr moves at every step (the cheap path of a schedule): each step carries its own lr,
+    the smooth moves make no event, a 10x drop inside the schedule and a later β1 change do."""
+    model, x, y = _mlp(15)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (0.1 if s >= 9 else 1.0) * (1.0 - 0.002 * s))
+    monitor = agent.attach(model, opt, run="unit-schedule", endpoint=peer.endpoint,
+                           overhead_budget=math.inf)
+    lrs: dict[int, float] = {}
+
+    def edit(step: int) -> None:
+        if step:
+            schedule.step()
+        if step == 14:
+            opt.param_groups[0]["betas"] = (0.95, 0.999)
+        lrs[step] = opt.param_groups[0]["lr"]
+
+    _train(monitor, model, opt, x, y, 18, edit)
+    dl.closed_and_delivered(peer, monitor)
+    assert dl.by_step(peer, nm.LR) == pytest.approx(lrs)
+    changes = [(s, e.data["hparam"]) for s, e in dl.events(peer, EventType.HPARAM_CHANGE.value)]
+    assert changes == [(9, "lr"), (14, "beta1")]
+    (drop,) = [e for s, e in dl.events(peer, EventType.HPARAM_CHANGE.value) if s == 9]
+    assert drop.data["old"] == pytest.approx(lrs[8])  # from the lr the schedule had just set
+    assert drop.data["new"] == pytest.approx(lrs[9])
+    assert dl.by_step(peer, nm.BETA1) == {s: 0.9 if s < 14 else 0.95 for s in range(18)}
+
+
 def test_in_place_buffer_rescale_is_measured_at_the_jump(peer: Peer) -> None:
     model, x, y = _mlp(13)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)

@@ -46,7 +46,10 @@ on) yields only to the budget itself: it is stretched only when the fixed part a
 face value (what the clock sees), exceed the whole budget, without the headroom, in
 `PREDICTIVE_PATIENCE` consecutive windows (one window's burst, a collection pause or a busy
 neighbour, does not silence it for the many windows relaxing takes); a stretched predictor is
-reported (`degraded()`; the monitor streams a `prediction_degraded` event), never silent. The
+reported (`degraded()`; the monitor streams a `prediction_degraded` event), never silent, and
+comes back once it fits at every step with 5 % to spare in as many consecutive windows (with a
+wider margin, a predictor stretched by the costlier first windows of a job, e.g. an lr warm-up,
+stayed stretched where it fitted the budget: the agent and it at 93 % of it). The
 other probes share what is left below the planning line (at least a quarter of it: a costly
 fixed part does not stretch them to nothing); the one with the largest load (cost per run /
 cadence) is doubled first, and relaxing brings the predictor back first.
@@ -67,8 +70,9 @@ _EMA = 0.3  # weight of the newest cost measurement
 MIN_ORDINARY = 3  # untagged steps a window needs before in-graph cost is estimated from it
 UNTIMED = 1.5  # true cost / timed cost the agent budgets for (see the module docstring)
 HEADROOM = 0.75  # share of the budget the agent plans for (see the module docstring)
-PREDICTIVE_RELAX = 0.8  # a stretched predictor comes back once it fits with this to spare
-PREDICTIVE_PATIENCE = 2  # consecutive windows over the budget before the predictor is stretched
+PREDICTIVE_RELAX = 0.95  # a stretched predictor comes back once it fits with this to spare
+PREDICTIVE_PATIENCE = 2  # consecutive windows over (under) the budget before the predictor is
+# stretched (brought back)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,7 @@ class Scheduler:
         self._weight: dict[str, float] = {}  # weight of the newest sample in each EMA
         self._fixed_cost = 0.0  # EMA seconds per step of un-attributed agent work (hooks, drain)
         self._pred_over = 0  # consecutive windows in which the predictor did not fit
+        self._pred_fit = 0  # consecutive windows in which it fitted at every step, with spare
         self._graph_cost: dict[str, float] = {}  # EMA seconds per due step inside compiled graphs
         self._step_agent = 0.0  # agent seconds in the current step
         self._win_ordinary: list[float] = []  # own seconds of untagged steps in the window
@@ -334,6 +339,9 @@ class Scheduler:
         rest = [p for p in self._cadence if p not in FIXED and p not in PREDICTIVE]
         over = self._load(pred) > pred_allowance
         self._pred_over = self._pred_over + 1 if over else 0
+        every_step = sum(self.cost(p) for p in pred if self._cadence[p] > 0)
+        fits = every_step <= PREDICTIVE_RELAX * pred_allowance
+        self._pred_fit = self._pred_fit + 1 if fits else 0
         if self._pred_over >= PREDICTIVE_PATIENCE and not self.pin_predictor:
             self._stretch(pred, pred_allowance)
         rest_allowance = max(allowance - self._load(pred), 0.0)
@@ -347,7 +355,8 @@ class Scheduler:
             for best in cands:
                 c = self._cadence[best]
                 extra = self._per_step(best, c // 2) - self._per_step(best, c)  # halving adds
-                fits = (self._load(pred) + extra <= PREDICTIVE_RELAX * pred_allowance
+                fits = (self._pred_fit >= PREDICTIVE_PATIENCE
+                        and self._load(pred) + extra <= PREDICTIVE_RELAX * pred_allowance
                         if best in PREDICTIVE
                         else self._load(rest) + extra <= 0.5 * rest_allowance)
                 if fits:

@@ -335,3 +335,32 @@ def test_a_bursty_probe_is_costed_by_its_mean_call_whatever_call_ends_the_window
         # 0.25 ms (the first window's first call is setup, not a sample: 2.9 ms / 11 calls)
         assert 0.00025 <= s.cost(TWO_SECANT) <= 2.9e-3 / 11 + 1e-12, window
         assert s.cadence(TWO_SECANT) == 1
+
+
+def test_a_predictor_stretched_by_costly_first_windows_comes_back_once_it_fits() -> None:
+    """A job's first windows cost more (an lr warm-up takes the hyper-parameter watch's full
+    path): the predictor is stretched. In steady state the agent's fixed part (0.4 ms) and the
+    predictor (0.52 ms) fit a 1 ms budget at 92 %: it comes back to every step (with 20 % to
+    spare asked, it stayed stretched for good)."""
+    clock = FakeClock()
+    s = Scheduler(_profile(two_secant=1), 0.01, clock=clock)
+
+    def window(start: int, predictor: float) -> None:
+        for step in range(start, start + 10):
+            clock.t += 0.100
+            with s.measure(None):  # hooks, drains: the fixed part
+                clock.t += 0.0004
+            if s.due(TWO_SECANT, step):
+                with s.measure(TWO_SECANT):
+                    clock.t += predictor
+            s.step_end()
+        s.adjust()
+
+    for k in range(3):
+        window(10 * k, 0.0009)
+    assert s.cadence(TWO_SECANT) > 1
+    assert s.degraded()
+    for k in range(3, 40):
+        window(10 * k, 0.00052)
+    assert s.cadence(TWO_SECANT) == 1
+    assert s.degraded() == {}

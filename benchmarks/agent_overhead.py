@@ -130,6 +130,9 @@ def _sender_cpu() -> float:
     return total
 
 
+SETTLED_WINDOWS = 4  # budget windows with unchanged cadences before measuring
+
+
 def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torch.device
                 ) -> dict[str, float]:
     profile, _, variant = name.partition("+")
@@ -160,14 +163,22 @@ def run_profile(name: str, args: argparse.Namespace, endpoint: str, device: torc
         overhead_budget=args.budget, logits_module=watched.model.head)
     # Warm up until the budget has seen every scheduled probe run and has adjusted after it (a
     # probe with cadence 200 first runs at step 200): cadences frozen earlier would keep a costly
-    # probe at its profile's cadence for the whole measurement.
+    # probe at its profile's cadence for the whole measurement. Then until the cadences held for
+    # SETTLED_WINDOWS windows: the first windows of a job cost more (an lr warm-up), and what
+    # they stretched comes back only after windows that fit.
     warm, settled_at = 0, None
-    while warm < args.warmup or settled_at is None or warm < settled_at:
+    drain = mon.scheduler.profile.drain_every
+    cadences, held = mon.scheduler.cadences(), 0
+    while (warm < args.warmup or settled_at is None or warm < settled_at
+           or held < SETTLED_WINDOWS * drain):
         for j in jobs:
             j.step()
         warm += 1
+        now = mon.scheduler.cadences()
+        held = held + 1 if now == cadences else 0
+        cadences = now
         if settled_at is None and mon.enabled and not mon.scheduler.unmeasured():
-            settled_at = warm + 2 * mon.scheduler.profile.drain_every
+            settled_at = warm + 2 * drain
         if warm >= args.max_warmup:
             print(f"  {name}: warm-up stopped at {warm} steps; unmeasured: "
                   f"{mon.scheduler.unmeasured()}")

@@ -140,11 +140,11 @@ class HparamWatch:
         numbers (`reread=False`: the caller knows they did not change since the last call;
         `lrs`: only the groups' lr did, to these values) and only the version stamps of the
         buffers sampled by the last `after_step` are read again (an lr schedule takes this path
-        at every step). Falls back to `after_step` where
-        buffers are measured by their norm (SGD, `adam_buffer_norms`, no version counter), a
-        group had no buffer yet, or the groups or the state dict changed (a load_state_dict; a
-        buffer swapped inside the state shows as touched at the next jump, which it was, and
-        the `after_step` of that jump samples afresh)."""
+        at every step). Falls back to `after_step` where buffers are measured by their norm
+        (SGD, `adam_buffer_norms`, no version counter), a group had no buffer yet, or the groups
+        or the state dict changed (a load_state_dict; a buffer swapped inside the state shows as
+        touched at the next jump, which it was, and the `after_step` of that jump samples
+        afresh)."""
         src = self._src
         if (not self._restampable or src is None or src[0] is not optimizer.state
                 or len(src[1]) != len(optimizer.param_groups)):

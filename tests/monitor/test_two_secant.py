@@ -88,13 +88,17 @@ def _history(model: _Quad, opt: torch.optim.Optimizer, steps: int,
     return thetas, grads, vs
 
 
-def _reference(thetas: list[Tensor], grads: list[Tensor], vs: list[Tensor], i: int, lr: float,
-               b1: float, b2: float, eps: float, decay: float = 0.0) -> float:
+def _reference(thetas: list[Tensor], grads: list[Tensor], vs: list[Tensor], i: int,
+               lr: float | list[float], b1: float, b2: float, eps: float, decay: float = 0.0
+               ) -> float:
     """The ratio the estimator must give for gradient i, from the recorded trajectory: d from
-    the applied updates, H·d from the gradient differences, D from v after step i+1."""
+    the applied updates, H·d from the gradient differences, D from v after step i+1. `lr`: one
+    for every step, or each step's (`lr[k]` moved θ^k to θ^{k+1})."""
+    lrs = lr if isinstance(lr, list) else [lr] * len(thetas)
+    lr = lrs[i]
     b1_now, b1_then = 1 - b1 ** (i + 1), 1 - b1 ** i
     a = (b1_now / lr) / (1 - b1)
-    b = -b1 * (b1_then / lr) / (1 - b1)
+    b = -b1 * (b1_then / lrs[i - 1]) / (1 - b1)
     dth = [thetas[j + 1] - thetas[j] for j in (i, i - 1)]
     dg = [grads[j + 1] - grads[j] for j in (i, i - 1)]
     d = a * dth[0] + b * dth[1]
@@ -105,12 +109,13 @@ def _reference(thetas: list[Tensor], grads: list[Tensor], vs: list[Tensor], i: i
     return lr * (lam + decay) / 2
 
 
-@pytest.mark.parametrize("kind", ["adam", "adamw", "adam-l2", "amsgrad", "foreach", "clip"])
+@pytest.mark.parametrize("kind", ["adam", "adamw", "adam-l2", "amsgrad", "foreach", "clip",
+                                  "schedule"])
 def test_reading_is_the_quotient_of_the_applied_updates_and_gradient_differences(kind: str
                                                                                  ) -> None:
     """Exact algebra: with every coordinate sampled, the ratio equals c·dᵀ(Hd)/dᵀDd for the d
-    rebuilt from the updates really applied (after clipping, with decay) and H·d from the
-    gradient differences the optimizer used."""
+    rebuilt from the updates really applied (after clipping, with decay, with an lr that
+    changes at every step) and H·d from the gradient differences the optimizer used."""
     model = _Quad(_spd(40))
     lr, betas, eps = 0.02, (0.9, 0.99), 1e-8
     decay = 0.0
@@ -127,7 +132,11 @@ def test_reading_is_the_quotient_of_the_applied_updates_and_gradient_differences
     norms: list[float] = []
     readings: dict[int, float] = {}
     thetas, grads, vs = [], [], []
+    lrs: list[float] = []
     for k in range(60):
+        if kind == "schedule":  # a warm-up then a decay: the lr moves at every step
+            opt.param_groups[0]["lr"] = lr * min(1.0, (k + 1) / 10) * (1.0 - 0.005 * k)
+        lrs.append(float(opt.param_groups[0]["lr"]))
         thetas.append(model.theta().detach().clone())
         opt.zero_grad(set_to_none=True)
         model().backward()
@@ -146,7 +155,7 @@ def test_reading_is_the_quotient_of_the_applied_updates_and_gradient_differences
     thetas.append(model.theta().detach().clone())
     assert sorted(readings) == list(range(2, 59))  # from the fourth step on, every step
     for i, got in readings.items():
-        want = _reference(thetas, grads, vs, i, lr, *betas, eps, decay)
+        want = _reference(thetas, grads, vs, i, lrs, *betas, eps, decay)
         assert got == pytest.approx(want, rel=1e-6), (kind, i)
     if clip is not None:  # clipping was active throughout
         assert min(norms) > clip

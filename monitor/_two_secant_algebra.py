@@ -192,11 +192,6 @@ class Constants:
         self._key: Any = (None, None, None)
         self._mats: tuple[list[Any], Any] | None = None
 
-    @property
-    def kept(self) -> int:
-        """C0/C1 pairs held."""
-        return len(self._pairs)
-
     def _pair(self, h: Hyper) -> tuple[Any, Any]:
         key = _c_key(self.kind, self.plain_sgd, h)
         pair = self._pairs.get(key)

@@ -355,9 +355,9 @@ class Scheduler:
             for best in cands:
                 c = self._cadence[best]
                 extra = self._per_step(best, c // 2) - self._per_step(best, c)  # halving adds
-                fits = (self._pred_fit >= PREDICTIVE_PATIENCE
-                        and self._load(pred) + extra <= PREDICTIVE_RELAX * pred_allowance
-                        if best in PREDICTIVE
+                # the predictor: it fitted at every step (the most any cadence costs) in as many
+                # windows as stretching takes
+                fits = (self._pred_fit >= PREDICTIVE_PATIENCE if best in PREDICTIVE
                         else self._load(rest) + extra <= 0.5 * rest_allowance)
                 if fits:
                     self._cadence[best] //= 2

@@ -60,6 +60,17 @@ and the guard is re-armed by it (`agent._ramp.jump_lifts`). With `ramp_steps` > 
 instead applied gradually over that many steps (`agent._ramp`); the ramp is off by default: on
 the suite's hparam-jump runs it did not prevent the spikes, the jump lift did (docs/guard.md).
 
+A spike the guard did not prevent can run away: the gradient outgrows Adam's second moment, every
+coordinate steps many times lr, and with a slow v (β2 = 0.999) the run does not heal: two of the
+suite's transformers exploded 100× and stayed 20× above their floor for the rest of the run. A
+reading with ρ = ‖g‖/‖√v̂‖ ≥ `catch_rho` (12) is met, whatever the action and the gates, by a
+*catch-up of v* at the next step: exp_avg_sq ≥ g²·(1 − β2^t) on every coordinate (v̂ ≥ g², no
+step much past lr), an action and its release at once, and the guard re-armed. v includes the
+gradient it divides, so ρ ≤ √((1 − β2^t)/(1 − β2)): 10 at β2 = 0.99, whose v catches up within
+~100 steps by itself, 31.6 at 0.999. On the suite ρ stays ≤ 7.8 on the stable controls and ≤ 9.6
+at the β2 = 0.99 transformers' spikes; the runaways read 16–24 (docs/guard.md). `catch_rho=0`
+turns it off.
+
 `GuardMachine` is the pure state machine (readings in, the multiplier and events out), with no
 torch in it; `agent._guard_hooks` runs it in the optimizer's step hooks and
 `agent._guard_optimizer` touches the optimizer.
@@ -79,8 +90,9 @@ Action = Literal["lr", "v", "eps"]
 # A reading is of the gradient before last (`monitor.two_secant`): the first one the lift of v at
 # step s shapes throughout is made at the end of step s + 2.
 READING_LAG = 3
-Trigger = Literal["stability_ratio", "loss_swings", "clean_loss_spike"]
-"""What decided an action: the predicted crossing, the clean loss's swings or its spike."""
+Trigger = Literal["stability_ratio", "loss_swings", "clean_loss_spike", "runaway"]
+"""What decided an action: the predicted crossing, the clean loss's swings or its spike, or a
+runaway update (ρ ≥ `catch_rho`: the catch-up of v)."""
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]  # strict: an int is taken, a bool refused
@@ -114,6 +126,10 @@ class Guard(BaseModel):
     # > 0: where the job logs a clean `eval_loss`, a completed swing of it with at least this
     # many in 300 steps, or a spike of it, triggers the action too (minibatch training; 0: off)
     swings: Annotated[int, Field(ge=0, le=100)] = 2
+    # > 0: a reading with ρ = ‖g‖/‖√v̂‖ at or above this (the gradient has outgrown Adam's second
+    # moment: an update of about ρ× lr per coordinate, runaway) catches v up to g² at the next
+    # step, whatever the action and the gates (0: off; at least 2, ρ ≲ 1 in ordinary training)
+    catch_rho: Annotated[Finite, Field(ge=0.0, le=1000.0)] = 12.0
 
     if not TYPE_CHECKING:  # type checkers keep the knobs' signature from the fields
 
@@ -132,6 +148,13 @@ class Guard(BaseModel):
         if steps == 1:
             raise ValueError("must be 0 (off) or at least 2")
         return steps
+
+    @field_validator("catch_rho")
+    @classmethod
+    def _catch_above_ordinary_rho(cls, rho: float) -> float:
+        if 0.0 < rho < 2.0:
+            raise ValueError("must be 0 (off) or at least 2 (ρ ≲ 1 in ordinary training)")
+        return rho
 
 
 @dataclass
@@ -161,7 +184,9 @@ class GuardMachine:
         self.swings_seen = 0  # completed swings of the clean loss already taken
         self.spikes_seen = 0  # and its spikes
         self.actions = 0
-        self.primed = False  # re-armed by a jump lift (a predicted instability it headed off)
+        self.primed = False  # re-armed by a jump lift or a catch-up (an instability it met)
+        self.catches = 0  # catch-ups of v taken
+        self._caught_at = -READING_LAG  # the step of the last catch-up of v
 
     def observe(self, step: int, ratio: float, rho: float, rise: float, made: int | None = None
                 ) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
@@ -171,8 +196,13 @@ class GuardMachine:
         p = self.policy
         act = self.act
         made = step if made is None else made
-        if act is not None and act.lifts and made < act.lifted_at + READING_LAG:
+        if made < self._caught_at + READING_LAG or (
+                act is not None and act.lifts and made < act.lifted_at + READING_LAG):
             return []  # a reading of a gradient the lift has not reached yet: not evidence
+        if 0.0 < p.catch_rho <= rho < math.inf:  # a non-finite ρ is a broken reading, not a
+            # runaway: catching v up to it would poison v for good
+            self._above = 0
+            return self._catch(step, ratio, rho) + self.release_due(step)
         self._reading = (ratio, rho)
         hot = (math.isfinite(ratio) and ratio >= p.ratio and math.isfinite(rho) and rho < p.rho
                and (rise >= p.rise or (p.rearm and (self.actions > 0 or self.primed))))
@@ -181,6 +211,25 @@ class GuardMachine:
             self._above = 0
             return self._trigger(step, ratio, rho, rise, "stability_ratio")
         return self.release_due(step)
+
+    def _catch(self, step: int, ratio: float, rho: float) -> list[tuple[str, dict[str, Any]]]:
+        """Catch v up to g² at `step + 1`: an action and its release at once (v then decays on
+        its own), and the guard is re-armed (the run met an instability)."""
+        self.catches += 1
+        self.primed = True
+        self._caught_at = step + 1
+        return [("guard_action", {
+            "action": "v_catch_up", "from_step": step + 1, "trigger": "runaway",
+            "stability_ratio": ratio, "rho": rho, "catch_rho": self.policy.catch_rho,
+            "why": (f"rho {rho:.1f} >= {self.policy.catch_rho:g}: the gradient has outgrown "
+                    f"Adam's second moment {rho:.0f}-fold and the update runs away; v is caught "
+                    "up to g^2 so that no coordinate steps much more than lr")}),
+            ("guard_release", {"action": "v_catch_up", "started_at_step": step + 1,
+                               "released_at_step": step + 1, "steps": 1})]
+
+    def catches_v(self, step: int) -> bool:
+        """Whether v is caught up to the gradient at `step` (a runaway reading at the last)."""
+        return self._caught_at == step
 
     def release_due(self, step: int) -> list[tuple[str, dict[str, Any]]]:
         """Let go at `step` if the hold and the way back are over (with each reading, and on

@@ -14,6 +14,7 @@ from spikewatch.agent._guard_optimizer import (
     apply_eps,
     apply_lr,
     apply_ramps,
+    catch_up_v,
     lift_v,
     raised_eps,
     restore_user_values,
@@ -38,8 +39,8 @@ class GuardHooks:
 
     @property
     def actions(self) -> int:
-        """Actions taken so far (predicted crossings, ramps and jump lifts)."""
-        return self.machine.actions + self.ramps.actions + self.jumps
+        """Actions taken so far (predicted crossings, ramps, jump lifts and catch-ups of v)."""
+        return self.machine.actions + self.ramps.actions + self.jumps + self.machine.catches
 
     @property
     def active(self) -> bool:
@@ -59,6 +60,8 @@ class GuardHooks:
             self._saved = apply_ramps(optimizer, self.ramps, step)
         if m.lifts_v(step):
             lifted = lift_v(optimizer, m.policy.factor) > 0 or lifted
+        if m.catches_v(step):  # after any lift: v̂ ≥ g² whatever came before
+            lifted = catch_up_v(optimizer) > 0 or lifted
         if lifted and hasattr(predictor, "v_changed"):  # it follows v by Adam's recurrence
             predictor.v_changed()
         mult = m.multiplier(step)

@@ -11,7 +11,7 @@ import torch
 from spikewatch.agent._ramp import RampMachine
 from spikewatch.monitor.adam_state import UnsupportedOptimizer, adam_view
 
-__all__ = ["Saved", "apply_eps", "apply_lr", "apply_ramps", "lift_v", "raised_eps",
+__all__ = ["Saved", "apply_eps", "apply_lr", "apply_ramps", "catch_up_v", "lift_v", "raised_eps",
            "restore_user_values"]
 
 
@@ -103,4 +103,35 @@ def lift_v(optimizer: Any, factor: float, group: int | None = None) -> int:
             if v is not None:
                 v.mul_(scale)
                 n += 1
+    return n
+
+
+def catch_up_v(optimizer: Any) -> int:
+    """Raise Adam's exp_avg_sq to at least g²·(1 − β2^t) on every coordinate, g the gradient
+    this step applies and t the step count it makes, so that v̂ ≥ g² after the update: no
+    coordinate then steps much more than lr (|m̂| ≲ |g|). Where v is larger, or g is not finite,
+    v stays. Device
+    operations only (a step count kept on the device stays there: no host sync); tensors
+    touched."""
+    n = 0
+    for g in optimizer.param_groups:
+        betas = g.get("betas")
+        if not isinstance(betas, tuple | list) or len(betas) != 2:
+            continue
+        beta2 = betas[1]
+        for p in g["params"]:
+            state = optimizer.state.get(p)
+            v = state.get("exp_avg_sq") if isinstance(state, dict) else None
+            grad = p.grad
+            if v is None or grad is None or grad.is_sparse or v.shape != grad.shape:
+                continue
+            # Adam's bias correction for the step it is about to make; a tensor step or β2
+            # (capturable, fused) stays a tensor where it is: no host sync
+            correction = 1.0 - beta2 ** (state.get("step", 0) + 1)
+            # a non-finite gradient coordinate leaves its v alone (v = inf or NaN for good)
+            g2 = torch.nan_to_num(grad.detach().to(v.dtype).square(), nan=0.0, posinf=0.0)
+            g2.mul_(correction.to(v.dtype) if isinstance(correction, torch.Tensor)
+                    else float(correction))
+            torch.maximum(v, g2, out=v)
+            n += 1
     return n

@@ -8,8 +8,10 @@ re-verify the suite (spiking scenarios spike, controls do not) on their own CPU.
 
 Onsets are `server.backtest.spike_onsets` of the ground truth (the loss, or `eval_loss` for
 minibatch scenarios); `peak rise` is the largest loss[t] / min(loss[t−50 .. t−1]) (2 = a spike),
-which shows how close a control came. Exit status 1 if a control spiked or a spiking scenario did
-not.
+which shows how close a control came; `peak ρ` the largest exact ρ = ‖g‖/‖√v̂‖ after an optimizer
+step past the first `RHO_FROM` steps (Adam only; `monitor.precond_decay`), what the guard's
+catch-up of v reads (`Guard.catch_rho`). Exit status 1 if a control spiked or a spiking scenario
+did not.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from spikewatch.server.backtest import FACTOR, WINDOW, spike_onsets
+
+RHO_FROM = 200  # steps of warm-up before the peak ρ counts (v̂ is young and ρ ≈ 1–5 there)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Survey:
     nonfinite: int
     wall_s: float
     cpu_s: float
+    peak_rho: float = math.nan  # Adam's largest ρ after RHO_FROM steps (NaN: not Adam)
 
     @property
     def verdict(self) -> str:
@@ -63,14 +68,22 @@ def peak_rise(xs: Sequence[float], window: int = WINDOW) -> float:
     return best
 
 
-def train_unattached(build: Callable[[], object], steps: int) -> tuple[str, list[float], float,
-                                                                      float]:  # fmt: skip
-    """(ground-truth metric, its series, wall s, CPU s) of one training without the agent."""
+def train_unattached(build: Callable[[], object], steps: int, rho: list[float] | None = None
+                     ) -> tuple[str, list[float], float, float]:  # fmt: skip
+    """(ground-truth metric, its series, wall s, CPU s) of one training without the agent;
+    `rho`: filled with Adam's exact ρ after each optimizer step (its reads are timed too)."""
+    import torch
+
     from benchmarks.early_warning._train import Arm
     from benchmarks.early_warning.scenarios import Task
+    from spikewatch.monitor.precond_decay import PreconditionerDecay
 
     task = build()
     assert isinstance(task, Task)
+    if rho is not None and isinstance(task.optimizer, torch.optim.Adam):
+        meter = PreconditionerDecay(include_current_grad=False)  # after the step: v has g_t
+        task.optimizer.register_step_post_hook(
+            lambda opt, args, kwargs: rho.append(float(meter.update(opt).rho)))
     arm = Arm(task)
     w0, c0 = time.perf_counter(), time.process_time()
     arm.run(steps)
@@ -81,13 +94,15 @@ def train_unattached(build: Callable[[], object], steps: int) -> tuple[str, list
 def survey(name: str, family: str, control: bool, steps: int,
            build: Callable[[], object]) -> Survey:  # fmt: skip
     """Train once without the agent and summarise the ground truth."""
-    truth, xs, wall, cpu = train_unattached(build, steps)
+    rho: list[float] = []
+    truth, xs, wall, cpu = train_unattached(build, steps, rho)
+    late_rho = [r for r in rho[RHO_FROM:] if math.isfinite(r)]
     finite = [v for v in xs if math.isfinite(v)]
     late = [v for v in xs[WINDOW:] if math.isfinite(v)]
     return Survey(name, family, control, steps, truth, spike_onsets(list(enumerate(xs))),
                   min(finite, default=math.nan), max(late, default=math.nan),
                   xs[-1] if xs else math.nan, peak_rise(xs), len(xs) - len(finite),
-                  round(wall, 2), round(cpu, 2))  # fmt: skip
+                  round(wall, 2), round(cpu, 2), max(late_rho, default=math.nan))  # fmt: skip
 
 
 def _onsets(xs: Sequence[int], limit: int = 8) -> str:
@@ -102,12 +117,12 @@ def table(rows: Sequence[Survey]) -> str:
     w = max([8, *(len(r.name) for r in rows)])
     out = [f"{'scenario':<{w}}  {'family':<14}  {'ctl':<3}  {'steps':>5}  {'truth':<9}  "
            f"{'onsets (unattached)':<40}  {'min':>9}  {'max':>9}  {'last':>9}  {'peak rise':>9}  "
-           f"{'wall s':>6}  {'cpu s':>6}  verdict"]  # fmt: skip
+           f"{'peak ρ':>6}  {'wall s':>6}  {'cpu s':>6}  verdict"]  # fmt: skip
     for r in rows:
         out.append(f"{r.name:<{w}}  {r.family:<14}  {'yes' if r.control else 'no':<3}  "
                    f"{r.steps:>5}  {r.truth:<9}  {_onsets(r.onsets):<40}  {r.loss_min:>9.3g}  "
                    f"{r.loss_max:>9.3g}  {r.loss_last:>9.3g}  {r.peak_rise:>9.2f}  "
-                   f"{r.wall_s:>6.1f}  {r.cpu_s:>6.1f}  {r.verdict}"
+                   f"{r.peak_rho:>6.2f}  {r.wall_s:>6.1f}  {r.cpu_s:>6.1f}  {r.verdict}"
                    + (f" ({r.nonfinite} non-finite)" if r.nonfinite else ""))  # fmt: skip
     return "\n".join(out)
 

@@ -25,7 +25,7 @@ from benchmarks.early_warning.scenarios import (
 from benchmarks.early_warning.scenarios._base import at
 from benchmarks.early_warning.scenarios._mlp import mlp, mlp_sgd
 from benchmarks.early_warning.scenarios._variants import HP_CHANGE, variant
-from benchmarks.early_warning.survey import peak_rise, survey
+from benchmarks.early_warning.survey import RHO_FROM, peak_rise, survey
 from spikewatch.protocol.wire import METRIC_RE, RUN_RE
 
 
@@ -181,3 +181,6 @@ def test_peak_rise_and_survey_verdicts() -> None:
     assert r.truth == "loss"
     assert r.cpu_s >= 0
     assert r.verdict == ("ok" if not r.onsets else "CONTROL SPIKED")
+    assert math.isnan(r.peak_rho)  # not past the warm-up yet
+    past = survey(sc.name, sc.family, sc.control, RHO_FROM + 20, sc.build)
+    assert 0.0 < past.peak_rho < 1e3  # Adam's ‖g‖/‖√v̂‖, what the guard's catch-up reads

@@ -5,7 +5,7 @@ in `agent._forward_probes`, the predictor in `agent._two_secant_probe`).
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,6 +21,7 @@ from spikewatch.agent._profiles import (
     SPIKE_SHARE,
 )
 from spikewatch.agent._ramp import HparamChange
+from spikewatch.monitor.hparams import GROUP_KEYS, HparamWatch, raw_groups
 from spikewatch.protocol import names as nm
 from spikewatch.protocol import wire
 from spikewatch.protocol.names import Combine
@@ -84,9 +85,6 @@ class SpikeShareProbe(Probe):
                 out.scalar(step, nm.GRAD_SPIKE_SHARE, top)
 
 
-_HP_KEYS: Final = ("lr", "betas", "eps", "weight_decay", "momentum", "dampening")
-
-
 class HparamsProbe(Probe):
     """lr/β1/β2 of group 0 every step, and discontinuity events (momentum jumps included)."""
 
@@ -94,8 +92,6 @@ class HparamsProbe(Probe):
 
     def __init__(self, ctx: Ctx) -> None:
         super().__init__(ctx)
-        from spikewatch.monitor.hparams import HparamWatch
-
         opt = ctx.optimizer
         # one (the smallest) momentum buffer tells a rescale: for Adam its version counter, no
         # kernel; for SGD one tiny norm per step
@@ -113,7 +109,7 @@ class HparamsProbe(Probe):
         """The groups' hyperparameters as plain numbers; None if any is a tensor (always check)."""
         sig: list[Any] = []
         for g in self.ctx.optimizer.param_groups:
-            for k in _HP_KEYS:
+            for k in GROUP_KEYS:
                 v = g.get(k)
                 if isinstance(v, Tensor) or (isinstance(v, tuple | list)
                                              and any(isinstance(x, Tensor) for x in v)):
@@ -122,7 +118,7 @@ class HparamsProbe(Probe):
         return tuple(sig)
 
     def pre(self, step: int, out: Collector) -> None:
-        raw = [tuple(map(g.get, _HP_KEYS)) for g in self.ctx.optimizer.param_groups]
+        raw = raw_groups(self.ctx.optimizer.param_groups)
         last = self._raw
         if self._seen is not None and raw == last:
             self._quiet += 1  # the same plain numbers as at the last step (cheap path)
@@ -195,10 +191,10 @@ def _lr_only(raw: list[tuple[Any, ...]], last: list[tuple[Any, ...]] | None
 
 
 def _with_lrs(sig: tuple[Any, ...], lrs: list[float]) -> tuple[Any, ...]:
-    """A signature (`_HP_KEYS` per group, lr first) with the groups' lr replaced."""
+    """A signature (`GROUP_KEYS` per group, lr first) with the groups' lr replaced."""
     out = list(sig)
     for gi, lr in enumerate(lrs):
-        out[gi * len(_HP_KEYS)] = lr
+        out[gi * len(GROUP_KEYS)] = lr
     return tuple(out)
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from spikewatch.monitor._arrays import Arrays
+from spikewatch.monitor.hparams import raw_groups
 
 # Rows of the linear step's input: this step's reads (θ, carrier), the last step's reads, and the
 # last step's output rows (all six; C ignores the ones it does not use).
@@ -52,8 +53,6 @@ def _num(x: Any) -> float:
 class HyperReader:
     """The groups' hyper-parameters, parsed again only when their raw values change."""
 
-    _KEYS = ("lr", "betas", "eps", "weight_decay", "momentum", "dampening")
-
     def __init__(self, optimizer: torch.optim.Optimizer, kind: str) -> None:
         self.optimizer = optimizer
         self.kind = kind
@@ -63,7 +62,7 @@ class HyperReader:
 
     def read(self) -> tuple[Hyper, ...]:
         groups = self.optimizer.param_groups
-        raw = [tuple(map(g.get, self._KEYS)) for g in groups]
+        raw = raw_groups(groups)
         if raw == self._raw:
             return self._parsed
         out = []

@@ -54,10 +54,18 @@ from spikewatch.monitor._reduce import fits_f32, norms_f32
 from spikewatch.monitor.adam_state import UnsupportedOptimizer, adam_view, c_t
 from spikewatch.protocol.names import EventType
 
-__all__ = ["HparamEvent", "HparamWatch", "stability_threshold"]
+__all__ = ["GROUP_KEYS", "HparamEvent", "HparamWatch", "raw_groups", "stability_threshold"]
 
 EventValue = float | int | str | bool | None
 _NAMES = ("lr", "beta1", "beta2", "eps", "weight_decay", "dampening")  # per group, as numbers
+GROUP_KEYS = ("lr", "betas", "eps", "weight_decay", "momentum", "dampening")
+"""The param-group entries the hyper-parameter readers compare from step to step (lr first)."""
+
+
+def raw_groups(groups: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Each group's `GROUP_KEYS` entries as they are (one tuple per group): comparing two such
+    lists is the cheap check that nothing moved."""
+    return [tuple(map(g.get, GROUP_KEYS)) for g in groups]
 
 
 @dataclass(frozen=True, slots=True)

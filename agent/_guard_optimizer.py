@@ -110,9 +110,8 @@ def catch_up_v(optimizer: Any) -> int:
     """Raise Adam's exp_avg_sq to at least g²·(1 − β2^t) on every coordinate, g the gradient
     this step applies and t the step count it makes, so that v̂ ≥ g² after the update: no
     coordinate then steps much more than lr (|m̂| ≲ |g|). Where v is larger, or g is not finite,
-    v stays. Device
-    operations only (a step count kept on the device stays there: no host sync); tensors
-    touched."""
+    v stays. Device operations only (a step count kept on the device stays there: no host
+    sync); tensors touched."""
     n = 0
     for g in optimizer.param_groups:
         betas = g.get("betas")

@@ -122,6 +122,15 @@ def test_guard_spans_pair_actions_with_releases_and_merge_per_column() -> None:
         (69, "guard_action", {"from_step": 70, "action": "v", "lift": 2, "started_at_step": 10}),
         (170, "guard_release", {"started_at_step": 10, "released_at_step": 170})]
     assert guard_spans(lifted) == [GuardSpan(10, 170, "v", "w")]
+    # a catch-up of v while a "v" action holds: its own one-step span, the action still open
+    caught: list[tuple[int, str, dict[str, Any]]] = [
+        (9, "guard_action", {"from_step": 10, "action": "v", "why": "w"}),
+        (40, "guard_action", {"from_step": 41, "action": "v_catch_up", "trigger": "runaway",
+                              "why": "rho 20"}),
+        (40, "guard_release", {"action": "v_catch_up", "started_at_step": 41,
+                               "released_at_step": 41, "steps": 1})]
+    assert guard_spans(caught) == [GuardSpan(10, None, "v", "w"),
+                                   GuardSpan(41, 41, "v_catch_up", "rho 20")]
     many = [GuardSpan(s, s + 1, "v", "") for s in range(0, 10_000, 3)]
     merged = merge_spans(many, 10_000, min_gap=10.0)
     assert len(merged) == 1

@@ -83,16 +83,20 @@ def _train(rank: int, world: int, endpoint: str, mode: str) -> None:
 def _guard_run(rank: int, model: nn.Module, opt: torch.optim.Optimizer, xs: torch.Tensor,
                ys: torch.Tensor, endpoint: str) -> None:  # fmt: skip
     """The guard under DDP with the default budget (1 %) and ddp_ranks="rank0": the readings
-    due at steps 3 and 4 say "past the edge" (made so here; the run is healthy), and every rank must
-    lift v at the same step, or the replicas drift apart."""
+    due at steps 3 and 4 say "past the edge" and the one due at step 16 says "runaway" (made so
+    here; the run is healthy), and every rank must lift v, then catch it up, at the same steps,
+    or the replicas drift apart."""
     from spikewatch.agent._guard import GuardMachine
 
     real = GuardMachine.observe
 
     def past_edge(self: GuardMachine, step: int, ratio: float, rho: float, rise: float,
                   made: int | None = None) -> list[tuple[str, dict[str, object]]]:  # fmt: skip
-        hot = (step if made is None else made) in (3, 4)  # the readings due at steps 3 and 4
-        return real(self, step, 1.5 if hot else ratio, 0.01 if hot else rho, rise, made)
+        due = step if made is None else made
+        hot = due in (3, 4)  # the readings due at steps 3 and 4
+        runaway = due == 16  # ρ ≥ catch_rho: v caught up to g² at the next step
+        return real(self, step, 1.5 if hot else ratio,
+                    0.01 if hot else 20.0 if runaway else rho, rise, made)
 
     GuardMachine.observe = past_edge  # type: ignore[method-assign]
     monitor = agent.attach(model, opt, run="dist-guard", endpoint=endpoint, guard=True,
@@ -106,6 +110,7 @@ def _guard_run(rank: int, model: nn.Module, opt: torch.optim.Optimizer, xs: torc
     guard = monitor._guard
     assert guard is not None
     assert guard.machine.actions == 1, (rank, guard.machine.actions)
+    assert guard.machine.catches == 1, (rank, guard.machine.catches)
     # each rank's losses differ: neither the rise nor the eval_loss swings gate it under DDP
     assert (guard.machine.policy.rise, guard.machine.policy.swings) == (1.0, 0)
     monitor.close(timeout=5.0)
@@ -229,5 +234,4 @@ def test_ddp_guard_acts_on_every_rank_at_the_same_step(peer: Peer) -> None:
     # the second hot reading (due at step 4) comes with the batch of steps 4-7: the real ratio
     # of this healthy run is below EAGER_RATIO, where readings are computed every BATCH steps
     assert BATCH == 4
-    assert [s for s, _ in acts] == [7]
-    assert acts[0][1].data["action"] == "v"
+    assert [(s, e.data["action"]) for s, e in acts] == [(7, "v"), (19, "v_catch_up")]

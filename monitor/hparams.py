@@ -158,10 +158,8 @@ class HparamWatch:
                 or len(src[1]) != len(optimizer.param_groups)):
             self.after_step(optimizer)
             return
-        try:
-            stamps: list[tuple[tuple[int, int], ...] | None] = [
-                tuple((id(b), b._version) for b in bufs) for bufs in src[1]]
-        except RuntimeError:  # inference tensors keep no version counter
+        stamps = [_stamp(bufs) for bufs in src[1]]
+        if None in stamps:  # inference tensors keep no version counter
             self.after_step(optimizer)
             return
         last = self._values

@@ -1,12 +1,15 @@
 """What the guard does to the optimizer: set a value for one step and put the user's back, raise
-ε, lift Adam's v. Called from `agent._guard_hooks.GuardHooks` in the optimizer's step hooks."""
+ε, lift Adam's v or catch it up to g². Called from `agent._guard_hooks.GuardHooks` in the
+optimizer's step hooks."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from spikewatch.agent._ramp import RampMachine
 from spikewatch.monitor.adam_state import UnsupportedOptimizer, adam_view
@@ -96,14 +99,21 @@ def lift_v(optimizer: Any, factor: float, group: int | None = None) -> int:
     scale = 1.0 / (factor * factor)
     groups = optimizer.param_groups if group is None else [optimizer.param_groups[group]]
     n = 0
+    for _, _, _, v in _second_moments(optimizer, groups):
+        v.mul_(scale)
+        n += 1
+    return n
+
+
+def _second_moments(optimizer: Any, groups: list[dict[str, Any]]
+                    ) -> Iterator[tuple[dict[str, Any], Tensor, dict[str, Any], Tensor]]:
+    """(group, param, its state, its exp_avg_sq) of every param of `groups` with Adam's v."""
     for g in groups:
         for p in g["params"]:
             state = optimizer.state.get(p)
             v = state.get("exp_avg_sq") if isinstance(state, dict) else None
             if v is not None:
-                v.mul_(scale)
-                n += 1
-    return n
+                yield g, p, state, v
 
 
 def catch_up_v(optimizer: Any) -> int:
@@ -113,24 +123,18 @@ def catch_up_v(optimizer: Any) -> int:
     v stays. Device operations only (a step count kept on the device stays there: no host
     sync); tensors touched."""
     n = 0
-    for g in optimizer.param_groups:
-        betas = g.get("betas")
-        if not isinstance(betas, tuple | list) or len(betas) != 2:
+    for g, p, state, v in _second_moments(optimizer, optimizer.param_groups):
+        betas, grad = g.get("betas"), p.grad
+        if (not isinstance(betas, tuple | list) or len(betas) != 2 or grad is None
+                or grad.is_sparse or v.shape != grad.shape):
             continue
-        beta2 = betas[1]
-        for p in g["params"]:
-            state = optimizer.state.get(p)
-            v = state.get("exp_avg_sq") if isinstance(state, dict) else None
-            grad = p.grad
-            if v is None or grad is None or grad.is_sparse or v.shape != grad.shape:
-                continue
-            # Adam's bias correction for the step it is about to make; a tensor step or β2
-            # (capturable, fused) stays a tensor where it is: no host sync
-            correction = 1.0 - beta2 ** (state.get("step", 0) + 1)
-            # a non-finite gradient coordinate leaves its v alone (v = inf or NaN for good)
-            g2 = torch.nan_to_num(grad.detach().to(v.dtype).square(), nan=0.0, posinf=0.0)
-            g2.mul_(correction.to(v.dtype) if isinstance(correction, torch.Tensor)
-                    else float(correction))
-            torch.maximum(v, g2, out=v)
-            n += 1
+        # Adam's bias correction for the step it is about to make; a tensor step or β2
+        # (capturable, fused) stays a tensor where it is: no host sync
+        correction = 1.0 - betas[1] ** (state.get("step", 0) + 1)
+        # a non-finite gradient coordinate leaves its v alone (v = inf or NaN for good)
+        g2 = torch.nan_to_num(grad.detach().to(v.dtype).square(), nan=0.0, posinf=0.0)
+        g2.mul_(correction.to(v.dtype) if isinstance(correction, torch.Tensor)
+                else float(correction))
+        torch.maximum(v, g2, out=v)
+        n += 1
     return n

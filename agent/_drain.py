@@ -176,7 +176,8 @@ def _merge(a: wire.Record, b: wire.Record) -> wire.Record:
 
 class Reactive:
     """Reactive loss-spike / non-finite detection, the phase label, the last instability's
-    loss rise and the swings of the clean loss (`eval_loss`, where logged), on drained records."""
+    loss rise, the first sustained spike of the loss (it re-arms the guard) and the swings of
+    the clean loss (`eval_loss`, where logged), on drained records."""
 
     def __init__(self) -> None:
         from spikewatch.monitor.instability import InstabilityTracker
@@ -185,6 +186,10 @@ class Reactive:
 
         self.loss = ReactiveDetector("olmo_core")
         self.grad = ReactiveDetector("olmo_core")
+        # llm-foundry's rule (2x the running mean for > 4 steps): a spike that primes the guard;
+        # unlike the z-score it never fires on a near-edge run's wobbles
+        self.sustained = ReactiveDetector("llm_foundry")
+        self.spiked_at: int | None = None  # the first step the sustained rule fired
         self.phases: Any = None
         self.instability = InstabilityTracker()
         self.swings = SwingCounter()
@@ -202,6 +207,7 @@ class Reactive:
             if rise != before or i == len(records) - 1:
                 scalars[nm.INSTABILITY_RISE] = rise
             self._count_swings(r, scalars, last=i == len(records) - 1)
+            self._watch_sustained(r)
             for series, det in ((nm.LOSS, self.loss), (nm.GRAD_NORM, self.grad)):
                 v = r.scalars.get(series)
                 if v is None:
@@ -232,6 +238,17 @@ class Reactive:
                 r = dataclasses.replace(r, scalars=scalars, events=(*r.events, *events))
             out.append(r)
         return out
+
+    def _watch_sustained(self, r: wire.Record) -> None:
+        """Note the first step the loss spiked by llm-foundry's rule (it primes the guard)."""
+        from spikewatch.monitor.reactive import Kind
+
+        loss = r.scalars.get(nm.LOSS)
+        if loss is None or self.spiked_at is not None:
+            return
+        d = self.sustained.update(r.step, loss)
+        if d is not None and d.kind != Kind.NONFINITE:
+            self.spiked_at = d.step
 
     def _count_swings(self, r: wire.Record, scalars: dict[str, float], *, last: bool) -> None:
         """Feed a logged eval_loss to the swing counter; stream the swing and recent-spike counts

@@ -32,7 +32,11 @@ untouched). The 50 %: at 30 % it acted on two
 near-edge stable controls, whose wobbles reach 1.36–1.40×, at 50 % on none, for one more CNN
 onset. After its first action it is re-armed (`rearm`) and acts on the ratio and ρ
 alone: the instability it prevented moved the loss little, while the next crossing is as
-dangerous (MLP onsets 9 → 5, CNN 3 → 1). "v" prevented more spikes than "lr"; `factor` 0.7 as many
+dangerous (MLP onsets 9 → 5, CNN 3 → 1). A spike of the logged loss (llm-foundry's rule, ≥ 2×
+its running mean for more than 4 steps, read on the drain) re-arms it too: a transformer's first
+spike often comes with no sustained crossing ahead of it and the wobbles after it reset the rise,
+so its later crossings went unacted on (transformer onsets 12 → 8, no control touched).
+"v" prevented more spikes than "lr"; `factor` 0.7 as many
 as 0.5 at a smaller cost to the loss, 0.9 too few; ρ < 0.08 (the first default) missed most of the
 CNN's crossings (their ρ is 0.08–0.2). Under DDP every rank reads the same ratio and ρ
 (all-reduced gradients, the same sampled coordinates) and so acts at the same step; `rise` reads
@@ -120,8 +124,9 @@ class Guard(BaseModel):
     # a jump predicted past the edge (ratio × drop ≥ `ratio`) lifts Adam's v by the drop² at the
     # changed step (`agent._ramp.jump_lifts`; not with a ramp, which handles jumps its own way)
     jump_lift: bool = True
-    # after its first action the guard acts on the ratio and rho alone: an instability it
-    # prevented moved the loss little, yet the next crossing is as dangerous
+    # after its first action (or a jump lift, a catch-up, a spike of the loss) the guard acts on
+    # the ratio and rho alone: an instability it prevented moved the loss little, yet the next
+    # crossing is as dangerous
     rearm: bool = True
     # > 0: where the job logs a clean `eval_loss`, a completed swing of it with at least this
     # many in 300 steps, or a spike of it, triggers the action too (minibatch training; 0: off)
@@ -184,7 +189,8 @@ class GuardMachine:
         self.swings_seen = 0  # completed swings of the clean loss already taken
         self.spikes_seen = 0  # and its spikes
         self.actions = 0
-        self.primed = False  # re-armed by a jump lift or a catch-up (an instability it met)
+        self.primed = False  # re-armed by a jump lift, a catch-up or a loss spike (an instability)
+        self.armed_by = ""  # what re-armed it, for the events' `why`
         self.catches = 0  # catch-ups of v taken
         self._caught_at = -READING_LAG  # the step of the last catch-up of v
 
@@ -216,7 +222,7 @@ class GuardMachine:
         """Catch v up to g² at `step + 1`: an action and its release at once (v then decays on
         its own), and the guard is re-armed (the run met an instability)."""
         self.catches += 1
-        self.primed = True
+        self.prime("a catch-up of v")
         self._caught_at = step + 1
         return [("guard_action", {
             "action": "v_catch_up", "from_step": step + 1, "trigger": "runaway",
@@ -226,6 +232,13 @@ class GuardMachine:
                     "up to g^2 so that no coordinate steps much more than lr")}),
             ("guard_release", {"action": "v_catch_up", "started_at_step": step + 1,
                                "released_at_step": step + 1, "steps": 1})]
+
+    def prime(self, why: str) -> None:
+        """Re-arm the guard without an action of its own (the run met an instability: a jump
+        lift, a catch-up of v, a spike of the loss); with `rearm`, crossings are then acted on
+        without the rise."""
+        if not self.primed:
+            self.primed, self.armed_by = True, why
 
     def catches_v(self, step: int) -> bool:
         """Whether v is caught up to the gradient at `step` (a runaway reading at the last)."""
@@ -338,7 +351,7 @@ class GuardMachine:
         if p.rise <= 1.0 or act.trigger != "stability_ratio":
             gate = ""
         elif act.rise < p.rise:
-            gate = ", re-armed by its earlier action"
+            gate = f", re-armed by {self.armed_by or 'its earlier action'}"
         else:
             gate = f", after an instability that moved the loss {act.rise:.2f}x"
         return {"action": p.action, "factor": p.factor, "hold_steps": p.hold_steps,

@@ -80,16 +80,18 @@ class GuardHooks:
                 continue  # no Adam state (SGD, or before the first step)
             touched = True
             self.jumps += 1
-            self.machine.primed = True
+            self.machine.prime("a jump lift")
             self._pending += [("guard_action", {**jl.event, "from_step": step}),
                               ("guard_release", {"action": "jump_lift", "started_at_step": step,
                                                  "released_at_step": step, "steps": 1})]
         return touched
 
     def after(self, step: int, optimizer: Any, predictor: Any, rise: float,
-              emit: Callable[..., None], swings: SwingCounter | None = None) -> None:
-        """The post-step hook: put the user's values back, take the predictor's reading and the
-        clean loss's swings (the drain's counter, where `eval_loss` is logged), stream what
+              emit: Callable[..., None], swings: SwingCounter | None = None,
+              spiked_at: int | None = None) -> None:  # fmt: skip
+        """The post-step hook: put the user's values back, take the predictor's reading, the
+        clean loss's swings (the drain's counter, where `eval_loss` is logged) and the step the
+        loss first spiked (the drain's, llm-foundry's rule: it re-arms the guard), stream what
         was decided."""
         if self._saved:
             restore_user_values(self._saved)
@@ -98,6 +100,8 @@ class GuardHooks:
         if self.ramps.ramps:
             events += self.ramps.finish(step)
         m = self.machine
+        if spiked_at is not None and m.policy.rearm:
+            m.prime(f"the loss spike at step {spiked_at}")
         # the readings the predictor made at this step's post hook (several after a batch)
         at, fresh = getattr(predictor, "fresh", (-1, []))
         readings: list[tuple[int, list[float]]] = fresh if at == step else []

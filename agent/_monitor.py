@@ -334,7 +334,7 @@ class Monitor:
             try:  # whatever happened above
                 self._guard.after(step, self.ctx.optimizer, self.ctx.predictor,
                                   self._reactive.instability.rise, self._event,
-                                  self._reactive.swings)
+                                  self._reactive.swings, self._reactive.spiked_at)
             except Exception as e:
                 self._fail("guard", e, disable=False)
         if self._hparams is not None:  # after the guard: the lr it records is the user's

@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from spikewatch.protocol import names as nm
 from tests.e2e._procs import Daemon, Procs, start_daemon
 from tests.e2e._train import Trained, alerts, train_seed, wait_stored
 
@@ -46,10 +48,27 @@ def test_spiking_run_pages_before_first_onset(daemon: Daemon, spiking: Trained) 
     pages = _pages(alerts(daemon.http, trained.run))
     before = [a for a in pages if onsets[0] - LEAD_WINDOW <= a["fired_step"] < onsets[0]]
     assert before, (f"no page fired in the {LEAD_WINDOW} steps before the onset at step "
-                    f"{onsets[0]}; pages: {[(a['rule'], a['fired_step']) for a in pages]}")
+                    f"{onsets[0]}; pages: {[(a['rule'], a['fired_step']) for a in pages]}; "
+                    f"{_why_not(daemon, trained.run, onsets[0])}")
     assert any(a["rule"] == "predicted_loss_spike" for a in before), before
     for a in before:
         assert a["first_step"] <= a["fired_step"] < onsets[0]
+
+
+def _why_not(daemon: Daemon, run: str, onset: int) -> str:
+    """What the page reads, for a failure's message: the largest instability rise before the
+    onset (the gate: >= 1.5), the predictor's cadences and how many readings it made."""
+    def series(metric: str) -> dict[int, float]:
+        r = httpx.get(f"{daemon.http}/api/v1/runs/{run}/series",
+                      params={"metric": metric, "limit": 10000}, timeout=10.0)
+        r.raise_for_status()
+        return {p["step"]: p["value"] for p in r.json()["points"] if p["step"] < onset}
+    rise = series(nm.INSTABILITY_RISE)
+    cadence = series(nm.AGENT_PREDICTION_CADENCE)
+    ratios = series(nm.STABILITY_RATIO_TWO_SECANT)
+    return (f"instability_rise max {max(rise.values(), default=None)} at "
+            f"{max(rise, key=lambda k: rise[k], default=None)}, prediction cadences "
+            f"{sorted(set(cadence.values()))}, {len(ratios)} two-secant readings")
 
 
 def test_stable_control_run_has_no_page(daemon: Daemon, spiking: Trained) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import spikewatch
 from spikewatch.monitor.seed_fnn import SeedRun
 from spikewatch.server.backtest import spike_onsets
 
-__all__ = ["Trained", "alerts", "train_classifier", "train_seed", "wait_stored"]
+__all__ = ["Trained", "alerts", "train_classifier", "train_seed", "wait_alerts", "wait_stored"]
 
 
 @dataclass(frozen=True)
@@ -116,3 +117,16 @@ def alerts(http: str, run: str) -> list[dict[str, Any]]:
     r = httpx.get(f"{http}/api/v1/runs/{run}/alerts", timeout=10.0)
     r.raise_for_status()
     return list(r.json())
+
+
+def wait_alerts(http: str, run: str, done: Callable[[list[dict[str, Any]]], bool],
+                timeout: float = 15.0) -> list[dict[str, Any]]:
+    """The run's alerts once `done(alerts)` holds, or as they are at `timeout`. The server
+    evaluates the rules after it commits a batch, so a step already stored may not have its
+    alerts persisted yet when a burst of steps came in one commit."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = alerts(http, run)
+        if done(rows) or time.monotonic() >= deadline:
+            return rows
+        time.sleep(0.2)

@@ -19,7 +19,7 @@ from benchmarks.early_warning._train import Arm
 from benchmarks.early_warning.scenarios import by_name
 from spikewatch.server.backtest import spike_onsets
 from tests.e2e._procs import Daemon, Procs, start_daemon
-from tests.e2e._train import alerts, wait_stored
+from tests.e2e._train import wait_alerts, wait_stored
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -59,8 +59,10 @@ def test_a_swing_after_a_spike_pages_before_the_next_onset(daemon: Daemon) -> No
     assert len(onsets) >= 3, f"the run spiked {len(onsets)} times: nothing to page"
     wait_stored(daemon.http, RUN, len(evals) - 2)
 
-    pages: list[dict[str, Any]] = [a for a in alerts(daemon.http, RUN)
-                                   if a["rule"] == PAGE and a["fired_step"] is not None]
+    def paged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [a for a in rows if a["rule"] == PAGE and a["fired_step"] is not None]
+
+    pages = paged(wait_alerts(daemon.http, RUN, lambda rows: bool(paged(rows))))
     fired = [a["fired_step"] for a in pages]
     assert fired, "the minibatch page never fired"
     assert min(fired) > onsets[0], f"paged at {min(fired)}, before any spike ({onsets[0]})"

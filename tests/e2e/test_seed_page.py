@@ -15,7 +15,7 @@ import pytest
 
 from spikewatch.protocol import names as nm
 from tests.e2e._procs import Daemon, Procs, start_daemon
-from tests.e2e._train import Trained, alerts, train_seed, wait_stored
+from tests.e2e._train import Trained, alerts, train_seed, wait_alerts, wait_stored
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -45,8 +45,11 @@ def test_spiking_run_pages_before_first_onset(daemon: Daemon, spiking: Trained) 
     assert onsets, "the seed problem did not spike: nothing to predict"
     wait_stored(daemon.http, trained.run, len(trained.losses) - 2)
 
-    pages = _pages(alerts(daemon.http, trained.run))
-    before = [a for a in pages if onsets[0] - LEAD_WINDOW <= a["fired_step"] < onsets[0]]
+    def paged_ahead(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [a for a in _pages(rows) if onsets[0] - LEAD_WINDOW <= a["fired_step"] < onsets[0]]
+
+    pages = _pages(wait_alerts(daemon.http, trained.run, lambda rows: bool(paged_ahead(rows))))
+    before = paged_ahead(pages)
     assert before, (f"no page fired in the {LEAD_WINDOW} steps before the onset at step "
                     f"{onsets[0]}; pages: {[(a['rule'], a['fired_step']) for a in pages]}; "
                     f"{_why_not(daemon, trained.run, onsets[0])}")

@@ -237,8 +237,8 @@ class GuardMachine:
         """Re-arm the guard without an action of its own (the run met an instability: a jump
         lift, a catch-up of v, a spike of the loss); with `rearm`, crossings are then acted on
         without the rise."""
-        if not self.primed:
-            self.primed, self.armed_by = True, why
+        if not self.primed:  # the first cause names it (its own earlier action, if any)
+            self.primed, self.armed_by = True, "" if self.actions else why
 
     def catches_v(self, step: int) -> bool:
         """Whether v is caught up to the gradient at `step` (a runaway reading at the last)."""

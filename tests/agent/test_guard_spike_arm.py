@@ -56,6 +56,13 @@ def test_a_primed_machine_acts_on_a_crossing_without_the_rise_and_says_why() -> 
     [(kind, act)] = m.observe(11, *HOT, 1.0)
     assert (kind, act["trigger"], act["from_step"]) == ("guard_action", "stability_ratio", 12)
     assert act["why"].endswith(", re-armed by the loss spike at step 7")
+    acted = GuardMachine(Guard())  # armed by its own action first: that is what it says
+    assert [k for k, _ in acted.observe(1, *HOT, 1.6) + acted.observe(2, *HOT, 1.6)] == [
+        "guard_action"]
+    acted.prime("the loss spike at step 7")
+    later = acted.observe(200, *HOT, 1.0) + acted.observe(201, *HOT, 1.0)
+    assert [k for k, _ in later] == ["guard_release", "guard_action"]
+    assert later[1][1]["why"].endswith(", re-armed by its earlier action")
     off = GuardMachine(Guard(rearm=False))
     off.prime("the loss spike at step 7")
     assert off.observe(10, *HOT, 1.0) == off.observe(11, *HOT, 1.0) == []

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +20,8 @@ from spikewatch.monitor.seed_fnn import SeedRun
 from spikewatch.server.backtest import spike_onsets
 
 __all__ = ["Trained", "alerts", "train_classifier", "train_seed", "wait_alerts", "wait_stored"]
+
+_ROOT = Path(__file__).resolve().parents[2]  # the checkout: `tests` is importable from here
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,23 @@ class Trained:
 
 def train_seed(endpoint: str, run: str, lr: float, steps: int, *, min_step_s: float = 0.05,
                stop_after_onset: int | None = None) -> Trained:
+    """`train_seed_here` in a job process of its own, as a user's job runs: the agent's budget
+    times its own work, and a test process that imported other libraries before (wandb's
+    tracker test makes every later agent step 1.5-2x as expensive) would stretch the predictor
+    of a job that, on its own, predicts at every step."""
+    args = {"endpoint": endpoint, "run": run, "lr": lr, "steps": steps, "min_step_s": min_step_s,
+            "stop_after_onset": stop_after_onset}
+    limit = 60.0 + 3.0 * steps * max(min_step_s, 0.002)
+    done = subprocess.run([sys.executable, "-m", "tests.e2e._train", json.dumps(args)],
+                          cwd=_ROOT, capture_output=True, text=True, timeout=limit, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"the training job failed ({done.returncode}): {done.stderr[-2000:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return Trained(out["run"], out["losses"], out["logged_at"])
+
+
+def train_seed_here(endpoint: str, run: str, lr: float, steps: int, *,
+                    min_step_s: float = 0.05, stop_after_onset: int | None = None) -> Trained:
     """The seed FNN (arXiv:2506.04805) trained with Adam(lr), the agent attached as a user
     attaches it: `spikewatch.attach(model, opt, run=..., endpoint=...)`, no closure, the default
     profile and overhead budget.
@@ -130,3 +153,7 @@ def wait_alerts(http: str, run: str, done: Callable[[list[dict[str, Any]]], bool
         if done(rows) or time.monotonic() >= deadline:
             return rows
         time.sleep(0.2)
+
+
+if __name__ == "__main__":  # the job process of `train_seed`: its arguments as JSON, its result
+    print(json.dumps(asdict(train_seed_here(**json.loads(sys.argv[1])))))

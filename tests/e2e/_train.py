@@ -19,7 +19,8 @@ import spikewatch
 from spikewatch.monitor.seed_fnn import SeedRun
 from spikewatch.server.backtest import spike_onsets
 
-__all__ = ["Trained", "alerts", "train_classifier", "train_seed", "wait_alerts", "wait_stored"]
+__all__ = ["Trained", "alerts", "series", "train_classifier", "train_seed", "wait_alerts",
+           "wait_stored"]
 
 _ROOT = Path(__file__).resolve().parents[2]  # the checkout: `tests` is importable from here
 
@@ -140,6 +141,15 @@ def alerts(http: str, run: str) -> list[dict[str, Any]]:
     r = httpx.get(f"{http}/api/v1/runs/{run}/alerts", timeout=10.0)
     r.raise_for_status()
     return list(r.json())
+
+
+def series(http: str, run: str, metric: str) -> dict[int, Any]:
+    """GET /api/v1/runs/{run}/series: the stored values of `metric` by step (as served: a
+    non-finite value comes as the API writes it)."""
+    r = httpx.get(f"{http}/api/v1/runs/{run}/series", params={"metric": metric, "limit": 10000},
+                  timeout=10.0)
+    r.raise_for_status()
+    return {p["step"]: p["value"] for p in r.json()["points"]}
 
 
 def wait_alerts(http: str, run: str, done: Callable[[list[dict[str, Any]]], bool],

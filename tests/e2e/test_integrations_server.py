@@ -10,14 +10,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import torch
 from torch import nn
 
 from spikewatch.protocol import names as nm
 from tests.e2e._procs import Daemon, Procs, start_daemon
-from tests.e2e._train import wait_stored
+from tests.e2e._train import series, wait_stored
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -33,11 +32,8 @@ def daemon(procs: Procs, tmp_path_factory: pytest.TempPathFactory) -> Daemon:
 
 
 def _series(daemon: Daemon, run: str, metric: str) -> dict[int, float]:
-    r = httpx.get(f"{daemon.http}/api/v1/runs/{run}/series", params={"metric": metric},
-                  timeout=10.0)
-    r.raise_for_status()
-    return {p["step"]: p["value"] for p in r.json()["points"]
-            if isinstance(p["value"], float) and math.isfinite(p["value"])}
+    return {k: v for k, v in series(daemon.http, run, metric).items()
+            if isinstance(v, float) and math.isfinite(v)}
 
 
 def _assert_predicted(daemon: Daemon, run: str) -> None:

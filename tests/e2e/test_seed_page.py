@@ -10,12 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from spikewatch.protocol import names as nm
 from tests.e2e._procs import Daemon, Procs, start_daemon
-from tests.e2e._train import Trained, alerts, train_seed, wait_alerts, wait_stored
+from tests.e2e._train import Trained, alerts, series, train_seed, wait_alerts, wait_stored
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -61,14 +60,11 @@ def test_spiking_run_pages_before_first_onset(daemon: Daemon, spiking: Trained) 
 def _why_not(daemon: Daemon, run: str, onset: int) -> str:
     """What the page reads, for a failure's message: the largest instability rise before the
     onset (the gate: >= 1.5), the predictor's cadences and how many readings it made."""
-    def series(metric: str) -> dict[int, float]:
-        r = httpx.get(f"{daemon.http}/api/v1/runs/{run}/series",
-                      params={"metric": metric, "limit": 10000}, timeout=10.0)
-        r.raise_for_status()
-        return {p["step"]: p["value"] for p in r.json()["points"] if p["step"] < onset}
-    rise = series(nm.INSTABILITY_RISE)
-    cadence = series(nm.AGENT_PREDICTION_CADENCE)
-    ratios = series(nm.STABILITY_RATIO_TWO_SECANT)
+    def before(metric: str) -> dict[int, float]:
+        return {k: v for k, v in series(daemon.http, run, metric).items() if k < onset}
+    rise = before(nm.INSTABILITY_RISE)
+    cadence = before(nm.AGENT_PREDICTION_CADENCE)
+    ratios = before(nm.STABILITY_RATIO_TWO_SECANT)
     return (f"instability_rise max {max(rise.values(), default=None)} at "
             f"{max(rise, key=lambda k: rise[k], default=None)}, prediction cadences "
             f"{sorted(set(cadence.values()))}, {len(ratios)} two-secant readings")

@@ -2,10 +2,11 @@
 
 At a drain the pending steps are copied to the host in one transfer (`Collector.drain`), labelled
 on the host with the signal library's detectors (`Reactive`: reactive loss-spike and non-finite
-events, the five-phase label, the rise of the run's last instability and the swings of a logged
-`eval_loss`, fed the drained floats in step order), joined by the agent's own record (overhead,
-cadences, transport and guard counters, a `prediction_degraded` event when the predictor's
-cadence changes) and handed to the transport, which never blocks, then to the user's trackers
+events, the five-phase label, the rise of the run's last instability and where the loss stands
+against it, and the swings of a logged `eval_loss`, fed the drained floats in step order),
+joined by the agent's own record (overhead, cadences, transport and guard counters, a
+`prediction_degraded` event when the predictor's cadence changes) and handed to the transport,
+which never blocks, then to the user's trackers
 (`agent._trackers`: the same host floats, written again). The alerts the server told this run of
 since the last drain (replies the transport's thread received) are logged, written to the
 trackers and kept in `firing`.
@@ -206,6 +207,9 @@ class Reactive:
             rise = self.instability.update(r.step, r.scalars.get(nm.LOSS), record_ratio(r.scalars))
             if rise != before or i == len(records) - 1:
                 scalars[nm.INSTABILITY_RISE] = rise
+            recovery = self.instability.recovery
+            if nm.LOSS in r.scalars and math.isfinite(recovery):
+                scalars[nm.INSTABILITY_RECOVERY] = recovery
             self._count_swings(r, scalars, last=i == len(records) - 1)
             self._watch_sustained(r)
             for series, det in ((nm.LOSS, self.loss), (nm.GRAD_NORM, self.grad)):

@@ -20,6 +20,15 @@ every 50–250 steps and end in wobbles, this took the false pages from 17 to 10
 their 15 onsets missed), and an instability already past 1.5× opens the gate before its horizon
 ends (2 more onsets paged on the MLP and the quadratic; docs/early-warning.md).
 
+Where the run stands against that instability: `recovery` is the latest loss over the loss it
+rose from (the smallest of the `window` steps before it). Adam's instabilities recur because the
+run keeps descending after each, its preconditioner keeps decaying, and the next crossing comes
+from further down: at the benchmark's pages that came before an MLP's or a CNN's spike the loss
+was 2–65 % below that floor (recovery 0.35–0.98). A run at its loss floor crosses too, and there
+the transformers' crossings after a spike ended in wobbles: their false pages came at recovery
+1.00–1.19, the loss back on its plateau, not past it (docs/early-warning.md; the Adam quadratic,
+at its floor too, spiked again there).
+
 `InstabilityTracker.update` takes the drained per-step loss and ratio in step order and returns
 `rise`: the rise of the latest instability (1.0 before any). Pure Python over host floats.
 """
@@ -46,6 +55,8 @@ class InstabilityTracker:
         self.settle = settle
         self.margin = margin
         self.finished_rise = 1.0  # of the last finished instability
+        self._finished_base = math.nan  # and the loss it rose from
+        self._loss = math.nan  # the latest finite loss
         self._step: int | None = None  # the last step fed
         self._losses: deque[tuple[int, float]] = deque()  # (step, loss) of the last `window`
         self._above = 0  # consecutive readings ≥ 1
@@ -54,15 +65,25 @@ class InstabilityTracker:
         self._base = math.nan  # min loss of the window before it
         self._peak = math.nan  # max loss since
 
+    def _running_counts(self) -> bool:
+        """Whether the running instability is the latest word: its crossing is over, it is
+        `settle` steps old and has a rise."""
+        return (self._start is not None and self._step is not None and self._crossed_back
+                and self._step - self._start >= self.settle
+                and self._base > 0.0 and not math.isnan(self._peak))
+
     @property
     def rise(self) -> float:
         """The rise of the latest instability: the running one's so far once its crossing is
         over and it is `settle` steps old, else the last finished one's (1.0 before any)."""
-        if (self._start is not None and self._step is not None and self._crossed_back
-                and self._step - self._start >= self.settle
-                and self._base > 0.0 and not math.isnan(self._peak)):  # fmt: skip
-            return self._peak / self._base
-        return self.finished_rise
+        return self._peak / self._base if self._running_counts() else self.finished_rise
+
+    @property
+    def recovery(self) -> float:
+        """The latest loss over the loss the instability `rise` reports rose from: < 1 once the
+        run has descended past it; NaN before any instability or loss."""
+        base = self._base if self._running_counts() else self._finished_base
+        return self._loss / base if base > 0.0 else math.nan
 
     def update(self, step: int, loss: float | None, ratio: float | None) -> float:
         """Feed one step (either value may be missing); the current `rise`."""
@@ -70,6 +91,7 @@ class InstabilityTracker:
         if self._start is not None and step - self._start >= self.horizon:
             self._finish()
         if loss is not None and math.isfinite(loss):
+            self._loss = loss
             if self._start is not None:
                 self._peak = loss if math.isnan(self._peak) else max(self._peak, loss)
             self._losses.append((step, loss))
@@ -96,4 +118,5 @@ class InstabilityTracker:
     def _finish(self) -> None:
         if self._base > 0.0 and not math.isnan(self._peak):
             self.finished_rise = self._peak / self._base
+            self._finished_base = self._base
         self._start = None

@@ -54,6 +54,7 @@ SQRT_V_NORM = "sqrt_v_norm"
 SQRT_V_DECAY = "sqrt_v_decay"
 PHASE = "phase"
 INSTABILITY_RISE = "instability_rise"
+INSTABILITY_RECOVERY = "instability_recovery"
 # --- clean-loss swings (minibatch) ---------------------------------------------------------------
 EVAL_LOSS = "eval_loss"
 EVAL_LOSS_SWINGS = "eval_loss_swings"
@@ -121,6 +122,9 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(INSTABILITY_RISE, "1", "loss rise (max / min of the 50 steps before) of the run's "
            "latest instability (stability ratio ≥ 1 for 3 readings; the running one's rise so far "
            "once its crossing is over and it is 10 steps old); 1 before any", _S0, export=True),
+    Metric(INSTABILITY_RECOVERY, "1", "the latest loss over the loss that instability rose from "
+           "(the min of the 50 steps before it): < 1 once the run has descended past it, ≥ 1 "
+           "back on its plateau", _S0, export=True),
     Metric(EVAL_LOSS, "1", "a clean loss the user logs (full data, held-out set or fixed batch)",
            "user"),
     Metric(EVAL_LOSS_SWINGS, "count", "completed 1.5× swings of eval_loss over its 50-step minimum "

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 
 from spikewatch.monitor.instability import InstabilityTracker
 
 
-def _feed(tr: InstabilityTracker, rows: list[tuple[float | None, float | None]], start: int = 0
-          ) -> list[float]:
+def _feed(tr: InstabilityTracker, rows: Sequence[tuple[float | None, float | None]],
+          start: int = 0) -> list[float]:
     return [tr.update(start + i, loss, ratio) for i, (loss, ratio) in enumerate(rows)]
 
 
@@ -63,6 +64,27 @@ def test_a_wobble_after_a_spike_closes_the_gate_before_its_horizon() -> None:
     assert out[169] == pytest.approx(2.5)
     assert out[179] == pytest.approx(2.5)  # the wobble is 9 steps old
     assert out[180] == pytest.approx(1.1)  # 10: the latest instability counts
+
+
+def test_recovery_reads_the_loss_against_where_the_reported_instability_rose_from() -> None:
+    """Before any instability there is none; then the latest loss over the floor the instability
+    `rise` reports rose from: back on the plateau 1.0, below it once the run descends past it. A
+    crossing still in progress is judged by the instability before it, as the rise is."""
+    tr = InstabilityTracker()
+    _feed(tr, [(1.0, 0.5)] * 60)
+    assert math.isnan(tr.recovery)
+    spike = [(1.0, 1.01)] * 3 + [(2.5, 0.9)] * 5 + [(1.0, 0.9)] * 100  # a 2.5× spike at 62
+    out = _feed(tr, spike, start=60)
+    assert out[-1] == pytest.approx(2.5)
+    assert tr.recovery == pytest.approx(1.0)  # back on its plateau, not past it
+    _feed(tr, [(1.0 - 0.002 * i, 0.9) for i in range(100)], start=168)  # descends to 0.8
+    assert tr.recovery == pytest.approx(0.802)
+    _feed(tr, [(0.8, 1.01)] * 3 + [(0.8, 0.9)] * 9, start=268)  # a new crossing, 9 steps old
+    assert tr.rise == pytest.approx(2.5)
+    assert tr.recovery == pytest.approx(0.8)  # still against the spike's floor
+    _feed(tr, [(0.88, 0.9)], start=280)  # 10 steps old: the new one counts, from its own floor
+    assert tr.rise == pytest.approx(1.1)
+    assert tr.recovery == pytest.approx(1.1)
 
 
 def test_missing_and_nonfinite_values_are_skipped() -> None:

@@ -89,7 +89,7 @@ def synthetic_run(steps: int = 400) -> list[tuple[int, dict[str, float], list[wi
         events = [wire.Event("momentum_jump", jump)] \
             if s == 100 else []  # fmt: skip
         values = {"loss": loss, "stability_ratio_two_secant": r, "rho_sampled": rho,
-                  "instability_rise": 1.5 if s > 150 else 1.0}
+                  "instability_rise": 1.5 if s > 150 else 1.0, "instability_recovery": 0.9}
         rows.append((s, values, events))
     return rows
 

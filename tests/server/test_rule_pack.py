@@ -30,6 +30,8 @@ def _trace(name: str) -> list[tuple[int, dict[str, float]]]:
         if ratio is not None:
             values |= {"stability_ratio_two_secant": ratio, "rho_sampled": rho}
         values["instability_rise"] = tracker.update(step, loss, ratio)
+        if not math.isnan(tracker.recovery):
+            values["instability_recovery"] = tracker.recovery
         out.append((step, values))
     return out
 
@@ -125,7 +127,8 @@ def synthetic(spike: bool) -> list[tuple[int, dict[str, float]]]:
             r = 1.02 if step >= 200 and step % 7 < 1 else min(r, 0.97)
         rows.append((step, {"loss": loss, "stability_ratio_two_secant": r, "rho_sampled": rho,
                             "rho": rho, "sqrt_v_decay": 1.0 if decay else 1.3,
-                            "instability_rise": 1.5 if step > 150 else 1.0}))  # fmt: skip
+                            "instability_rise": 1.5 if step > 150 else 1.0,
+                            "instability_recovery": 0.9}))  # fmt: skip
     return rows
 
 
@@ -146,6 +149,17 @@ def test_a_crossing_before_any_large_instability_only_warns() -> None:
     ts = run_pack(rows)
     assert fired(ts, Severity.PAGE) == []
     assert ("stability_edge_crossing", 202) in fired(ts, Severity.WARNING)  # r ≥ 1 from 200
+
+
+def test_a_crossing_back_on_the_loss_floor_after_a_spike_only_warns() -> None:
+    """The instability before moved the loss ≥ 1.5×, but the loss is back where it rose from, not
+    past it (a run at its loss floor, where the crossings after a spike ended in wobbles)."""
+    rows = synthetic(spike=True)
+    for _, v in rows:
+        v["instability_recovery"] = 1.0
+    ts = run_pack(rows)
+    assert fired(ts, Severity.PAGE) == []
+    assert ("stability_edge_crossing", 202) in fired(ts, Severity.WARNING)
 
 
 @pytest.mark.parametrize(
@@ -266,7 +280,9 @@ def test_page_resolves_keep_firing_steps_after_the_condition_clears() -> None:
     values = dict(trace)
     last = step
     while (values[last + 1].get("stability_ratio_two_secant", 0.0) >= 0.99
-           and values[last + 1].get("rho_sampled", 1.0) < _page_threshold("rho_sampled")):
+           and values[last + 1].get("rho_sampled", 1.0) < _page_threshold("rho_sampled")
+           and values[last + 1].get("instability_recovery", math.inf)
+           < _page_threshold("instability_recovery")):  # fmt: skip
         last += 1
     ep = next(e for e in episodes(run_pack(trace))
               if e.rule == "predicted_loss_spike" and e.fired_step == step)

@@ -13,7 +13,7 @@ from torch import nn
 
 from spikewatch.agent._config import resolve
 from spikewatch.agent._monitor import Monitor
-from spikewatch.agent._two_secant_probe import EAGER_RATIO
+from spikewatch.agent._two_secant_probe import EAGER_RATIO, EAGER_RHO
 from spikewatch.monitor.seed_fnn import make_seed_problem
 from spikewatch.monitor.two_secant import TwoSecant
 from spikewatch.protocol import names as nm
@@ -100,12 +100,14 @@ def test_defaults_stream_the_predictor_every_step_with_the_library_values(peer: 
     assert dl.events(peer, EventType.PREDICTION_DEGRADED.value) == []
 
 
+@pytest.mark.parametrize("hot", ["ratio", "rho"])
 def test_readings_come_in_batches_below_the_edge_every_step_near_it_and_with_each_drain(
-        peer: Peer) -> None:  # fmt: skip
+        peer: Peer, hot: str) -> None:  # fmt: skip
     """Below EAGER_RATIO the readings are computed every BATCH steps (a few steps late: cheap);
-    from it on, at every step. A drain computes what is recorded first, so every record it
-    sends holds its reading: at the first drain (end of step 24) those of steps 2..23."""
-    monitor, paced, opt, loss_fn = _paced_adam(peer, "unit-batches", 3)
+    from it on, at every step, and so from ρ ≥ EAGER_RHO on (a runaway building: the guard's
+    catch-up of v must not wait for a batch). A drain computes what is recorded first, so every
+    record it sends holds its reading: at the first drain (end of step 24) those of steps 2..23."""
+    monitor, paced, opt, loss_fn = _paced_adam(peer, f"unit-batches-{hot}", 3)
     probe = monitor.ctx.predictor
     real = probe.est.flush
     sizes: dict[int, int] = {}
@@ -116,7 +118,10 @@ def test_readings_come_in_batches_below_the_edge_every_step_near_it_and_with_eac
         for r in readings:
             host = r.host()
             assert host is not None
-            host[0][1] = 0.5 if r.step < 40 else EAGER_RATIO
+            if hot == "ratio":
+                host[0][1] = 0.5 if r.step < 40 else EAGER_RATIO
+            else:
+                host[0][1], host[0][2] = 0.5, 0.1 if r.step < 40 else EAGER_RHO
         if readings:
             sizes[step["now"]] = len(readings)
         return readings

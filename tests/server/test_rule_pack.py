@@ -76,6 +76,7 @@ def test_default_pack_loads_and_documents_every_rule() -> None:
     sev = {r.name: r.severity for r in pack}
     assert sev["predicted_loss_spike"] is Severity.PAGE
     assert sev["unstable_after_hparam_change"] is Severity.PAGE
+    assert sev["stability_ratio_far_past_edge"] is Severity.PAGE
     assert sev["nonfinite_loss"] is Severity.PAGE
     assert sev["unrescaled_momentum_jump"] is Severity.WARNING
     assert sev["prediction_degraded"] is Severity.WARNING
@@ -160,6 +161,20 @@ def test_a_crossing_back_on_the_loss_floor_after_a_spike_only_warns() -> None:
     ts = run_pack(rows)
     assert fired(ts, Severity.PAGE) == []
     assert ("stability_edge_crossing", 202) in fired(ts, Severity.WARNING)
+
+
+@pytest.mark.parametrize(("ratio", "pages"), [(1.6, True), (1.4, False)])
+def test_a_reading_far_past_the_edge_pages_whatever_the_runs_history(ratio: float,
+                                                                    pages: bool) -> None:
+    """No earlier instability opened the gate, but the ratio reads ≥ 1.5 for the rule's two
+    readings: a step that far past the edge doubles the error along it every step."""
+    rows = synthetic(spike=True)
+    for step, v in rows:
+        v["instability_rise"] = 1.0
+        if 200 <= step < 240:
+            v["stability_ratio_two_secant"] = ratio
+    ts = run_pack(rows)
+    assert fired(ts, Severity.PAGE) == ([("stability_ratio_far_past_edge", 201)] if pages else [])
 
 
 @pytest.mark.parametrize(

@@ -207,9 +207,10 @@ class Reactive:
             rise = self.instability.update(r.step, r.scalars.get(nm.LOSS), record_ratio(r.scalars))
             if rise != before or i == len(records) - 1:
                 scalars[nm.INSTABILITY_RISE] = rise
-            recovery = self.instability.recovery
-            if nm.LOSS in r.scalars and math.isfinite(recovery):
-                scalars[nm.INSTABILITY_RECOVERY] = recovery
+            if nm.LOSS in r.scalars:
+                recovery = self.instability.recovery
+                if math.isfinite(recovery):
+                    scalars[nm.INSTABILITY_RECOVERY] = recovery
             self._count_swings(r, scalars, last=i == len(records) - 1)
             self._watch_sustained(r)
             for series, det in ((nm.LOSS, self.loss), (nm.GRAD_NORM, self.grad)):

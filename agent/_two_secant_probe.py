@@ -93,8 +93,8 @@ class TwoSecantProbe(Probe):
         Adam's second moment (a runaway building), to compute at every step."""
         if self.reading is None:
             return False
-        values = self.reading[1]
-        return values[1] >= EAGER_RATIO or (len(values) > 2 and values[2] >= EAGER_RHO)
+        values = self.reading[1]  # [λ, ratio, ρ, secant ratio]; SGD's ρ is NaN
+        return values[1] >= EAGER_RATIO or values[2] >= EAGER_RHO
 
     def _emit(self, r: TwoSecantReading, out: Collector) -> None:
         self.last = r

@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guard-ramp-steps", type=int, default=None,
                     help="steps over which a threshold-dropping hyper-parameter jump is applied "
                          "(0: at once; default: Guard's)")
+    ap.add_argument("--guard-catch-rho", type=float, default=None,
+                    help="rho at which a runaway update's v is caught up (0: off; default: "
+                         "Guard's)")
     ap.add_argument("--pace-ms", type=float, default=50.0,
                     help="the guarded arm's steps take at least this long (default 50)")
     ap.add_argument("--jobs", type=int, default=12)
@@ -230,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(n, a) for n in names for a in arms]
     knobs = {"action": args.guard_action, "rise": args.guard_rise, "rho": args.guard_rho,
              "ramp_steps": args.guard_ramp_steps, "factor": args.guard_factor,
-             "rearm": args.guard_rearm, "swings": args.guard_swings}
+             "rearm": args.guard_rearm, "swings": args.guard_swings,
+             "catch_rho": args.guard_catch_rho}
     policy = Guard(**{k: v for k, v in knobs.items() if v is not None})
     t0 = time.perf_counter()
     # the paced guarded runs first, on their own: an unpaced baseline keeps a core busy, and the

@@ -131,6 +131,23 @@ def test_held_out_variants_by_name() -> None:
         by_name(["mlp-x-lr0.01-s0"])
 
 
+def test_the_lstm_variant_trains_the_transformers_task_with_a_recurrent_network() -> None:
+    """`lstm-lr{lr}-s{seed}` is the transformers' fixed-pool reversal task (the same data and the
+    same loss floor) with an LSTM: an architecture the rules were not tuned on."""
+    (sc,) = by_name(["lstm-lr0.2-s1"])
+    assert (sc.family, sc.control, sc.minibatch, sc.steps) == ("lstm", False, False, 1500)
+    a, b = Arm(sc.build()), Arm(sc.build())
+    assert any(isinstance(m, torch.nn.LSTM) for m in a.task.model.modules())
+    assert a.task.optimizer.param_groups[0]["lr"] == 0.2
+    a.run(3)
+    b.run(3)
+    assert first_mismatch(a.losses, b.losses) is None
+    tf = Arm(by_name(["tf-L1-lr0.2-s1"])[0].build())
+    tf.run(1)
+    # the same task: at initialisation both predict near-uniformly over the same vocabulary
+    assert abs(a.losses[0] - tf.losses[0]) < 0.3 * tf.losses[0]
+
+
 def test_a_minibatch_scenario_changes_batches_but_not_its_ground_truth_data() -> None:
     (sc,) = [s for s in SCENARIOS if s.minibatch and not s.control][:1]
     task = sc.build()

@@ -72,22 +72,24 @@ def _noisy(target: Tensor, rate: float, gen: torch.Generator) -> Tensor:
 
 
 def transformer_pool(lr: float, seed: int, *, layers: int = 1, beta2: float = 0.99,
-                     pool: int = 64, noise: float = 0.02,
-                     batch: int | None = None) -> Callable[[], Task]:  # fmt: skip
+                     pool: int = 64, noise: float = 0.02, batch: int | None = None,
+                     model: Callable[[], nn.Module] | None = None
+                     ) -> Callable[[], Task]:  # fmt: skip
     """Reverse `pool` random 8-token sequences, cross-entropy, Adam(lr, β=(0.9, beta2)). Every
     sequence appears twice, each copy with its own 2 % label noise: where the copies disagree no
     model can be right on both, so the loss has a floor (~0.02–0.035 nats) instead of falling to
     float noise, and the rest is learned perfectly. Full batch, or with `batch` minibatches of
-    the 2·pool rows reshuffled every epoch (ground truth then: the loss on the whole pool)."""
+    the 2·pool rows reshuffled every epoch (ground truth then: the loss on the whole pool).
+    `model` builds another network for the same task (default: a `TinyTransformer`)."""
 
     def build() -> Task:
         gen = seeded(seed)
         tok = torch.randint(0, VOCAB, (pool, SEQ), generator=gen).repeat(2, 1)
         target = _noisy(tok.flip(1), noise, gen)
-        model = TinyTransformer(layers, seed)
-        opt = adam(model, lr, betas=(0.9, beta2))
+        net = model() if model is not None else TinyTransformer(layers, seed)
+        opt = adam(net, lr, betas=(0.9, beta2))
         if batch is None:
-            return Task(model, opt, lambda: _ce(model, tok, target))
+            return Task(net, opt, lambda: _ce(net, tok, target))
         shuffle = seeded(10_000 + seed)
         per_epoch = tok.shape[0] // batch
         order: list[Tensor] = []
@@ -99,8 +101,8 @@ def transformer_pool(lr: float, seed: int, *, layers: int = 1, beta2: float = 0.
             idx = order[0][(t % per_epoch) * batch : (t % per_epoch + 1) * batch]
             cur[:] = [tok[idx], target[idx]]
 
-        return Task(model, opt, lambda: _ce(model, cur[0], cur[1]), batch=select,
-                    eval_loss=lambda: _ce(model, tok, target))  # fmt: skip
+        return Task(net, opt, lambda: _ce(net, cur[0], cur[1]), batch=select,
+                    eval_loss=lambda: _ce(net, tok, target))  # fmt: skip
 
     return build
 

@@ -7,6 +7,8 @@ the runner and the survey can train other seeds and learning rates of the same p
 - `mlp-w{width}-lr{lr}-s{seed}`: the seed regression MLP, full batch;
 - `cnn-lr{lr}-s{seed}`: the tanh CNN;
 - `tf-L{layers}-lr{lr}-s{seed}`: the fixed-pool transformer, full batch;
+- `lstm-lr{lr}-s{seed}`: the same task with a bidirectional LSTM (an architecture the suite does
+  not hold);
 - `mb-mlp-lr{lr}-s{seed}`: the seed MLP on minibatches of 32 (ground truth: the full-data loss);
 - `mb-tf-pool-lr{lr}-s{seed}`: the fixed-pool transformer in batches of 32;
 - `hp-mlp-lr{lr}-s{seed}-lr{new}` / `hp-mlp-lr{lr}-s{seed}-b1-{new}`: the seed MLP (w1000, full
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from benchmarks.early_warning.scenarios._base import Scenario, Task, at
 from benchmarks.early_warning.scenarios._cnn import cnn
 from benchmarks.early_warning.scenarios._mlp import mlp, mlp_minibatch
+from benchmarks.early_warning.scenarios._rnn import lstm_pool
 from benchmarks.early_warning.scenarios._transformer import transformer_pool
 
 __all__ = ["variant"]
@@ -39,6 +42,7 @@ _GRAMMAR: tuple[tuple[str, str, int, Make], ...] = (
     (rf"cnn-{_LR}-{_SEED}", "cnn", 1500, lambda m, lr, s: cnn(lr, s)),
     (rf"tf-L(?P<layers>\d)-{_LR}-{_SEED}", "transformer", 1500,
      lambda m, lr, s: transformer_pool(lr, s, layers=int(m["layers"]))),
+    (rf"lstm-{_LR}-{_SEED}", "lstm", 1500, lambda m, lr, s: lstm_pool(lr, s)),
     (rf"mb-mlp-{_LR}-{_SEED}", "minibatch", 3000, lambda m, lr, s: mlp_minibatch(1000, lr, s)),
     (rf"mb-tf-pool-{_LR}-{_SEED}", "minibatch", 1500,
      lambda m, lr, s: transformer_pool(lr, s, batch=32)),

@@ -72,8 +72,11 @@ reading with ρ = ‖g‖/‖√v̂‖ ≥ `catch_rho` (12) is met, whatever the
 step much past lr), an action and its release at once, and the guard re-armed. v includes the
 gradient it divides, so ρ ≤ √((1 − β2^t)/(1 − β2)): 10 at β2 = 0.99, whose v catches up within
 ~100 steps by itself, 31.6 at 0.999. On the suite ρ stays ≤ 7.8 on the stable controls and ≤ 9.6
-at the β2 = 0.99 transformers' spikes; the runaways read 16–24 (docs/guard.md). `catch_rho=0`
-turns it off.
+at the β2 = 0.99 transformers' spikes; the runaways read 16–24 (docs/guard.md). A reading comes
+two steps after its gradient, at a runaway's peak; so where the gradient the last step applied
+had ρ ≥ 2, the next pre-steps read ρ of the gradient about to be applied on the same sample
+(`monitor.runaway`, CPU models) and catch v up before that update (`read: "before_update"` in
+the event; `"reading"` otherwise). `catch_rho=0` turns both off.
 
 `GuardMachine` is the pure state machine (readings in, the multiplier and events out), with no
 torch in it; `agent._guard_hooks` runs it in the optimizer's step hooks and
@@ -218,15 +221,28 @@ class GuardMachine:
             return self._trigger(step, ratio, rho, rise, "stability_ratio")
         return self.release_due(step)
 
-    def _catch(self, step: int, ratio: float, rho: float) -> list[tuple[str, dict[str, Any]]]:
+    def catch_now(self, step: int, rho: float) -> list[tuple[str, dict[str, Any]]]:
+        """ρ of the gradient `step` is about to apply, read before its update
+        (`monitor.runaway`): at or above `catch_rho`, v is caught up at `step` itself; the
+        events to stream."""
+        if not 0.0 < self.policy.catch_rho <= rho < math.inf or self.catches_v(step):
+            return []
+        self._above = 0
+        return self._catch(step - 1, None, rho)
+
+    def _catch(self, step: int, ratio: float | None, rho: float
+               ) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
         """Catch v up to g² at `step + 1`: an action and its release at once (v then decays on
-        its own), and the guard is re-armed (the run met an instability)."""
+        its own), and the guard is re-armed (the run met an instability). `ratio` None: ρ was
+        read before the update, with no reading (`catch_now`)."""
         self.catches += 1
         self.prime("a catch-up of v")
         self._caught_at = step + 1
+        read = ({"read": "before_update"} if ratio is None
+                else {"read": "reading", "stability_ratio": ratio})
         return [("guard_action", {
-            "action": "v_catch_up", "from_step": step + 1, "trigger": "runaway",
-            "stability_ratio": ratio, "rho": rho, "catch_rho": self.policy.catch_rho,
+            "action": "v_catch_up", "from_step": step + 1, "trigger": "runaway", **read,
+            "rho": rho, "catch_rho": self.policy.catch_rho,
             "why": (f"rho {rho:.1f} >= {self.policy.catch_rho:g}: the gradient has outgrown "
                     f"Adam's second moment {rho:.0f}-fold and the update runs away; v is caught "
                     "up to g^2 so that no coordinate steps much more than lr")}),

@@ -5,6 +5,7 @@ predictor's reading and the clean loss's swings and stream what it decided (see
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,21 +22,28 @@ from spikewatch.agent._guard_optimizer import (
 )
 from spikewatch.agent._ramp import Events, HparamChange, RampMachine, jump_lifts
 from spikewatch.monitor.loss_swings import SwingCounter
+from spikewatch.monitor.runaway import RunawayWatch
+from spikewatch.monitor.two_secant import TwoSecant
 
 __all__ = ["GuardHooks"]
+
+EDGE = 0.99  # a reading's stability ratio past the edge (the page's): watch for a runaway
 
 
 class GuardHooks:
     """The guard inside the optimizer hooks: scale before the update, undo after it, then read
     the predictor and decide for the next step. Never raises into training."""
 
-    def __init__(self, policy: Guard) -> None:
+    def __init__(self, policy: Guard, clock: Callable[[], float] = time.thread_time) -> None:
         self.machine = GuardMachine(policy)
         self.ramps = RampMachine(policy.ramp_steps, policy.ramp_factor)
         self._saved: Saved = []  # the values set for this step, to put back after it
         self._pending: Events = []  # events decided in the pre-step hook, streamed after it
         self._eps = 0.0  # the raised ε of the current "eps" action
         self.jumps = 0  # jump lifts taken
+        self._runaway: RunawayWatch | None = None  # ρ before the update (`monitor.runaway`)
+        self._clock = clock  # the agent's work clock, to time the watch
+        self.watch_seconds = 0.0  # its time since the last `take_watch_seconds`
 
     @property
     def actions(self) -> int:
@@ -60,6 +68,13 @@ class GuardHooks:
             self._saved = apply_ramps(optimizer, self.ramps, step)
         if m.lifts_v(step):
             lifted = lift_v(optimizer, m.policy.factor) > 0 or lifted
+        runaway = self._runaway_watch(predictor)
+        if runaway is not None and not m.catches_v(step):
+            t0 = self._clock()
+            rho = runaway.before_step(step, optimizer)
+            if rho is not None:
+                self._pending += m.catch_now(step, rho)
+            self.watch_seconds += self._clock() - t0
         if m.catches_v(step):  # after any lift: v̂ ≥ g² whatever came before
             lifted = catch_up_v(optimizer) > 0 or lifted
         if lifted and hasattr(predictor, "v_changed"):  # it follows v by Adam's recurrence
@@ -70,6 +85,23 @@ class GuardHooks:
         weight = m.eps_weight(step)
         if weight > 0.0:
             self._saved += apply_eps(optimizer, self._eps, weight)
+
+    def take_watch_seconds(self) -> float:
+        """The runaway watch's time since the last call (the agent reports it, and keeps it out
+        of the predictor's budget: the watch reads most where a runaway builds, and must not
+        stretch the predictor there)."""
+        seconds, self.watch_seconds = self.watch_seconds, 0.0
+        return seconds
+
+    def _runaway_watch(self, predictor: Any) -> RunawayWatch | None:
+        """The watch for a runaway update before it is made, on the predictor's sample (None
+        without an Adam predictor, or with the catch-up off)."""
+        est = getattr(predictor, "est", None)
+        if not isinstance(est, TwoSecant) or self.machine.policy.catch_rho <= 0.0:
+            return None
+        if self._runaway is None or self._runaway.est is not est:
+            self._runaway = RunawayWatch(est)
+        return self._runaway
 
     def _lift_jumps(self, step: int, optimizer: Any, changes: list[HparamChange]) -> bool:
         """Lift v for the jumps predicted past the edge (`agent._ramp.jump_lifts`); whether any
@@ -112,6 +144,13 @@ class GuardHooks:
             events += m.observe_swings(step, swings.completed, swings.count(step), swings.spikes)
         if not readings:
             events += m.release_due(step)
+        runaway = self._runaway_watch(predictor)
+        if runaway is not None:
+            t0 = self._clock()
+            if any(values[1] >= EDGE for _, values in readings):
+                runaway.crossed(step)
+            runaway.after_step(step)
+            self.watch_seconds += self._clock() - t0
         for kind, data in events:
             if kind == "guard_action" and data["action"] == "eps":  # read v once, at the start
                 self._eps = raised_eps(optimizer, self.machine.policy.factor)

@@ -39,7 +39,7 @@ from spikewatch.agent._lifecycle import (
 from spikewatch.agent._plan import StepPlan
 from spikewatch.agent._probe_base import Closure, Ctx, Probe, curvature_backend, layer_name
 from spikewatch.agent._probe_set import build_probes
-from spikewatch.agent._profiles import HPARAMS, LOGITS, PROFILES, TWO_SECANT
+from spikewatch.agent._profiles import HPARAMS, LOGITS, PROFILES, RUNAWAY_WATCH, TWO_SECANT
 from spikewatch.agent._scheduler import HEADROOM, UNTIMED, Clock, Report, Scheduler
 from spikewatch.agent._trackers import Tracker, Trackers
 from spikewatch.agent._two_secant_probe import TwoSecantProbe
@@ -116,7 +116,8 @@ class Monitor:
                      "(rise and the eval_loss swings read each rank's own losses, which differ "
                      "between ranks)")
             guard = guard.model_copy(update={"rise": 1.0, "swings": 0})
-        self._guard = GuardHooks(guard) if guard is not None and watching else None
+        self._guard = (GuardHooks(guard, clock=self.scheduler.now)
+                       if guard is not None and watching else None)
         if guard is not None and not watching:
             log.warning("spikewatch guard: off under a sharded optimizer (each rank holds part "
                         "of the reading)")
@@ -285,6 +286,14 @@ class Monitor:
             self._hparams = None
             self._fail(HPARAMS, e)
 
+    def _charge_watch(self) -> float:
+        """Charge the guard's runaway watch to its own account (reported, not budgeted: see
+        `GuardHooks.take_watch_seconds`); its seconds."""
+        seconds = self._guard.take_watch_seconds() if self._guard is not None else 0.0
+        if seconds > 0.0:
+            self.scheduler.add(RUNAWAY_WATCH, seconds)
+        return seconds
+
     def _plan(self, step: int) -> None:
         """Plan `step`: its due probes and armed forward hooks (`agent._plan`)."""
         self._steps.plan(step)
@@ -303,6 +312,7 @@ class Monitor:
             if self._guard is not None:  # after the hparams watch: a scaled lr is no change
                 self._guard.before(step, self.ctx.optimizer, self.ctx.changes,
                                    self.ctx.predictor)
+                spent += self._charge_watch()
             off = self._disabled
             for p in self._steps.due:
                 if p.name not in off and p.has_pre:
@@ -337,6 +347,7 @@ class Monitor:
                                   self._reactive.swings, self._reactive.spiked_at)
             except Exception as e:
                 self._fail("guard", e, disable=False)
+            spent += self._charge_watch()
         if self._hparams is not None:  # after the guard: the lr it records is the user's
             self._run_hparams(self._hparams.post, step)
         self.step = step + 1

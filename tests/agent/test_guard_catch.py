@@ -28,8 +28,8 @@ def test_a_runaway_reading_catches_v_up_at_the_next_step_and_re_arms() -> None:
     assert Guard().catch_rho == 12.0
     assert m.observe(10, 0.4, 11.9, 1.0) == []  # large, not runaway
     [(k1, act), (k2, rel)] = m.observe(11, 0.4, 20.0, 1.0)
-    assert (k1, act["action"], act["trigger"], act["from_step"]) == (
-        "guard_action", "v_catch_up", "runaway", 12)
+    assert (k1, act["action"], act["trigger"], act["from_step"], act["read"]) == (
+        "guard_action", "v_catch_up", "runaway", 12, "reading")
     assert (act["rho"], act["catch_rho"]) == (20.0, 12.0)
     assert "outgrown Adam's second moment 20-fold" in act["why"]
     assert (k2, rel["started_at_step"], rel["released_at_step"], rel["steps"]) == (
@@ -47,6 +47,27 @@ def test_a_runaway_reading_catches_v_up_at_the_next_step_and_re_arms() -> None:
     start = 5 + READING_LAG + 1
     assert m2.observe(start, *HOT, 1.0) == []
     assert [k for k, _ in m2.observe(start + 1, *HOT, 1.0)] == ["guard_action"]
+
+
+def test_a_runaway_read_before_the_update_catches_v_up_at_that_very_step() -> None:
+    m = GuardMachine(Guard())
+    assert m.catch_now(20, 11.9) == []  # large, not runaway
+    [(k1, act), (k2, rel)] = m.catch_now(20, 23.0)
+    assert (k1, act["action"], act["trigger"], act["from_step"], act["read"]) == (
+        "guard_action", "v_catch_up", "runaway", 20, "before_update")
+    assert "stability_ratio" not in act  # no reading behind it
+    assert (act["rho"], act["catch_rho"]) == (23.0, 12.0)
+    assert (k2, rel["started_at_step"], rel["released_at_step"], rel["steps"]) == (
+        "guard_release", 20, 20, 1)
+    assert m.catches_v(20)
+    assert not m.catches_v(21)
+    assert m.catch_now(20, 30.0) == []  # once per step
+    assert (m.catches, m.primed) == (1, True)
+    # the reading of the same gradient, two steps later, is not evidence again
+    assert m.observe(21, 0.4, 23.0, 1.0, made=21) == []
+    for rho in (math.nan, math.inf):
+        assert GuardMachine(Guard()).catch_now(5, rho) == []
+    assert GuardMachine(Guard(catch_rho=0.0)).catch_now(5, 50.0) == []
 
 
 @pytest.mark.parametrize("rho", [math.nan, math.inf])
@@ -143,9 +164,9 @@ def test_the_hooks_stream_the_catch_up_and_apply_it_at_the_next_pre_step() -> No
 
 def test_a_job_whose_gradient_outgrows_v_is_caught_and_streams_it(peer: Peer) -> None:
     """A small regression settles (β2 = 0.999: v decays slowly and lags) and its targets then
-    jump 1000-fold: the gradient outgrows √v̂ by far more than `catch_rho`. The guard catches v up
-    within a few steps (the reading of a gradient is made two steps after it), and the
-    predictor's next readings are back under the threshold."""
+    jump 1000-fold: the gradient outgrows √v̂ by far more than `catch_rho`. The predictor is in
+    its batches there (far below the edge), so the reading of the jump catches v up, two to
+    four steps after it, and the predictor's next readings are back under the threshold."""
     torch.manual_seed(0)
     x, y = torch.randn(64, 8), torch.randn(64, 1)
     model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
@@ -170,9 +191,59 @@ def test_a_job_whose_gradient_outgrows_v_is_caught_and_streams_it(peer: Peer) ->
     assert data["rho"] >= 12.0
     assert data["trigger"] == "runaway"
     releases = [e.data for _, e in dl.events(peer, EventType.GUARD_RELEASE.value)]
-    assert {"action": "v_catch_up", "started_at_step": step + 1, "released_at_step": step + 1,
+    start = data["from_step"]
+    assert {"action": "v_catch_up", "started_at_step": start, "released_at_step": start,
             "steps": 1} in releases
     rho = sorted((s, v) for s, v in dl.by_step(peer, "rho_sampled").items()
                  if s > step + READING_LAG)
     assert rho
     assert max(v for _, v in rho[:5]) < 12.0
+
+
+def _rho_now(opt: torch.optim.Adam) -> float:
+    """ρ of the gradient in .grad with the v̂ the coming step divides by, every coordinate."""
+    num = den = 0.0
+    for g in opt.param_groups:
+        b2 = g["betas"][1]
+        for p in g["params"]:
+            st, grad = opt.state[p], p.grad
+            assert grad is not None
+            t = float(st["step"]) + 1.0
+            v = b2 * st["exp_avg_sq"] + (1.0 - b2) * grad * grad
+            num += float((grad * grad).sum())
+            den += float(v.sum()) / (1.0 - b2**t)
+    return math.sqrt(num / den)
+
+
+def test_a_runaway_building_over_steps_is_caught_before_its_update(peer: Peer) -> None:
+    """The targets grow 1.3-fold a step for twelve steps: the gradient outgrows √v̂ step by step,
+    the predictor reads every step from ρ ≥ 2 on, the gradient it computed arms the watch, and
+    v is caught up at the first pre-step whose gradient is past `catch_rho`: the event's ρ is
+    the one of the gradient that very step applies (a reading would come two steps later)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mon = spikewatch.attach(model, opt, run="building", endpoint=peer.endpoint, guard=True,
+                            overhead_budget=math.inf)
+    shock = 400
+    applied: dict[int, float] = {}  # ρ of the gradient each step applies
+    for step in range(shock + 20):
+        target = y * 1.3 ** min(max(step - shock + 1, 0), 12)
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), target)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if step >= shock:
+            applied[step] = _rho_now(opt)
+        opt.step()
+        mon.log(loss.detach())
+    dl.closed_and_delivered(peer, mon)
+    acts = dl.events(peer, EventType.GUARD_ACTION.value)
+    caught = [(s, e.data) for s, e in acts if e.data["action"] == "v_catch_up"]
+    assert caught, f"no catch-up; actions: {[e.data for _, e in acts]}"
+    step, data = caught[0]
+    assert (data["read"], data["from_step"]) == ("before_update", step)
+    assert data["rho"] >= 12.0
+    # the sample leaves out the one-element output bias: ρ of every other coordinate
+    assert data["rho"] == pytest.approx(applied[step], rel=0.02)
+    assert max(applied[s] for s in range(shock, step)) < 12.0  # the first past catch_rho

@@ -68,9 +68,9 @@ class GuardHooks:
             self._saved = apply_ramps(optimizer, self.ramps, step)
         if m.lifts_v(step):
             lifted = lift_v(optimizer, m.policy.factor) > 0 or lifted
-        runaway = self._runaway_watch(predictor)
-        if runaway is not None and not m.catches_v(step):
-            t0 = self._clock()
+        runaway = self._runaway or self._runaway_watch(predictor)
+        if runaway is not None and step <= runaway.armed_until and not m.catches_v(step):
+            t0 = self._clock()  # armed: the read is timed on its own account
             rho = runaway.before_step(step, optimizer)
             if rho is not None:
                 self._pending += m.catch_now(step, rho)
@@ -94,12 +94,10 @@ class GuardHooks:
         return seconds
 
     def _runaway_watch(self, predictor: Any) -> RunawayWatch | None:
-        """The watch for a runaway update before it is made, on the predictor's sample (None
-        without an Adam predictor, or with the catch-up off)."""
+        """The watch for a runaway update before it is made, on the predictor's sample, made
+        once (None without a two-secant predictor, or with the catch-up off)."""
         est = getattr(predictor, "est", None)
-        if not isinstance(est, TwoSecant) or self.machine.policy.catch_rho <= 0.0:
-            return None
-        if self._runaway is None or self._runaway.est is not est:
+        if isinstance(est, TwoSecant) and self.machine.policy.catch_rho > 0.0:
             self._runaway = RunawayWatch(est)
         return self._runaway
 
@@ -144,13 +142,17 @@ class GuardHooks:
             events += m.observe_swings(step, swings.completed, swings.count(step), swings.spikes)
         if not readings:
             events += m.release_due(step)
-        runaway = self._runaway_watch(predictor)
+        runaway = self._runaway or self._runaway_watch(predictor)
         if runaway is not None:
-            t0 = self._clock()
-            if any(values[1] >= EDGE for _, values in readings):
-                runaway.crossed(step)
-            runaway.after_step(step)
-            self.watch_seconds += self._clock() - t0
+            for _, values in readings:
+                if values[1] >= EDGE:
+                    runaway.crossed(step)
+            if step <= runaway.window_until:  # it may compute ρ from m: timed on its account
+                t0 = self._clock()
+                runaway.after_step(step)
+                self.watch_seconds += self._clock() - t0
+            else:  # at most two sums read: the hook's own cost
+                runaway.after_step(step)
         for kind, data in events:
             if kind == "guard_action" and data["action"] == "eps":  # read v once, at the start
                 self._eps = raised_eps(optimizer, self.machine.policy.factor)

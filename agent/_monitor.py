@@ -289,9 +289,11 @@ class Monitor:
     def _charge_watch(self) -> float:
         """Charge the guard's runaway watch to its own account (reported, not budgeted: see
         `GuardHooks.take_watch_seconds`); its seconds."""
-        seconds = self._guard.take_watch_seconds() if self._guard is not None else 0.0
-        if seconds > 0.0:
-            self.scheduler.add(RUNAWAY_WATCH, seconds)
+        guard = self._guard
+        if guard is None or not guard.watch_seconds:
+            return 0.0
+        seconds = guard.take_watch_seconds()
+        self.scheduler.add(RUNAWAY_WATCH, seconds)
         return seconds
 
     def _plan(self, step: int) -> None:

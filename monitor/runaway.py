@@ -57,13 +57,18 @@ class RunawayWatch:
         self.window_until = -1  # the last step whose applied ρ is computed (after a crossing)
         self.reads = 0  # pre-steps that read it
         self._w: tuple[Any, Any] | None = None  # (the estimator's mask, its weights)
+        self._readable: tuple[Any, bool] = (None, False)  # (the estimator's arrays, readable)
 
     @property
     def readable(self) -> bool:
-        """Whether ρ_now can be read without a host synchronisation (see the module doc)."""
+        """Whether ρ_now can be read without a host synchronisation (see the module doc); known
+        once the estimator has sampled (again if it samples afresh)."""
         est = self.est
-        return (est.kind == "adam" and est._arrays is not None and est._arrays.host
-                and est._keys[1] == "exp_avg_sq")
+        arrays = est._arrays
+        if arrays is not self._readable[0]:
+            self._readable = (arrays, est.kind == "adam" and arrays is not None and arrays.host
+                              and est._keys[1] == "exp_avg_sq")
+        return self._readable[1]
 
     def crossed(self, step: int) -> None:
         """A reading at `step` was past the edge: watch every step's gradient for `WINDOW`."""
@@ -76,6 +81,8 @@ class RunawayWatch:
         window after a crossing)."""
         if not self.readable:
             return None
+        if self.est._pending and step > self.window_until:
+            return None  # recorded, not computed, and no crossing lately: nothing to read
         rho = self.applied_rho(step + 1, compute=step <= self.window_until)
         if rho is not None and rho >= self.arm_rho:
             self.armed_until = step + self.hold
@@ -99,7 +106,8 @@ class RunawayWatch:
             return None
         pending = est._pending
         if not pending:  # computed at this very step
-            return _ratio(float(sums[0].sum()), float(sums[1].sum()))
+            total = sums.sum(axis=1)  # over the groups
+            return _ratio(float(total[0]), float(total[1]))
         last = pending[-1]
         prev = pending[-2].reads if len(pending) >= 2 else est._reads
         if not compute or last.seen < 2 or prev is None:

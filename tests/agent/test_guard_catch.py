@@ -162,6 +162,15 @@ def test_the_hooks_stream_the_catch_up_and_apply_it_at_the_next_pre_step() -> No
     assert float(opt.state[ps[0]]["exp_avg_sq"].min()) >= 4.0 * (1.0 - 0.99**4) * (1 - 1e-6)
 
 
+def _first_catch_up(peer: Peer, mon: Any) -> tuple[int, dict[str, Any]]:
+    """(step, data) of the first catch-up of v the closed job streamed."""
+    dl.closed_and_delivered(peer, mon)
+    acts = dl.events(peer, EventType.GUARD_ACTION.value)
+    caught = [(s, dict(e.data)) for s, e in acts if e.data["action"] == "v_catch_up"]
+    assert caught, f"no catch-up; actions: {[e.data for _, e in acts]}"
+    return caught[0]
+
+
 def test_a_job_whose_gradient_outgrows_v_is_caught_and_streams_it(peer: Peer) -> None:
     """A small regression settles (β2 = 0.999: v decays slowly and lags) and its targets then
     jump 1000-fold: the gradient outgrows √v̂ by far more than `catch_rho`. The predictor is in
@@ -181,11 +190,7 @@ def test_a_job_whose_gradient_outgrows_v_is_caught_and_streams_it(peer: Peer) ->
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         mon.log(loss.detach())
-    dl.closed_and_delivered(peer, mon)
-    acts = dl.events(peer, EventType.GUARD_ACTION.value)
-    caught = [(s, e.data) for s, e in acts if e.data["action"] == "v_catch_up"]
-    assert caught, f"no catch-up; actions: {[e.data for _, e in acts]}"
-    step, data = caught[0]
+    step, data = _first_catch_up(peer, mon)
     assert shock <= step <= shock + 4
     assert isinstance(data["rho"], float)
     assert data["rho"] >= 12.0
@@ -237,11 +242,7 @@ def test_a_runaway_building_over_steps_is_caught_before_its_update(peer: Peer) -
             applied[step] = _rho_now(opt)
         opt.step()
         mon.log(loss.detach())
-    dl.closed_and_delivered(peer, mon)
-    acts = dl.events(peer, EventType.GUARD_ACTION.value)
-    caught = [(s, e.data) for s, e in acts if e.data["action"] == "v_catch_up"]
-    assert caught, f"no catch-up; actions: {[e.data for _, e in acts]}"
-    step, data = caught[0]
+    step, data = _first_catch_up(peer, mon)
     assert (data["read"], data["from_step"]) == ("before_update", step)
     rho = data["rho"]
     assert isinstance(rho, float)

@@ -33,6 +33,18 @@ def _backward(model: nn.Module, opt: torch.optim.Adam, x: torch.Tensor, y: torch
     nn.functional.mse_loss(model(x), y).backward()  # type: ignore[no-untyped-call]
 
 
+def _settle(model: nn.Module, opt: torch.optim.Adam, x: torch.Tensor, y: torch.Tensor,
+            est: TwoSecant, watch: RunawayWatch, steps: int) -> list[float | None]:
+    """`steps` ordinary steps, the predictor computing at each; the watch's applied ρ."""
+    out = []
+    for k in range(steps):
+        _backward(model, opt, x, y)
+        opt.step()
+        est.update(k + 1)
+        out.append(watch.after_step(k))
+    return out
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_it_is_the_readings_rho_of_the_same_gradient_read_before_its_update(groups: int) -> None:
     model, opt, x, y = _job(groups=groups)
@@ -123,11 +135,7 @@ def test_a_missing_or_non_finite_gradient_reads_nothing() -> None:
     model, opt, x, y = _job()
     est = TwoSecant(opt)
     watch = RunawayWatch(est, arm_rho=0.0)
-    for k in range(6):
-        _backward(model, opt, x, y)
-        opt.step()
-        est.update(k + 1)
-        watch.after_step(k)
+    _settle(model, opt, x, y, est, watch, 6)
     first = next(iter(model.parameters()))
     assert first.grad is not None
     first.grad.fill_(math.nan)
@@ -140,11 +148,8 @@ def test_a_step_recorded_but_not_computed_arms_nothing() -> None:
     model, opt, x, y = _job()
     est = TwoSecant(opt)
     watch = RunawayWatch(est, arm_rho=0.0)
-    for k in range(6):
-        _backward(model, opt, x, y)
-        opt.step()
-        est.update(k + 1)
-        assert watch.after_step(k) is not None or k < 2  # computed at every step: known
+    applied = _settle(model, opt, x, y, est, watch, 6)
+    assert all(r is not None for r in applied[2:])  # computed at every step: known
     _backward(model, opt, x, y * 1000.0)
     opt.step()
     est.record(7)  # a batch below the edge: computed later
@@ -157,11 +162,7 @@ def test_after_a_crossing_a_step_only_recorded_is_computed_from_the_reads_of_m()
     model, opt, x, y = _job()
     est = TwoSecant(opt)
     watch = RunawayWatch(est)
-    for k in range(30):
-        _backward(model, opt, x, y)
-        opt.step()
-        est.update(k + 1)
-        watch.after_step(k)
+    _settle(model, opt, x, y, est, watch, 30)
     _backward(model, opt, x, y * 3.0)
     opt.step()
     est.record(31)  # a batch below the edge: computed later

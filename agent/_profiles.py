@@ -29,9 +29,9 @@ LOGITS: Final = "logits"  # over-confidence
 
 PROBES: Final = (LOSS, HPARAMS, GRAD_NORM, PRECOND, TWO_SECANT, CURVATURE, LAMBDA_MAX, ALIGNMENT,
                  SPIKE_SHARE, LOGITS)
-# Probes whose cadence the budget never stretches: they are host-only or a reference copy.
-# the guard's runaway watch (`monitor.runaway`): timed and reported, not budgeted (not a probe)
+# The guard's runaway watch (`monitor.runaway`): timed and reported, not budgeted (not a probe).
 RUNAWAY_WATCH: Final = "runaway_watch"
+# Probes whose cadence the budget never stretches: they are host-only or a reference copy.
 FIXED: Final = frozenset({LOSS, HPARAMS})
 # The predictor the default rules page on: stretched only when it alone exceeds the budget, and
 # then reported (a `prediction_degraded` event), never silently.

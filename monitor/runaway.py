@@ -22,10 +22,12 @@ below, `agent._two_secant_probe`). A runaway leaves the edge as it builds (its r
 its ρ climbs, and the predictor goes back to batches), so for `WINDOW` steps after a reading
 past the edge (ratio ≥ 0.99) it is computed from the sample of m the predictor recorded at the
 step (a few vector operations, ~0.1 ms cold: too much for every step of every run).
-Host arrays only (a CPU
-model in fp16/fp32/fp64): on an accelerator the decision would need the value on the host before
-the step, a synchronisation, so there ρ_now is not read (None) and the reading's ρ stands.
-AMSGrad (whose step divides by a running max) and SGD are not read either.
+
+Host arrays only (a CPU model in fp16/fp32/fp64): on an accelerator the decision would need the
+value on the host before the step, a synchronisation, so there ρ_now is not read (None) and the
+reading's ρ stands. AMSGrad (whose step divides by a running max) and SGD are not read either.
+Under DDP every rank reads the same all-reduced gradient on the same sample, and the predictor
+computes at the same steps on every rank (its cadence is pinned there): the same decisions.
 """
 
 from __future__ import annotations

@@ -27,8 +27,6 @@ from spikewatch.monitor.two_secant import TwoSecant
 
 __all__ = ["GuardHooks"]
 
-EDGE = 0.99  # a reading's stability ratio past the edge (the page's): watch for a runaway
-
 
 class GuardHooks:
     """The guard inside the optimizer hooks: scale before the update, undo after it, then read
@@ -144,8 +142,8 @@ class GuardHooks:
             events += m.release_due(step)
         runaway = self._runaway or self._runaway_watch(predictor)
         if runaway is not None:
-            for _, values in readings:
-                if values[1] >= EDGE:
+            for _, values in readings:  # a reading past the edge: watch for a runaway
+                if values[1] >= m.policy.ratio:
                     runaway.crossed(step)
             if step <= runaway.window_until:  # it may compute ρ from m: timed on its account
                 t0 = self._clock()

@@ -20,8 +20,9 @@ readings) of the gradient the last step applied, for the next `HOLD` pre-steps. 
 where the predictor computed at the step (every step near the edge or from ρ ≥ 2, every fourth
 below, `agent._two_secant_probe`). A runaway leaves the edge as it builds (its ratio falls as
 its ρ climbs, and the predictor goes back to batches), so for `WINDOW` steps after a reading
-past the edge (ratio ≥ 0.99) it is computed from the sample of m the predictor recorded at the
-step (a few vector operations, ~0.1 ms cold: too much for every step of every run).
+past the edge (the guard's `ratio`, 0.99) it is computed from the sample of m the predictor
+recorded at the step (a few vector operations, ~0.1 ms cold: too much for every step of every
+run).
 
 Host arrays only (a CPU model in fp16/fp32/fp64): on an accelerator the decision would need the
 value on the host before the step, a synchronisation, so there ρ_now is not read (None) and the
@@ -58,7 +59,6 @@ class RunawayWatch:
         self.armed_until = -1  # the last pre-step (inclusive) that reads ρ_now
         self.window_until = -1  # the last step whose applied ρ is computed (after a crossing)
         self.reads = 0  # pre-steps that read it
-        self._w: tuple[Any, Any] | None = None  # (the estimator's mask, its weights)
         self._readable: tuple[Any, bool] = (None, False)  # (the estimator's arrays, readable)
 
     @property
@@ -85,7 +85,7 @@ class RunawayWatch:
             return None
         if self.est._pending and step > self.window_until:
             return None  # recorded, not computed, and no crossing lately: nothing to read
-        rho = self.applied_rho(step + 1, compute=step <= self.window_until)
+        rho = self.applied_rho(step + 1)
         if rho is not None and rho >= self.arm_rho:
             self.armed_until = step + self.hold
         return rho
@@ -97,11 +97,11 @@ class RunawayWatch:
         self.reads += 1
         return self.pending_rho(optimizer)
 
-    def applied_rho(self, completed: int, *, compute: bool = True) -> float | None:
+    def applied_rho(self, completed: int) -> float | None:
         """ρ of the gradient that step `completed` applied, if the predictor recorded that step.
-        Where it also computed the step, its sums are at hand (no work); else, with `compute`,
-        Σ w·g² comes from the last two reads of m (g = (m_{t+1} − β1·m_t)/(1 − β1)), over the
-        last computed Σ w·v̂; else None."""
+        Where it also computed the step, its sums are at hand (no work); else Σ w·g² comes from
+        the last two reads of m (g = (m_{t+1} − β1·m_t)/(1 − β1)), over the last computed Σ w·v̂
+        (`after_step` asks for that only within the window after a crossing)."""
         est = self.est
         sums = est._rho  # (Σ w·g², Σ w·v̂) per group, of the last gradient computed
         if sums is None or est._k != completed:  # not recorded (a stretched predictor)
@@ -112,18 +112,18 @@ class RunawayWatch:
             return _ratio(float(total[0]), float(total[1]))
         last = pending[-1]
         prev = pending[-2].reads if len(pending) >= 2 else est._reads
-        if not compute or last.seen < 2 or prev is None:
+        if last.seen < 2 or prev is None:
             return None
         hs = est._hypers(last.hyper)
         m_new, m_old = last.reads[1], prev[1]
         if all(h.beta1 == hs[0].beta1 for h in hs):
             d = m_new - hs[0].beta1 * m_old  # (1 − β1)·g
-            g2 = float(self._weights() @ (d * d)) / (1.0 - hs[0].beta1) ** 2
+            g2 = float(est._weights @ (d * d)) / (1.0 - hs[0].beta1) ** 2
         else:
             g = m_new * 1.0
             for h, sl in zip(hs, est._slices, strict=True):
                 g[sl] = (m_new[sl] - h.beta1 * m_old[sl]) * (1.0 / (1.0 - h.beta1))
-            g2 = float((est._mask @ (g * g)).sum())
+            g2 = float(est._weights @ (g * g))
         vhat = float(sums[1].sum())
         b2, t = hs[0].beta2, completed
         if all(h.beta2 == b2 for h in hs) and 0.0 < b2 < 1.0:  # add this gradient's share
@@ -131,13 +131,6 @@ class RunawayWatch:
             n = len(pending)
             vhat = (vhat * b2 ** n * (1.0 - b2 ** (t - n)) + (1.0 - b2) * g2) / (1.0 - b2 ** t)
         return _ratio(g2, vhat)
-
-    def _weights(self) -> Any:
-        """Each sampled coordinate's weight (the groups' rows of the mask summed), cached."""
-        mask = self.est._mask
-        if self._w is None or self._w[0] is not mask:
-            self._w = (mask, mask.sum(axis=0))
-        return self._w[1]
 
     def pending_rho(self, optimizer: Any) -> float | None:
         """ρ_now from ``.grad`` and v on the sample (None if a sampled parameter has no dense

@@ -139,6 +139,7 @@ class TwoSecant:
         self._group_ids: list[int] = []  # param groups present in the sample
         self._slices: list[slice] = []  # per group present: its columns in the sample
         self._mask: Any = None  # (groups, coords): the sample's weights, a group per row
+        self._weights: Any = None  # (coords,): the same, every group in one row
         self._keys: tuple[str | None, str | None] = (None, None)  # gradient carrier, v
         self._arrays: Arrays | None = None
         self._views: list[Any] = []  # θ's, then the carrier's (in the arrays' namespace)
@@ -185,7 +186,7 @@ class TwoSecant:
                                     [p.dtype for p in params] + state)
         self._group_ids = sorted(set(group_of))
         self._slices = []
-        weights = arr.from_tensor(sample.weights)
+        weights = self._weights = arr.from_tensor(sample.weights)
         self._mask = arr.zeros((len(self._group_ids), sample.size))
         for row, gi in enumerate(self._group_ids):
             idx = [j for j, g in enumerate(group_of) if g == gi]

@@ -140,6 +140,12 @@ class GuardHooks:
             events += m.observe_swings(step, swings.completed, swings.count(step), swings.spikes)
         if not readings:
             events += m.release_due(step)
+        for kind, data in events:
+            if kind == "guard_action" and data["action"] == "eps":  # read v once, at the start
+                self._eps = raised_eps(optimizer, self.machine.policy.factor)
+                data["eps"] = self._eps
+            emit(step, kind, **data)
+        # last: whatever happens in the watch, this step's decisions are streamed
         runaway = self._runaway or self._runaway_watch(predictor)
         if runaway is not None:
             for _, values in readings:  # a reading past the edge: watch for a runaway
@@ -151,8 +157,3 @@ class GuardHooks:
                 self.watch_seconds += self._clock() - t0
             else:  # at most two sums read: the hook's own cost
                 runaway.after_step(step)
-        for kind, data in events:
-            if kind == "guard_action" and data["action"] == "eps":  # read v once, at the start
-                self._eps = raised_eps(optimizer, self.machine.policy.factor)
-                data["eps"] = self._eps
-            emit(step, kind, **data)

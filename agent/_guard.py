@@ -47,13 +47,14 @@ rank and the guard stays off.
 In minibatch training the ratio does not see the spikes coming (batch noise keeps √v̂ up; the
 spikes are the tail of a continual oscillation of the full-data loss, docs/early-warning.md). Where
 the job logs a clean loss as `eval_loss` (full data, a held-out set or a fixed batch), its swings
-are the precursor: a completed swing (≥ 1.5× its 50-step minimum and back, `monitor.loss_swings`,
-read from the drain) with at least `swings` (2) in 300 steps triggers the same action (for "v",
-lifted again at most once per hold), and so does a spike of it (≥ 2×: the run sits past its edge,
-and the action heads off the next one; it cannot touch a run that never spikes). On the suite's
-minibatch runs they took the onsets from 45 to 7 and never acted on a control; acting on every
-swing prevented no more and acted on twice as many near-edge runs that never spiked
-(docs/guard.md). `swings=0` turns both off. Under DDP each rank's eval_loss may differ: off
+are the precursor: a spike of it (≥ 2×: the run sits past its edge) triggers the same action,
+to head off the next one, and from then on so does a completed swing (≥ 1.5× its 50-step minimum
+and back, `monitor.loss_swings`, read from the drain) with at least `swings` (2) in 300 steps (for
+"v", lifted again at most once per hold). Neither can touch a run whose clean loss never spiked:
+near the edge runs swing whether or not they will spike, and counting swings before a first spike
+(`swings_before_spike=True`, the default until 2026-12-08) acted on 6 of 17 near-edge minibatch
+runs that never spiked and made one of them spike three times, for 8 more onsets prevented in
+114 (docs/guard.md). `swings=0` turns both off. Under DDP each rank's eval_loss may differ: off
 there.
 
 A hyper-parameter change that lowers the stability threshold by `ramp_factor` or more in one step
@@ -134,6 +135,9 @@ class Guard(BaseModel):
     # > 0: where the job logs a clean `eval_loss`, a completed swing of it with at least this
     # many in 300 steps, or a spike of it, triggers the action too (minibatch training; 0: off)
     swings: Annotated[int, Field(ge=0, le=100)] = 2
+    # False: a swing counts only once the clean loss has spiked (the page's own condition,
+    # `clean_loss_swings_after_spike`): a run that never spikes is never touched
+    swings_before_spike: bool = False
     # > 0: a reading with ρ = ‖g‖/‖√v̂‖ at or above this (the gradient has outgrown Adam's second
     # moment: an update of about ρ× lr per coordinate, runaway) catches v up to g² at the next
     # step, whatever the action and the gates (0: off; at least 2, ρ ≲ 1 in ordinary training)
@@ -287,7 +291,8 @@ class GuardMachine:
         ratio, rho = self._reading
         if spiked:
             return self._trigger(step, ratio, rho, 0.0, "clean_loss_spike")
-        if swung and recent >= self.policy.swings:
+        if swung and recent >= self.policy.swings and (
+                self.policy.swings_before_spike or self.spikes_seen > 0):
             return self._trigger(step, ratio, rho, 0.0, "loss_swings", recent)
         return []
 

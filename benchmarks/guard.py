@@ -4,7 +4,7 @@ with the baselines that act after the fact, in the same run.
     python -m benchmarks.guard [--scenarios A,B] [--family F] [--arms none,guard,...]
                                [--guard-action lr|v|eps] [--guard-rise R] [--guard-rho R]
                                [--guard-factor F] [--guard-rearm] [--guard-ramp-steps N]
-                               [--guard-swings N]
+                               [--guard-swings N] [--no-guard-swings-before-spike]
                                [--pace-ms 50] [--jobs 12] [--json FILE]
 
 Arms (each trains the scenario from the same seed):
@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guard-swings", type=int, default=None,
                     help="completed swings of the logged eval_loss in 300 steps that trigger the "
                          "guard (0: off; default: Guard's)")
+    ap.add_argument("--guard-swings-before-spike", action=argparse.BooleanOptionalAction,
+                    default=None, help="count swings before the clean loss first spiked "
+                    "(--no-...: only after, as the page; default: Guard's)")
     ap.add_argument("--guard-ramp-steps", type=int, default=None,
                     help="steps over which a threshold-dropping hyper-parameter jump is applied "
                          "(0: at once; default: Guard's)")
@@ -234,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     knobs = {"action": args.guard_action, "rise": args.guard_rise, "rho": args.guard_rho,
              "ramp_steps": args.guard_ramp_steps, "factor": args.guard_factor,
              "rearm": args.guard_rearm, "swings": args.guard_swings,
+             "swings_before_spike": args.guard_swings_before_spike,
              "catch_rho": args.guard_catch_rho}
     policy = Guard(**{k: v for k, v in knobs.items() if v is not None})
     t0 = time.perf_counter()

@@ -18,7 +18,8 @@ from tests.agent._peer import Peer
 
 
 def test_a_new_swing_with_enough_recent_ones_triggers_the_action_then_it_releases() -> None:
-    m = GuardMachine(Guard(action="lr", factor=0.5, hold_steps=5, release_steps=2))
+    m = GuardMachine(Guard(action="lr", factor=0.5, hold_steps=5, release_steps=2,
+                           swings_before_spike=True))
     assert m.observe_swings(10, 1, 1) == []  # one swing: fewer than `swings` (2)
     assert m.observe_swings(15, 1, 1) == []  # no new swing
     [(kind, event)] = m.observe_swings(20, 2, 2)
@@ -35,7 +36,7 @@ def test_a_new_swing_with_enough_recent_ones_triggers_the_action_then_it_release
 
 
 def test_a_swing_triggered_v_action_lifts_again_at_most_once_per_hold() -> None:
-    m = GuardMachine(Guard(action="v", hold_steps=50, release_steps=0))
+    m = GuardMachine(Guard(action="v", hold_steps=50, release_steps=0, swings_before_spike=True))
     [(_, first)] = m.observe_swings(20, 2, 2)
     assert m.lifts_v(21)
     assert first["stability_ratio"] != first["stability_ratio"]  # no reading yet: NaN
@@ -48,7 +49,8 @@ def test_a_swing_triggered_v_action_lifts_again_at_most_once_per_hold() -> None:
 
 
 def test_a_relift_names_its_own_trigger_not_the_action_s() -> None:
-    m = GuardMachine(Guard(action="v", rise=1.0, sustain=1, hold_steps=10, release_steps=50))
+    m = GuardMachine(Guard(action="v", rise=1.0, sustain=1, hold_steps=10, release_steps=50,
+                           swings_before_spike=True))
     [(_, first)] = m.observe_swings(20, 2, 2)
     assert (first["trigger"], first["loss_swings"]) == ("loss_swings", 2)
     [(_, again)] = m.observe(40, 1.5, 0.1, 1.0)  # the ratio, past the edge, 20 steps later
@@ -67,6 +69,20 @@ def test_a_spike_of_the_clean_loss_triggers_the_action_once() -> None:
     assert m.release_due(35)
     [(_, again)] = m.observe_swings(60, 0, 0, spikes=2)
     assert again["trigger"] == "clean_loss_spike"
+    assert m.actions == 2
+
+
+def test_swings_can_be_made_to_count_only_after_the_clean_loss_spiked() -> None:
+    """`swings_before_spike=False` (the page's condition): swings alone never touch a run whose
+    clean loss has not spiked; after a spike they trigger as usual."""
+    m = GuardMachine(Guard(action="lr", hold_steps=5, release_steps=0, swings_before_spike=False))
+    assert all(m.observe_swings(10 * k, k, k) == [] for k in range(1, 20))
+    assert m.actions == 0
+    [(_, spike)] = m.observe_swings(200, 19, 19, spikes=1)
+    assert spike["trigger"] == "clean_loss_spike"
+    assert m.release_due(205)
+    [(_, swing)] = m.observe_swings(300, 20, 3, spikes=1)
+    assert (swing["trigger"], swing["loss_swings"]) == ("loss_swings", 3)
     assert m.actions == 2
 
 
@@ -105,12 +121,16 @@ def _run(steps: int, guard: Guard, peer: Peer, evals: list[float]
     return losses, mon
 
 
-@pytest.mark.parametrize(("marks", "trigger", "at"), [
-    ({70: 1.6, 100: 1.6}, "loss_swings", 101),  # two 1.6x swings: the second completes at 101
-    ({100: 2.5}, "clean_loss_spike", 100),  # a 2.5x spike at 100
+SWINGS = {70: 1.6, 100: 1.6}  # two 1.6x swings of the clean loss: the second completes at 101
+
+
+@pytest.mark.parametrize(("marks", "trigger", "at", "guard"), [
+    (SWINGS, "loss_swings", 101, Guard(swings_before_spike=True)),
+    ({100: 2.5}, "clean_loss_spike", 100, Guard()),  # a 2.5x spike at 100
 ])  # fmt: skip
 def test_a_job_whose_clean_loss_swings_or_spikes_is_guarded_from_the_next_drain(
-        peer: Peer, marks: dict[int, float], trigger: str, at: int) -> None:  # fmt: skip
+        peer: Peer, marks: dict[int, float], trigger: str, at: int, guard: Guard
+        ) -> None:  # fmt: skip
     """The clean loss (made so here: the run itself is healthy) swings or spikes; the drain
     after it hands that to the guard, and v is lifted from the step after. Without the
     trigger the same run is not touched."""
@@ -119,7 +139,8 @@ def test_a_job_whose_clean_loss_swings_or_spikes_is_guarded_from_the_next_drain(
     assert mon._guard is not None
     assert mon._guard.actions == 0
     assert dl.events(peer, EventType.GUARD_ACTION.value) == []
-    guarded, mon = _run(200, Guard(), peer, evals)
+    guarded, mon = _run(200, guard, peer, evals)
+
     [(step, event)] = dl.events(peer, EventType.GUARD_ACTION.value)
     start = event.data["from_step"]
     assert isinstance(start, int)
@@ -129,3 +150,16 @@ def test_a_job_whose_clean_loss_swings_or_spikes_is_guarded_from_the_next_drain(
     assert at < start <= at + 2 * 25  # the drain every 25 steps hands it over
     assert guarded[: start + 1] == plain[: start + 1]  # the lift shows from the next loss on
     assert guarded[start + 1] != plain[start + 1]
+
+
+def test_by_default_swings_of_a_clean_loss_that_never_spiked_leave_the_run_untouched(
+        peer: Peer) -> None:  # fmt: skip
+    """Near its edge a minibatch run swings whether or not it will spike: by default the guard
+    counts swings only once the clean loss has spiked, so this run is bit-identical."""
+    evals = [SWINGS.get(i, 1.0) for i in range(200)]
+    plain, _ = _run(200, Guard(swings=0), peer, evals)
+    guarded, mon = _run(200, Guard(), peer, evals)
+    assert mon._guard is not None
+    assert mon._guard.actions == 0
+    assert dl.events(peer, EventType.GUARD_ACTION.value) == []
+    assert guarded == plain

@@ -363,7 +363,8 @@ class GuardMachine:
                     "its edge, and the action heads off the next spike")
         if trigger == "loss_swings":
             return (f"the clean loss (eval_loss) completed {swings} swings of >= 1.5x its recent "
-                    f"minimum in 300 steps (>= {p.swings}: minibatch training's precursor)")
+                    f"minimum in 300 steps (>= {p.swings}: minibatch training's precursor"
+                    f"{'' if p.swings_before_spike else ', after a spike of it'})")
         return (f"stability ratio {ratio:.3f} >= {p.ratio} with rho {rho:.3f} < {p.rho} for "
                 f"{p.sustain} readings")
 

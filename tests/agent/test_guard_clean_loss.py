@@ -83,6 +83,7 @@ def test_swings_can_be_made_to_count_only_after_the_clean_loss_spiked() -> None:
     assert m.release_due(205)
     [(_, swing)] = m.observe_swings(300, 20, 3, spikes=1)
     assert (swing["trigger"], swing["loss_swings"]) == ("loss_swings", 3)
+    assert "after a spike" in swing["why"]
     assert m.actions == 2
 
 

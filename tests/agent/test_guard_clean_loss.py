@@ -141,7 +141,6 @@ def test_a_job_whose_clean_loss_swings_or_spikes_is_guarded_from_the_next_drain(
     assert mon._guard.actions == 0
     assert dl.events(peer, EventType.GUARD_ACTION.value) == []
     guarded, mon = _run(200, guard, peer, evals)
-
     [(step, event)] = dl.events(peer, EventType.GUARD_ACTION.value)
     start = event.data["from_step"]
     assert isinstance(start, int)
